@@ -1,0 +1,20 @@
+"""The backend table: a backend is chosen by name from here, never by if/elif chains."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from squeezer.backends.base import HEAD_OUTPUTS, Backend, Batch, Capabilities, split_outputs
+
+
+def _torch(*args: Any) -> Backend:
+    from squeezer.backends.torch_backend import TorchBackend  # lazy: torch is an optional extra
+
+    return TorchBackend(*args)
+
+
+# name -> factory(source, head, model_config, backend_config, max_length) -> Backend
+BACKENDS: dict[str, Callable[..., Backend]] = {"torch": _torch}
+
+__all__ = ["BACKENDS", "HEAD_OUTPUTS", "Backend", "Batch", "Capabilities", "split_outputs"]

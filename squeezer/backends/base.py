@@ -1,0 +1,93 @@
+"""The narrow contract between the scheduler and whatever executes the model.
+
+A backend sees only whole, padded batches of token ids and returns raw head outputs as numpy arrays.
+All task logic (pooling, softmax, spans) lives in `squeezer.tasks`, so every backend gives the same answers
+for the same logits, and swapping the torch reference for a compiled artifact touches no task or route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+# What each model head returns, and whether the output has one row per token (so the scheduler can cut
+# each sequence's rows out of a padded batch). Tasks name a head; backends load the matching model class.
+HEAD_OUTPUTS: dict[str, dict[str, bool]] = {
+    "base": {"last_hidden_state": True},
+    "sequence-classification": {"logits": False},
+    "token-classification": {"logits": True},
+    "masked-lm": {"logits": True},
+    "question-answering": {"start_logits": True, "end_logits": True},
+}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A right-padded batch of sequences, ready for one forward pass."""
+
+    input_ids: np.ndarray  # int64 [batch, length]
+    attention_mask: np.ndarray  # int64 [batch, length]
+    token_type_ids: np.ndarray | None  # int64 [batch, length], for models that take segment ids
+
+    @classmethod
+    def pad(
+        cls, sequences: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]] | None, pad_id: int
+    ) -> Batch:
+        """Pad sequences to the longest one; padding is masked, so it does not change any real row."""
+        width = max(len(s) for s in sequences)
+        ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(sequences), width), dtype=np.int64)
+        types = np.zeros((len(sequences), width), dtype=np.int64) if type_ids is not None else None
+        for row, seq in enumerate(sequences):
+            ids[row, : len(seq)] = seq
+            mask[row, : len(seq)] = 1
+            if types is not None and type_ids is not None:
+                types[row, : len(seq)] = type_ids[row]
+        return cls(ids, mask, types)
+
+    @property
+    def size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def lengths(self) -> list[int]:
+        return [int(n) for n in self.attention_mask.sum(axis=1)]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a loaded backend is and can do, for /info and for the scheduler's limits."""
+
+    name: str
+    device: str
+    dtype: str
+    head: str
+    max_length: int
+
+
+class Backend(Protocol):
+    """A loaded model that runs padded batches. Construction loads; see `squeezer.backends.BACKENDS`."""
+
+    def warmup(self) -> None:
+        """Run a small batch so the first real request does not pay for lazy initialisation."""
+
+    def forward(self, batch: Batch) -> dict[str, np.ndarray]:
+        """Run one batch; return the head's outputs (see HEAD_OUTPUTS) as float32 arrays."""
+
+    def capabilities(self) -> Capabilities:
+        """Describe this backend for /info and the scheduler."""
+
+    def close(self) -> None:
+        """Release the model's memory."""
+
+
+def split_outputs(head: str, outputs: dict[str, np.ndarray], lengths: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    """Cut a batch's outputs into one dict per sequence, dropping padded token rows."""
+    per_token = HEAD_OUTPUTS[head]
+    rows: list[dict[str, np.ndarray]] = []
+    for i, length in enumerate(lengths):
+        rows.append({name: (arr[i, :length] if per_token[name] else arr[i]) for name, arr in outputs.items()})
+    return rows

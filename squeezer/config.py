@@ -1,0 +1,128 @@
+"""Frozen, validated configuration: one dataclass per concern.
+
+Every field carries its help text in its metadata, so the CLI flags (`--max-payload-bytes`) and the
+environment variables (`SQUEEZER_MAX_PAYLOAD_BYTES`) are derived from the same definition and can never
+drift apart. Nothing here reads the environment at import time: `from_sources` does, when called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, get_type_hints
+
+ENV_PREFIX = "SQUEEZER_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message says which setting to change and how."""
+
+
+def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
+    """Declare a config field with the help text shared by its CLI flag and environment variable."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _check(condition: bool, name: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{flag_name(name)} ({env_name(name)}): {message}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the HTTP server listens and what it accepts."""
+
+    host: str = setting("127.0.0.1", "Address to bind.")
+    port: int = setting(8000, "Port to bind.")
+    max_payload_bytes: int = setting(2_000_000, "Largest request body accepted, in bytes (413 beyond).")
+    log_level: str = setting("info", "Log level.", choices=("debug", "info", "warning", "error"))
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port <= 65535, "port", f"must be between 0 and 65535, got {self.port}")
+        _check(self.max_payload_bytes > 0, "max_payload_bytes", "must be a positive number of bytes")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """How model sources are resolved and loaded."""
+
+    task: str | None = setting(None, "Task to serve instead of the one detected from the model.")
+    allow_pickle: bool = setting(False, "Allow loading pickle weights (.bin); only for sources you trust.")
+    trust_remote_code: bool = setting(False, "Run model code shipped with the model; only for sources you trust.")
+
+    def __post_init__(self) -> None:
+        from squeezer.tasks import TASKS  # tasks import nothing from config: no cycle
+
+        _check(
+            self.task is None or self.task in TASKS,
+            "task",
+            f"unknown task {self.task!r}; choose one of {', '.join(sorted(TASKS))}",
+        )
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Which runtime executes the model, and with how many threads."""
+
+    backend: str = setting("torch", "Inference backend.", choices=("torch",))
+    threads: int = setting(0, "Intra-op threads for the backend; 0 means the cores available to this process.")
+
+    def __post_init__(self) -> None:
+        _check(self.threads >= 0, "threads", f"must be 0 (auto) or a positive count, got {self.threads}")
+
+
+C = TypeVar("C")
+
+
+def _parse(value: str, kind: Any, name: str) -> Any:
+    """Turn an environment string into the field's type."""
+    if kind is bool:
+        lowered = value.strip().lower()
+        _check(lowered in {"1", "true", "yes", "on", "0", "false", "no", "off"}, name, f"not a boolean: {value!r}")
+        return lowered in {"1", "true", "yes", "on"}
+    if kind is int:
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{flag_name(name)} ({env_name(name)}): not an integer: {value!r}") from None
+    if kind is float:
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{flag_name(name)} ({env_name(name)}): not a number: {value!r}") from None
+    return value
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Each field's scalar type, with `X | None` reduced to X."""
+    hints = get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        args = [a for a in getattr(kind, "__args__", ()) if a is not type(None)]
+        out[f.name] = args[0] if args else kind
+    return out
+
+
+def from_sources(cls: type[C], values: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> C:
+    """Build a config: explicit values (CLI) win over environment variables, which win over defaults."""
+    values = values or {}
+    environ = os.environ if environ is None else environ
+    kinds = field_types(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if values.get(f.name) is not None:
+            kwargs[f.name] = values[f.name]
+        elif env_name(f.name) in environ:
+            kwargs[f.name] = _parse(environ[env_name(f.name)], kinds[f.name], f.name)
+    return cls(**kwargs)

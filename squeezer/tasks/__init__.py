@@ -1,0 +1,19 @@
+"""The task table: every task the server knows, by its Hugging Face name.
+
+Tasks are chosen by looking them up here, never by if/elif chains; a new task is a new module plus a line.
+"""
+
+from __future__ import annotations
+
+from squeezer.tasks.base import InputError, ModelInfo, Pooling, Task
+from squeezer.tasks.embeddings import FeatureExtraction, SentenceSimilarity
+
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        FeatureExtraction(),
+        SentenceSimilarity(),
+    )
+}
+
+__all__ = ["TASKS", "InputError", "ModelInfo", "Pooling", "Task"]

@@ -1,0 +1,208 @@
+"""What a task is: validated parameters, pre-processing into features, post-processing of head outputs.
+
+A request's input becomes one or more items (a list input gives several); each item becomes one or more
+features (one token sequence each: question answering over a long context, or zero-shot classification with
+several labels, need several). Backends only ever see features, batched by the scheduler; tasks own
+everything else, so every backend returns the same answers for the same logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, TypeVar, get_type_hints
+
+import numpy as np
+
+
+class InputError(ValueError):
+    """The client sent something the task cannot run; answered with `status` and this message."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Feature:
+    """One token sequence for the model, with whatever post-processing needs to map its outputs back."""
+
+    input_ids: list[int]
+    token_type_ids: list[int] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class Prepared:
+    """An item turned into features; `truncated` says whether any text was cut to the model's length."""
+
+    features: list[Feature]
+    truncated: bool = False
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(f) for f in self.features)
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """Sentence-transformers pooling declared by the model folder (1_Pooling/config.json, Normalize)."""
+
+    mode: str  # "mean", "cls", "max", "mean_sqrt_len", "lasttoken"
+    normalize: bool
+
+
+@dataclass
+class ModelInfo:
+    """What tasks need to know about a loaded model: its tokenizer, config and limits."""
+
+    tokenizer: Any  # a transformers fast tokenizer
+    config: Any  # a transformers PretrainedConfig
+    max_length: int
+    pooling: Pooling | None = None
+
+    def encode(self, text: str, pair: str | None = None, *, truncate: bool, **kwargs: Any) -> tuple[Any, bool]:
+        """Tokenize one text (or pair) to at most `max_length` tokens; say whether anything was cut.
+
+        Called with `truncate=False`, an over-long input is a client error rather than a silent cut.
+        """
+        enc = self.tokenizer(text, pair, truncation=False, **kwargs)
+        if len(enc["input_ids"]) <= self.max_length:
+            return enc, False
+        if not truncate:
+            raise InputError(
+                f"inputs: {len(enc['input_ids'])} tokens exceed this model's maximum of {self.max_length}; "
+                "shorten the input or allow parameters.truncate"
+            )
+        strategy = "only_first" if pair is not None else "longest_first"
+        return self.tokenizer(text, pair, truncation=strategy, max_length=self.max_length, **kwargs), True
+
+
+class Task(Protocol):
+    """A task family: feature-extraction, text-classification, question-answering, ..."""
+
+    name: ClassVar[str]
+    head: ClassVar[str]  # the model head it runs on (see squeezer.backends.base.HEAD_OUTPUTS)
+
+    def supports(self, info: ModelInfo) -> bool:
+        """Whether this model can serve the task (zero-shot needs an entailment label, ...)."""
+
+    def claims(self, inputs: Any, parameters: dict[str, Any]) -> bool:
+        """Whether a request's shape asks for this task rather than the model's default one."""
+
+    def parse(self, inputs: Any, parameters: dict[str, Any]) -> tuple[list[Any], Any, bool]:
+        """Validate a request: its items, its typed parameters, and whether the input was a list."""
+
+    def prepare(self, item: Any, params: Any, info: ModelInfo) -> Prepared:
+        """Tokenize one item into features."""
+
+    def finish(self, item: Any, params: Any, outputs: list[dict[str, np.ndarray]], info: ModelInfo) -> Any:
+        """Turn one item's per-feature head outputs into its JSON-ready answer."""
+
+    def combine(self, results: list[Any], batched: bool) -> Any:
+        """Shape the answers of all items the way the Hugging Face Inference API does."""
+
+
+class BaseTask:
+    """Defaults shared by the tasks: claim nothing, support any model, answer a list for a list input."""
+
+    name: ClassVar[str]
+    head: ClassVar[str]
+
+    def supports(self, info: ModelInfo) -> bool:
+        return True
+
+    def claims(self, inputs: Any, parameters: dict[str, Any]) -> bool:
+        return False
+
+    def combine(self, results: list[Any], batched: bool) -> Any:
+        return results if batched else results[0]
+
+
+def text_items(inputs: Any) -> tuple[list[str], bool]:
+    """Validate `inputs` as a non-empty string or a non-empty list of non-empty strings."""
+    if isinstance(inputs, str):
+        if not inputs.strip():
+            raise InputError("inputs: must be a non-empty string")
+        return [inputs], False
+    if isinstance(inputs, list):
+        if not inputs:
+            raise InputError("inputs: must not be an empty list")
+        for i, text in enumerate(inputs):
+            if not isinstance(text, str) or not text.strip():
+                raise InputError(f"inputs[{i}]: must be a non-empty string")
+        return list(inputs), True
+    raise InputError(f"inputs: expected a string or a list of strings, got {type(inputs).__name__}")
+
+
+P = TypeVar("P")
+
+_JSON_NAMES = {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}
+
+
+def parse_params(cls: type[P], raw: Any) -> P:
+    """Build a task's frozen parameter dataclass from the request's `parameters` object.
+
+    Types are checked (an int is accepted where a float is expected, never a bool for a number), each
+    error names the field, and parameters this task does not know are ignored, as the Inference API does.
+    A field's metadata may hold `choices` and a `check` (a predicate with its `rule` text).
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InputError(f"parameters: expected an object, got {type(raw).__name__}")
+    hints = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if raw.get(f.name) is None:
+            continue
+        kwargs[f.name] = _check_value(f"parameters.{f.name}", raw[f.name], hints[f.name], f.metadata)
+    return cls(**kwargs)
+
+
+def _check_value(name: str, value: Any, kind: Any, meta: Any) -> Any:
+    args = [a for a in getattr(kind, "__args__", ()) if a is not type(None)]
+    origin = getattr(kind, "__origin__", None)
+    if origin is list:
+        if isinstance(value, str):
+            value = [value]  # the Inference API accepts a single label where a list is expected
+        if not isinstance(value, list) or not value:
+            raise InputError(f"{name}: expected a non-empty list of strings")
+        if not all(isinstance(v, str) and v.strip() for v in value):
+            raise InputError(f"{name}: every entry must be a non-empty string")
+        return list(value)
+    base = args[0] if args and origin is not list else kind
+    if getattr(base, "__origin__", None) is list:
+        return _check_value(name, value, base, meta)
+    ok = isinstance(value, base) and not (base is not bool and isinstance(value, bool))
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise InputError(f"{name}: expected {_JSON_NAMES.get(base, base.__name__)}, got {value!r}")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise InputError(f"{name}: must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")
+    if meta.get("check") and not meta["check"](value):
+        raise InputError(f"{name}: {meta['rule']}, got {value!r}")
+    return value
+
+
+def param(default: Any = None, *, choices: tuple[Any, ...] | None = None, check: Any = None, rule: str = "") -> Any:
+    """Declare a task parameter with its allowed values or a validity rule."""
+    return field(default=default, metadata={"choices": choices, "check": check, "rule": rule})
+
+
+def positive(rule: str = "must be a positive integer") -> dict[str, Any]:
+    return {"check": lambda v: v > 0, "rule": rule}
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax, as the transformers pipelines compute it."""
+    shifted = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return shifted / shifted.sum(axis=axis, keepdims=True)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))

