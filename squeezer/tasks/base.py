@@ -14,13 +14,13 @@ from typing import Any, ClassVar, Protocol, TypeVar, get_type_hints
 
 import numpy as np
 
+from squeezer.errors import ClientError
 
-class InputError(ValueError):
-    """The client sent something the task cannot run; answered with `status` and this message."""
 
-    def __init__(self, message: str, status: int = 422) -> None:
-        super().__init__(message)
-        self.status = status
+class InputError(ClientError):
+    """The client sent something the task cannot run (422 unless said otherwise); the message names the field."""
+
+    status = 422
 
 
 @dataclass

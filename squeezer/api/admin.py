@@ -1,0 +1,58 @@
+"""Operational routes: health, server info, the model list."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from squeezer.engine import Engine
+
+router = APIRouter()
+
+_VERSIONED = ("squeezer", "transformers", "tokenizers", "torch", "onnxruntime", "numpy", "fastapi")
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    """200 once no model is still loading; 503 before. Never behind the API key."""
+    engine: Engine = request.app.state.engine
+    states = {m["id"]: m["state"] for m in engine.models()}
+    loading = any(state == "loading" for state in states.values())
+    return JSONResponse({"status": "loading" if loading else "ok", "models": states}, status_code=503 if loading else 200)
+
+
+@router.get("/info")
+async def info(request: Request) -> dict[str, Any]:
+    engine: Engine = request.app.state.engine
+    server = request.app.state.server_config
+    batching = engine.batching_config
+    return {
+        "models": engine.models(),
+        "versions": versions(),
+        "limits": {
+            "max_payload_bytes": server.max_payload_bytes,
+            "max_batch_tokens": batching.max_batch_tokens,
+            "max_batch_size": batching.max_batch_size,
+            "max_queue": batching.max_queue,
+        },
+    }
+
+
+@router.get("/models")
+async def models(request: Request) -> list[dict[str, Any]]:
+    engine: Engine = request.app.state.engine
+    return engine.models()

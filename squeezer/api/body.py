@@ -1,0 +1,47 @@
+"""Reading request bodies: a size limit enforced while streaming, strict UTF-8, JSON or raw text."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+
+from squeezer.errors import ClientError
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it passes `limit` bytes (before reading it all)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ClientError(f"payload of {declared} bytes exceeds the limit of {limit} bytes", status=413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ClientError(f"payload exceeds the limit of {limit} bytes", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_text(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ClientError(f"body is not valid UTF-8 (byte {exc.start})", status=400) from None
+
+
+def parse_json_or_text(request: Request, body: bytes) -> Any:
+    """JSON when declared (or when it looks like JSON, as curl -d sends it as a form); else raw text."""
+    if not body.strip():
+        raise ClientError("request body is empty; send {\"inputs\": ...}", status=400)
+    text = decode_text(body)
+    declared_json = "json" in request.headers.get("content-type", "")
+    if declared_json or text.lstrip()[:1] in {"{", "[", '"'}:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            if declared_json:
+                raise ClientError(f"body is not valid JSON: {exc.msg} at position {exc.pos}", status=400) from None
+    return text
+

@@ -1,0 +1,97 @@
+"""The `squeezer` command. Its flags are generated from the config dataclasses' fields, and every flag has
+an environment variable of the same name (`--max-payload-bytes` <-> `SQUEEZER_MAX_PAYLOAD_BYTES`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from squeezer.config import (
+    BackendConfig,
+    BatchingConfig,
+    ConfigError,
+    ModelConfig,
+    ServerConfig,
+    env_name,
+    field_types,
+    flag_name,
+    from_sources,
+)
+from squeezer.sources import SourceError
+
+SERVE_CONFIGS = (ServerConfig, ModelConfig, BackendConfig, BatchingConfig)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field; defaults stay None so `from_sources` can tell "not given" from a value."""
+    group = parser.add_argument_group(cls.__name__, cls.__doc__)
+    kinds = field_types(cls)
+    for f in dataclasses.fields(cls):
+        help_text = f"{f.metadata['help']} [env {env_name(f.name)}; default {f.default!r}]"
+        if kinds[f.name] is bool:
+            group.add_argument(flag_name(f.name), action="store_true", default=None, help=help_text)
+        else:
+            group.add_argument(flag_name(f.name), type=kinds[f.name], choices=f.metadata.get("choices"), help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="squeezer", description="Accelerated inference server for Transformers models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="Serve one or more models over HTTP.")
+    serve.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        help="[ID=]SOURCE: a model folder, a .gguf file or a cached Hub id "
+        f"(default: the packaged all-MiniLM-L6-v2; env {env_name('models')}, space-separated)",
+    )
+    for cls in SERVE_CONFIGS:
+        add_config_arguments(serve, cls)
+    return parser
+
+
+def configs_from(args: argparse.Namespace) -> dict[type, Any]:
+    values = vars(args)
+    return {cls: from_sources(cls, {f.name: values.get(f.name) for f in dataclasses.fields(cls)}) for cls in SERVE_CONFIGS}
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from squeezer.api import create_app
+    from squeezer.engine import Engine
+
+    configs = configs_from(args)
+    server: ServerConfig = configs[ServerConfig]
+    logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    specs = args.models or os.environ.get(env_name("models"), "").split()
+    engine = Engine.from_specs(
+        specs,
+        model_config=configs[ModelConfig],
+        backend_config=configs[BackendConfig],
+        batching_config=configs[BatchingConfig],
+    )
+    app = create_app(engine, server)
+    uvicorn.run(app, host=server.host, port=server.port, log_level=server.log_level, timeout_graceful_shutdown=30)
+    return 0
+
+
+COMMANDS = {"serve": serve}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, SourceError, ValueError) as exc:
+        print(f"squeezer: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Errors a client can cause, each carrying the HTTP status it is answered with.
+
+The engine and tasks raise these; the API turns them into `{"error": ...}` JSON without knowing which
+layer raised them, so nothing a client sends can become a 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ClientError(Exception):
+    """A request the server refuses; `status` is the HTTP status, `extra` more JSON fields."""
+
+    status: int = 400
+
+    def __init__(self, message: str, status: int | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+        self.extra = extra
+
+
+class UnknownModelError(ClientError):
+    status = 404
+
+
+class ModelNotReadyError(ClientError):
+    """The model is loading (503 with an estimated time, as the Inference API answers) or failed to load."""
+
+    status = 503
+
+
+class QueueFullError(ClientError):
+    status = 429

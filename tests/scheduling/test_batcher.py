@@ -1,0 +1,125 @@
+"""The dynamic batcher with a deterministic fake model: order, grouping, bounds, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from squeezer.backends import Batch
+from squeezer.config import BatchingConfig
+from squeezer.errors import QueueFullError
+from squeezer.scheduling import Batcher, BatchStats, WorkItem
+from squeezer.scheduling.batcher import take_batch
+from squeezer.tasks.base import Feature
+
+
+class FakeModel:
+    """Answers each row with the sum of its real tokens; records every batch; can be slowed or broken."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+        self.batches: list[np.ndarray] = []
+        self.delay = delay
+        self.fail = fail
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, batch: Batch) -> list[dict[str, np.ndarray]]:
+        self.gate.wait(5)
+        if self.fail:
+            raise RuntimeError("backend exploded")
+        self.batches.append(batch.input_ids)
+        if self.delay:
+            threading.Event().wait(self.delay)
+        sums = (batch.input_ids * batch.attention_mask).sum(axis=1)
+        return [{"sum": np.array(s)} for s in sums]
+
+
+def feature(n: int, value: int = 1) -> Feature:
+    return Feature([value] * n)
+
+
+async def start(model: FakeModel, **config: float) -> Batcher:
+    batcher = Batcher(model, 0, BatchingConfig(**config))  # type: ignore[arg-type]
+    batcher.start()
+    return batcher
+
+
+async def test_answers_come_back_in_order_for_every_request() -> None:
+    model = FakeModel(delay=0.01)
+    batcher = await start(model)
+    requests = [[feature(n, value) for n in (3, 1, 7)] for value in range(1, 30)]
+    results = await asyncio.gather(*(batcher.submit(r) for r in requests))
+    for value, rows in zip(range(1, 30), results):
+        assert [int(r["sum"]) for r in rows] == [3 * value, 1 * value, 7 * value]
+    assert len(model.batches) < len(requests) * 3, "concurrent requests should share batches"
+    await batcher.close()
+
+
+def test_take_batch_keeps_oldest_and_respects_budget() -> None:
+    loop = asyncio.new_event_loop()
+    items = [WorkItem(feature(n), loop.create_future()) for n in (10, 50, 11, 9, 12, 100)]
+    chosen = take_batch(items, BatchingConfig(max_batch_tokens=48, max_batch_size=8))
+    assert items[0] in chosen
+    assert [it.length for it in chosen] == [9, 10, 11, 12]  # nearest lengths, sorted, 4 x 12 <= 48
+    chosen = take_batch(items, BatchingConfig(max_batch_tokens=10_000, max_batch_size=2))
+    assert len(chosen) == 2
+    loop.close()
+
+
+def test_a_sequence_longer_than_the_budget_still_runs_alone() -> None:
+    loop = asyncio.new_event_loop()
+    items = [WorkItem(feature(500), loop.create_future()), WorkItem(feature(5), loop.create_future())]
+    assert take_batch(items, BatchingConfig(max_batch_tokens=100)) == [items[0]]
+    loop.close()
+
+
+async def test_queue_bound_answers_429_at_once() -> None:
+    model = FakeModel()
+    model.gate.clear()  # the model is stuck: nothing leaves the queue
+    batcher = await start(model, max_queue=4, max_batch_size=1)
+    first = asyncio.create_task(batcher.submit([feature(2)]))
+    await asyncio.sleep(0.05)  # taken by the loop, now running
+    queued = asyncio.create_task(batcher.submit([feature(2)] * 4))
+    await asyncio.sleep(0.01)
+    with pytest.raises(QueueFullError) as err:
+        await batcher.submit([feature(2)])
+    assert err.value.status == 429
+    model.gate.set()
+    assert len(await queued) == 4 and len(await first) == 1
+    await batcher.close()
+
+
+async def test_cancelled_request_is_dropped_before_running() -> None:
+    model = FakeModel()
+    model.gate.clear()
+    batcher = await start(model, max_batch_size=1)
+    running = asyncio.create_task(batcher.submit([feature(1, 1)]))
+    await asyncio.sleep(0.05)
+    doomed = asyncio.create_task(batcher.submit([feature(1, 7)]))
+    await asyncio.sleep(0.01)
+    doomed.cancel()
+    model.gate.set()
+    await running
+    await asyncio.sleep(0.05)
+    assert all(7 not in b for b in model.batches)
+    assert batcher.depth == 0
+    await batcher.close()
+
+
+async def test_backend_failure_answers_every_waiting_request() -> None:
+    batcher = await start(FakeModel(fail=True))
+    results = await asyncio.gather(*(batcher.submit([feature(3)]) for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    await batcher.close()
+
+
+async def test_batch_stats_are_reported() -> None:
+    seen: list[BatchStats] = []
+    batcher = Batcher(FakeModel(), 0, BatchingConfig(), on_batch=seen.append)
+    batcher.start()
+    await batcher.submit([feature(2), feature(4)])
+    assert seen and seen[0].size == 2 and seen[0].real_tokens == 6 and seen[0].padded_tokens == 8
+    await batcher.close()

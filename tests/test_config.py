@@ -1,0 +1,46 @@
+"""Config validation and the CLI/environment mapping derived from the same fields."""
+
+from __future__ import annotations
+
+import pytest
+
+from squeezer.cli import build_parser, configs_from
+from squeezer.config import BackendConfig, BatchingConfig, ConfigError, ModelConfig, ServerConfig, from_sources
+
+
+def test_invalid_values_say_which_setting_to_change() -> None:
+    with pytest.raises(ConfigError, match=r"--port \(SQUEEZER_PORT\): must be between 0 and 65535"):
+        ServerConfig(port=70000)
+    with pytest.raises(ConfigError, match=r"--task \(SQUEEZER_TASK\): unknown task 'translate-poems'"):
+        ModelConfig(task="translate-poems")
+    with pytest.raises(ConfigError, match="--max-batch-size"):
+        BatchingConfig(max_batch_size=0)
+    with pytest.raises(ConfigError, match="--threads"):
+        BackendConfig(threads=-1)
+
+
+def test_environment_fills_what_the_command_line_leaves_out() -> None:
+    env = {"SQUEEZER_PORT": "9001", "SQUEEZER_HOST": "0.0.0.0", "SQUEEZER_MAX_PAYLOAD_BYTES": "10"}
+    config = from_sources(ServerConfig, {"port": 9002}, env)
+    assert (config.host, config.port, config.max_payload_bytes) == ("0.0.0.0", 9002, 10)
+    assert from_sources(ModelConfig, {}, {"SQUEEZER_ALLOW_PICKLE": "true"}).allow_pickle is True
+
+
+def test_bad_environment_values_are_reported() -> None:
+    with pytest.raises(ConfigError, match="SQUEEZER_PORT.*not an integer"):
+        from_sources(ServerConfig, {}, {"SQUEEZER_PORT": "eighty"})
+    with pytest.raises(ConfigError, match="SQUEEZER_ALLOW_PICKLE.*not a boolean"):
+        from_sources(ModelConfig, {}, {"SQUEEZER_ALLOW_PICKLE": "perhaps"})
+
+
+def test_every_config_field_has_a_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SQUEEZER_PORT", raising=False)
+    args = build_parser().parse_args(
+        ["serve", "m=/x", "--port", "8100", "--allow-pickle", "--max-batch-tokens", "512", "--task", "fill-mask", "--threads", "1"]
+    )
+    configs = configs_from(args)
+    assert args.models == ["m=/x"]
+    assert configs[ServerConfig].port == 8100
+    assert configs[ModelConfig].allow_pickle and configs[ModelConfig].task == "fill-mask"
+    assert configs[BatchingConfig].max_batch_tokens == 512
+    assert configs[BackendConfig].threads == 1

@@ -1,0 +1,56 @@
+"""MODEL arguments resolve to local files, and fail fast with a way forward when they cannot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from squeezer.config import BackendConfig, ModelConfig
+from squeezer.loading import load_model
+from squeezer.sources import DEFAULT_MODEL_SPEC, SourceError, parse_spec, resolve
+
+
+def test_default_model_comes_from_its_package() -> None:
+    source = resolve(DEFAULT_MODEL_SPEC)
+    assert source.model_id == "sentence-transformers/all-MiniLM-L6-v2"
+    assert (source.path / "model.safetensors").is_file()
+
+
+def test_id_prefix_and_folder(tiny_model) -> None:
+    folder = tiny_model("bert", "base")
+    assert resolve(str(folder)).model_id == folder.name
+    assert resolve(f"my/model={folder}").model_id == "my/model"
+    assert parse_spec("just-a-source") == (None, "just-a-source")
+    with pytest.raises(SourceError, match="ID=SOURCE"):
+        parse_spec("=nothing")
+
+
+def test_uncached_hub_model_fails_at_once_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(SourceError, match="not in the Hugging Face cache.*huggingface-cli download"):
+        resolve("some-org/some-model")
+
+
+def test_missing_paths_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="does not exist"):
+        resolve(str(tmp_path / "model.gguf"))
+    with pytest.raises(SourceError, match="no config.json"):
+        resolve(str(tmp_path))
+
+
+def test_pickle_weights_are_refused_unless_allowed(tiny_model, tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_model("bert", "base"), folder)
+    weights = __import__("safetensors.torch", fromlist=["load_file"]).load_file(str(folder / "model.safetensors"))
+    torch.save(weights, folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(SourceError, match="--allow-pickle"):
+        load_model(resolve(str(folder)), ModelConfig(), BackendConfig())
+    loaded = load_model(resolve(str(folder)), ModelConfig(allow_pickle=True), BackendConfig())
+    assert loaded.task.name == "feature-extraction"
