@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +15,9 @@ from typing import Any
 from squeezer.config import (
     BackendConfig,
     BatchingConfig,
+    CacheConfig,
     ConfigError,
+    LimitsConfig,
     ModelConfig,
     ServerConfig,
     env_name,
@@ -24,7 +27,7 @@ from squeezer.config import (
 )
 from squeezer.sources import SourceError
 
-SERVE_CONFIGS = (ServerConfig, ModelConfig, BackendConfig, BatchingConfig)
+SERVE_CONFIGS = (ServerConfig, ModelConfig, BackendConfig, BatchingConfig, LimitsConfig, CacheConfig)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -75,9 +78,21 @@ def serve(args: argparse.Namespace) -> int:
         model_config=configs[ModelConfig],
         backend_config=configs[BackendConfig],
         batching_config=configs[BatchingConfig],
+        limits_config=configs[LimitsConfig],
+        cache_config=configs[CacheConfig],
     )
     app = create_app(engine, server)
-    uvicorn.run(app, host=server.host, port=server.port, log_level=server.log_level, timeout_graceful_shutdown=30)
+    # uvicorn drains on SIGTERM, then re-raises the signal to the previous handler; make that a no-op so a
+    # graceful shutdown exits 0, as process managers expect.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    uvicorn.run(
+        app,
+        host=server.host,
+        port=server.port,
+        log_level=server.log_level,
+        access_log=False,  # squeezer.api.access logs one structured line per request instead
+        timeout_graceful_shutdown=int(server.shutdown_grace),
+    )
     return 0
 
 

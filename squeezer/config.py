@@ -46,10 +46,15 @@ class ServerConfig:
     port: int = setting(8000, "Port to bind.")
     max_payload_bytes: int = setting(2_000_000, "Largest request body accepted, in bytes (413 beyond).")
     log_level: str = setting("info", "Log level.", choices=("debug", "info", "warning", "error"))
+    log_format: str = setting("text", "Access log format: one line per request, as text or JSON.", choices=("text", "json"))
+    api_key: str | None = setting(None, "Require `Authorization: Bearer KEY` on inference and admin routes.")
+    shutdown_grace: float = setting(30.0, "Seconds to finish accepted requests after SIGTERM before exiting.")
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", f"must be between 0 and 65535, got {self.port}")
         _check(self.max_payload_bytes > 0, "max_payload_bytes", "must be a positive number of bytes")
+        _check(self.api_key is None or len(self.api_key) >= 8, "api_key", "must be at least 8 characters")
+        _check(self.shutdown_grace >= 0, "shutdown_grace", "must be 0 or more seconds")
 
 
 @dataclass(frozen=True)
@@ -59,10 +64,12 @@ class ModelConfig:
     task: str | None = setting(None, "Task to serve instead of the one detected from the model.")
     allow_pickle: bool = setting(False, "Allow loading pickle weights (.bin); only for sources you trust.")
     trust_remote_code: bool = setting(False, "Run model code shipped with the model; only for sources you trust.")
+    max_memory_mb: int = setting(0, "Memory budget for loaded models in MiB; the least recently used is unloaded past it (0: none).")
 
     def __post_init__(self) -> None:
         from squeezer.tasks import TASKS  # tasks import nothing from config: no cycle
 
+        _check(self.max_memory_mb >= 0, "max_memory_mb", "must be 0 (no budget) or a size in MiB")
         _check(
             self.task is None or self.task in TASKS,
             "task",
@@ -95,6 +102,33 @@ class BatchingConfig:
         _check(self.max_batch_tokens >= 1, "max_batch_tokens", "must be at least 1")
         _check(self.max_wait_ms >= 0, "max_wait_ms", "must be 0 or more milliseconds")
         _check(self.max_queue >= 1, "max_queue", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """What one request may ask for, and how long it may wait."""
+
+    max_inputs: int = setting(256, "Most inputs in one request (413 beyond).")
+    max_input_chars: int = setting(100_000, "Most characters in one input text (422 beyond).")
+    request_timeout: float = setting(60.0, "Seconds a request may wait for the model before a 504; 0 disables.")
+
+    def __post_init__(self) -> None:
+        _check(self.max_inputs >= 1, "max_inputs", "must be at least 1")
+        _check(self.max_input_chars >= 1, "max_input_chars", "must be at least 1")
+        _check(self.request_timeout >= 0, "request_timeout", "must be 0 (none) or a number of seconds")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Caches that skip repeated work: whole answers, and tokenizations of repeated texts."""
+
+    result_cache_entries: int = setting(4096, "Most answers kept for identical repeated requests (0 disables).")
+    result_cache_mb: int = setting(64, "Most MiB of answers kept in the result cache.")
+    token_cache_entries: int = setting(16384, "Most tokenized texts kept per model (0 disables).")
+
+    def __post_init__(self) -> None:
+        for name in ("result_cache_entries", "result_cache_mb", "token_cache_entries"):
+            _check(getattr(self, name) >= 0, name, "must be 0 (disabled) or a positive count")
 
 
 C = TypeVar("C")

@@ -4,54 +4,71 @@
     await engine.start()
     answer = await engine.run("sentence-transformers/all-MiniLM-L6-v2", "Hello world")
 
-It owns the models (loading in the background, ready, failed), hands each request's tokenized features to
-the model's batcher, and shapes the answer. The HTTP layer is a thin client of this class.
+It finds the model (see registry.py for the lifecycle), answers repeated requests from the result cache,
+enforces the request limits, hands the tokenized features to the model's batcher with a deadline, and shapes
+the answer. The HTTP layer is a thin client of this class.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from squeezer.backends import split_outputs
-from squeezer.config import BackendConfig, BatchingConfig, ModelConfig
-from squeezer.errors import ModelNotReadyError, UnknownModelError
-from squeezer.loading import LoadedModel, load_model
+from squeezer.caches import LRUCache, approx_bytes, request_key
+from squeezer.config import BackendConfig, BatchingConfig, CacheConfig, LimitsConfig, ModelConfig
+from squeezer.errors import ClientError, ModelNotReadyError
+from squeezer.registry import ModelRegistry
 from squeezer.requests import Answer, answer, plan
-from squeezer.scheduling import Batcher
+from squeezer.scheduling import BatchStats
 from squeezer.sources import DEFAULT_MODEL_SPEC, ModelSource, resolve
+from squeezer.tasks import InputError
 
 
-@dataclass
-class ModelEntry:
-    """One served model and where it is in its life: loading, ready or failed."""
+@dataclass(frozen=True)
+class Timings:
+    """Where a request's time went, in seconds (for response headers and metrics)."""
 
-    source: ModelSource
-    state: str = "loading"
-    error: str | None = None
-    loaded: LoadedModel | None = None
-    batcher: Batcher | None = None
-    load_started: float = field(default_factory=time.monotonic)
-    ready_event: asyncio.Event = field(default_factory=asyncio.Event)
+    queue: float = 0.0
+    tokenize: float = 0.0
+    inference: float = 0.0
+    total: float = 0.0
 
-    def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.source.model_id, "state": self.state, "source": str(self.source.path)}
-        if self.error:
-            out["error"] = self.error
-        if self.loaded:
-            caps = self.loaded.backend.capabilities()
-            out.update(
-                task=self.loaded.task.name,
-                tasks=[t.name for t in self.loaded.tasks()],
-                backend=caps.name,
-                device=caps.device,
-                dtype=caps.dtype,
-                max_input_tokens=caps.max_length,
-            )
-        return out
+
+@dataclass(frozen=True)
+class Result:
+    """An answer plus how it was produced."""
+
+    answer: Answer
+    timings: Timings
+    cached: bool = False
+
+    @property
+    def output(self) -> Any:
+        return self.answer.output
+
+
+def count_inputs(inputs: Any) -> int:
+    """How many texts a request asks for: a list's length, or the sentences of a similarity request."""
+    if isinstance(inputs, list):
+        return len(inputs)
+    if isinstance(inputs, dict) and isinstance(inputs.get("sentences"), list):
+        return len(inputs["sentences"]) + 1
+    return 1
+
+
+def check_chars(value: Any, limit: int, path: str = "inputs") -> None:
+    """Refuse any text longer than `limit` characters before spending time tokenizing it."""
+    if isinstance(value, str) and len(value) > limit:
+        raise InputError(f"{path}: {len(value)} characters exceed the limit of {limit}")
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            check_chars(item, limit, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_chars(item, limit, f"{path}.{key}")
 
 
 class Engine:
@@ -63,69 +80,76 @@ class Engine:
         model_config: ModelConfig | None = None,
         backend_config: BackendConfig | None = None,
         batching_config: BatchingConfig | None = None,
+        limits_config: LimitsConfig | None = None,
+        cache_config: CacheConfig | None = None,
     ) -> None:
-        self.model_config = model_config or ModelConfig()
-        self.backend_config = backend_config or BackendConfig()
-        self.batching_config = batching_config or BatchingConfig()
         ids = [s.model_id for s in sources]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise ValueError(f"model ids must be unique; give each an ID= prefix: {', '.join(duplicates)}")
+        self.model_config = model_config or ModelConfig()
+        self.backend_config = backend_config or BackendConfig()
+        self.batching_config = batching_config or BatchingConfig()
+        self.limits = limits_config or LimitsConfig()
+        self.cache_config = cache_config or CacheConfig()
         self._sources = list(sources)
-        self._entries: dict[str, ModelEntry] = {}
+        self._batch_listeners: list[Callable[[str, BatchStats], None]] = []
+        self.results: LRUCache[Answer] = LRUCache(self.cache_config.result_cache_entries, self.cache_config.result_cache_mb << 20)
+        self.registry: ModelRegistry | None = None
 
     @classmethod
     def from_specs(cls, specs: Sequence[str] = (), **configs: Any) -> Engine:
         """Build from MODEL arguments (`[ID=]SOURCE`); with none, the packaged default model."""
         return cls([resolve(spec) for spec in (specs or [DEFAULT_MODEL_SPEC])], **configs)
 
+    def on_batch(self, listener: Callable[[str, BatchStats], None]) -> None:
+        """Be told about every batch any model runs (model id, stats): the metrics hook."""
+        self._batch_listeners.append(listener)
+
+    def _report_batch(self, model_id: str, stats: BatchStats) -> None:
+        for listener in self._batch_listeners:
+            listener(model_id, stats)
+
     async def start(self, wait: bool = True) -> None:
         """Begin loading every model in the background; with `wait`, return once all have settled."""
-        self._entries = {s.model_id: ModelEntry(s) for s in self._sources}
-        loads = [asyncio.create_task(self._load(entry)) for entry in self._entries.values()]
+        self.registry = ModelRegistry(
+            self._sources, self.model_config, self.backend_config, self.batching_config, self.cache_config, self._report_batch
+        )
+        entries = [self.registry.load(model_id) for model_id in self.registry.entries]
         if wait:
-            await asyncio.gather(*loads)
+            await asyncio.gather(*(entry.settled.wait() for entry in entries))
 
-    async def _load(self, entry: ModelEntry) -> None:
-        try:
-            loaded = await asyncio.to_thread(load_model, entry.source, self.model_config, self.backend_config)
-        except Exception as exc:  # a model that fails to load is reported, and the server stays up
-            entry.state, entry.error = "failed", f"{exc.__class__.__name__}: {exc}"
-        else:
-            entry.loaded = loaded
-            pad_id = loaded.info.tokenizer.pad_token_id or 0
-            head = loaded.task.head
-
-            def run_batch(batch: Any) -> list[Any]:
-                return split_outputs(head, loaded.backend.forward(batch), batch.lengths)
-
-            entry.batcher = Batcher(run_batch, pad_id, self.batching_config)
-            entry.batcher.start()
-            entry.state = "ready"
-        entry.ready_event.set()
+    def _registry(self) -> ModelRegistry:
+        if self.registry is None:
+            raise RuntimeError("call `await engine.start()` before using the engine")
+        return self.registry
 
     def models(self) -> list[dict[str, Any]]:
         """Every model with its state, task and backend, for /info and /models."""
-        return [entry.describe() for entry in self._entries.values()]
+        return [entry.describe() for entry in self._registry().entries.values()]
 
-    def _entry(self, model_id: str) -> ModelEntry:
-        entry = self._entries.get(model_id)
-        if entry is None:
-            known = ", ".join(self._entries) or "none"
-            raise UnknownModelError(f"model {model_id!r} is not served here; served models: {known}")
-        return entry
+    def model_ids(self) -> list[str]:
+        """Served model ids, in the order they were given (the first is the default for TEI routes)."""
+        return list(self._registry().entries)
 
-    async def ready_model(self, model_id: str, wait: bool = False) -> ModelEntry:
-        """The model's entry once ready; 503 while it loads (unless `wait`) or after it failed."""
-        entry = self._entry(model_id)
-        if entry.state == "loading" and wait:
-            await entry.ready_event.wait()
-        if entry.state == "loading":
-            elapsed = time.monotonic() - entry.load_started
-            raise ModelNotReadyError(f"Model {model_id} is currently loading", estimated_time=max(1.0, 20.0 - elapsed))
-        if entry.state == "failed":
-            raise ModelNotReadyError(f"Model {model_id} failed to load: {entry.error}")
-        return entry
+    def tokenizer(self, model_id: str) -> Any:
+        """The model's tokenizer (for /tokenize); 503 unless the model is ready."""
+        entry = self._registry().get(model_id)
+        if entry.loaded is None:
+            raise ModelNotReadyError(f"Model {model_id} is not loaded (state: {entry.state})")
+        return entry.loaded.info.tokenizer
+
+    def queue_depths(self) -> dict[str, int]:
+        return {mid: e.batcher.depth for mid, e in self._registry().entries.items() if e.batcher}
+
+    async def load(self, model_id: str, wait: bool = True) -> dict[str, Any]:
+        entry = self._registry().load(model_id)
+        if wait:
+            await entry.settled.wait()
+        return entry.describe()
+
+    async def unload(self, model_id: str) -> dict[str, Any]:
+        return (await self._registry().unload(model_id)).describe()
 
     async def run(
         self,
@@ -134,18 +158,49 @@ class Engine:
         parameters: dict[str, Any] | None = None,
         task: str | None = None,
         wait_for_model: bool = False,
-    ) -> Answer:
+        use_cache: bool = True,
+    ) -> Result:
         """Run one request (Hugging Face Inference API semantics) and return its answer."""
-        entry = await self.ready_model(model_id, wait_for_model)
-        assert entry.loaded is not None and entry.batcher is not None
-        request = plan(entry.loaded, inputs, parameters, task)
-        outputs = await entry.batcher.submit(request.features)
-        return answer(entry.loaded, request, outputs)
+        started = time.perf_counter()
+        entry = await self._registry().ready(model_id, wait_for_model)
+        key = request_key(model_id, task, inputs, parameters) if use_cache else None
+        hit = self.results.get(key) if key is not None else None
+        if hit is not None:
+            return Result(hit, Timings(total=time.perf_counter() - started), cached=True)
+        self._check_limits(inputs)
+        loaded, batcher = entry.loaded, entry.batcher
+        if loaded is None or batcher is None:
+            raise ModelNotReadyError(f"Model {model_id} was unloaded; retry to load it again")
+        request = plan(loaded, inputs, parameters, task)
+        tokenized = time.perf_counter()
+        submitted = await self._submit(batcher, request.features, started)
+        result = answer(loaded, request, submitted.outputs)
+        if key is not None:
+            self.results.put(key, result, approx_bytes(result.output))
+        done = time.perf_counter()
+        timings = Timings(submitted.queue_seconds, tokenized - started, submitted.inference_seconds, done - started)
+        return Result(result, timings)
+
+    def _check_limits(self, inputs: Any) -> None:
+        count = count_inputs(inputs)
+        if count > self.limits.max_inputs:
+            raise ClientError(f"inputs: {count} inputs exceed the limit of {self.limits.max_inputs} per request", status=413)
+        check_chars(inputs, self.limits.max_input_chars)
+
+    async def _submit(self, batcher: Any, features: list[Any], started: float) -> Any:
+        """Wait for the batcher within the request timeout; past it, drop the work and answer 504."""
+        timeout = self.limits.request_timeout
+        if not timeout:
+            return await batcher.submit(features)
+        try:
+            return await asyncio.wait_for(batcher.submit(features), max(0.0, timeout - (time.perf_counter() - started)))
+        except asyncio.TimeoutError:
+            raise ClientError(f"request timed out after {timeout:g}s waiting for the model", status=504) from None
 
     async def close(self) -> None:
-        """Stop batching and free every model."""
-        for entry in self._entries.values():
-            if entry.batcher:
-                await entry.batcher.close()
-            if entry.loaded:
-                entry.loaded.backend.close()
+        """Finish queued work and free every model."""
+        if self.registry is not None:
+            await self.registry.close()
+
+
+__all__ = ["Engine", "Result", "Timings"]

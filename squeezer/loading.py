@@ -5,6 +5,7 @@ This runs in a worker thread at startup (or on /load), never on a request's path
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +63,18 @@ def load_info(source: ModelSource, model_config: ModelConfig) -> tuple[ModelInfo
     return ModelInfo(tokenizer, config, max_length(source.path, config, tokenizer), pooling), task
 
 
+# transformers resolves its lazy imports non-atomically: two threads loading models at once can see a
+# half-imported module. Loads are rare and CPU-bound anyway, so they take turns.
+_LOAD_LOCK = threading.Lock()
+
+
 def load_model(source: ModelSource, model_config: ModelConfig, backend_config: BackendConfig) -> LoadedModel:
+    """Load a model (called in a worker thread): weights check, tokenizer and task, backend, warm-up."""
+    with _LOAD_LOCK:
+        return _load_model(source, model_config, backend_config)
+
+
+def _load_model(source: ModelSource, model_config: ModelConfig, backend_config: BackendConfig) -> LoadedModel:
     check_weights(source, model_config)
     info, task_name = load_info(source, model_config)
     task = TASKS[task_name]

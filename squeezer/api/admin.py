@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import platform
+from dataclasses import asdict
 from importlib import metadata
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from squeezer.api.auth import require_api_key
 from squeezer.engine import Engine
 
-router = APIRouter()
+router = APIRouter()  # /health stays open; the rest of this module needs the API key when one is set
 
 _VERSIONED = ("squeezer", "transformers", "tokenizers", "torch", "onnxruntime", "numpy", "fastapi")
 
@@ -35,24 +37,15 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "loading" if loading else "ok", "models": states}, status_code=503 if loading else 200)
 
 
-@router.get("/info")
+@router.get("/info", dependencies=[Depends(require_api_key)])
 async def info(request: Request) -> dict[str, Any]:
     engine: Engine = request.app.state.engine
     server = request.app.state.server_config
-    batching = engine.batching_config
-    return {
-        "models": engine.models(),
-        "versions": versions(),
-        "limits": {
-            "max_payload_bytes": server.max_payload_bytes,
-            "max_batch_tokens": batching.max_batch_tokens,
-            "max_batch_size": batching.max_batch_size,
-            "max_queue": batching.max_queue,
-        },
-    }
+    limits = {"max_payload_bytes": server.max_payload_bytes, **asdict(engine.limits), **asdict(engine.batching_config)}
+    return {"models": engine.models(), "versions": versions(), "limits": limits, "auth": bool(server.api_key)}
 
 
-@router.get("/models")
+@router.get("/models", dependencies=[Depends(require_api_key)])
 async def models(request: Request) -> list[dict[str, Any]]:
     engine: Engine = request.app.state.engine
     return engine.models()

@@ -7,14 +7,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from squeezer.api import admin, hf
+from squeezer.api import admin, hf, metrics, openai, tei
+from squeezer.api.access import AccessLog
 from squeezer.api.errors import install_error_handlers
 from squeezer.config import ServerConfig
 from squeezer.engine import Engine
 
 
 def create_app(engine: Engine, server_config: ServerConfig | None = None) -> FastAPI:
-    """Build the HTTP app; models start loading when the app starts and are freed when it stops."""
+    """Build the HTTP app; models start loading when the app starts, and finish their queued work and
+    are freed when it stops (after uvicorn has drained in-flight requests on SIGTERM)."""
+    config = server_config or ServerConfig()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -26,8 +29,10 @@ def create_app(engine: Engine, server_config: ServerConfig | None = None) -> Fas
 
     app = FastAPI(title="Squeezer", lifespan=lifespan)
     app.state.engine = engine
-    app.state.server_config = server_config or ServerConfig()
+    app.state.server_config = config
+    app.state.metrics = metrics.Metrics(engine)
     install_error_handlers(app)
-    app.include_router(admin.router)
-    app.include_router(hf.router)
+    app.add_middleware(AccessLog, log_format=config.log_format)
+    for module in (admin, metrics, hf, openai, tei):
+        app.include_router(module.router)
     return app

@@ -45,3 +45,17 @@ def parse_json_or_text(request: Request, body: bytes) -> Any:
                 raise ClientError(f"body is not valid JSON: {exc.msg} at position {exc.pos}", status=400) from None
     return text
 
+
+
+async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    """A JSON object body, for the OpenAI- and TEI-style routes, which take nothing else."""
+    text = decode_text(await read_body(request, limit))
+    if not text.strip():
+        raise ClientError("request body is empty", status=400)
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ClientError(f"body is not valid JSON: {exc.msg} at position {exc.pos}", status=400) from None
+    if not isinstance(payload, dict):
+        raise ClientError(f"body: expected a JSON object, got {type(payload).__name__}", status=422)
+    return payload

@@ -1,30 +1,40 @@
 """The Hugging Face Inference API dialect: `POST /models/{model_id}` (ids may hold slashes).
 
 `/models/{id}/pipeline/{task}` picks a task explicitly, as the Inference API allows for models that serve
-several (huggingface_hub uses it for feature-extraction and sentence-similarity).
+several (huggingface_hub uses it for feature-extraction and sentence-similarity); `/models/{id}/load` and
+`/models/{id}/unload` manage a configured model at runtime.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from squeezer.api.auth import require_api_key
+from squeezer.api.compat import shape_for_client
 from squeezer.api.body import parse_json_or_text, read_body
+from squeezer.api.responses import result_headers, unless_disconnected
 from squeezer.engine import Engine
 from squeezer.errors import ClientError
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(require_api_key)])
+
+ACTIONS = ("load", "unload")
 
 
-def split_model_path(path: str) -> tuple[str, str | None]:
-    """`org/name/pipeline/task` -> (`org/name`, `task`); a plain id has no task."""
+def split_model_path(path: str, known: set[str]) -> tuple[str, str | None, str | None]:
+    """`org/name/pipeline/task` -> (`org/name`, task, None); `org/name/load` -> (`org/name`, None, "load")."""
+    if path in known:
+        return path, None, None
     head, sep, task = path.rpartition("/pipeline/")
     if sep and head and task and "/" not in task:
-        return head, task
-    return path, None
+        return head, task, None
+    head, _, action = path.rpartition("/")
+    if action in ACTIONS and head:
+        return head, None, action
+    return path, None, None
 
 
 def unpack(payload: Any) -> tuple[Any, Any, dict[str, Any]]:
@@ -32,7 +42,8 @@ def unpack(payload: Any) -> tuple[Any, Any, dict[str, Any]]:
     if isinstance(payload, dict):
         if "inputs" not in payload:
             raise ClientError("inputs: missing; send {\"inputs\": ..., \"parameters\": {...}}", status=422)
-        options = payload.get("options") or {}
+        options = payload.get("options")
+        options = {} if options is None else options
         if not isinstance(options, dict):
             raise ClientError(f"options: expected an object, got {type(options).__name__}", status=422)
         return payload["inputs"], payload.get("parameters"), options
@@ -41,25 +52,33 @@ def unpack(payload: Any) -> tuple[Any, Any, dict[str, Any]]:
     raise ClientError(f"inputs: expected a string, a list or an object, got {type(payload).__name__}", status=422)
 
 
-def wants_wait(request: Request, options: dict[str, Any]) -> bool:
-    header = request.headers.get("x-wait-for-model", "").lower() in {"1", "true", "yes"}
-    return bool(options.get("wait_for_model")) or header
+def option(options: dict[str, Any], name: str, default: bool) -> bool:
+    value = options.get(name, default)
+    if not isinstance(value, bool):
+        raise ClientError(f"options.{name}: expected a boolean, got {value!r}", status=422)
+    return value
 
 
 @router.post("/models/{model_path:path}")
 async def infer(model_path: str, request: Request) -> JSONResponse:
-    started = time.perf_counter()
     engine: Engine = request.app.state.engine
-    model_id, task = split_model_path(model_path)
+    model_id, task, action = split_model_path(model_path, set(engine.model_ids()))
+    if action == "load":
+        return JSONResponse(await engine.load(model_id))
+    if action == "unload":
+        return JSONResponse(await engine.unload(model_id))
     body = await read_body(request, request.app.state.server_config.max_payload_bytes)
     inputs, parameters, options = unpack(parse_json_or_text(request, body))
-    result = await engine.run(model_id, inputs, parameters, task=task, wait_for_model=wants_wait(request, options))
-    headers = {
-        "x-squeezer-task": result.task,
-        "x-squeezer-input-tokens": str(result.n_tokens),
-        "x-compute-time": f"{time.perf_counter() - started:.6f}",
-        "x-compute-type": "cpu",
-    }
-    if result.truncated:
-        headers["x-squeezer-truncated"] = "true"
-    return JSONResponse(result.output, headers=headers)
+    wait_header = request.headers.get("x-wait-for-model", "").lower() in {"1", "true", "yes"}
+    run = engine.run(
+        model_id,
+        inputs,
+        parameters,
+        task=task,
+        wait_for_model=option(options, "wait_for_model", False) or wait_header,
+        use_cache=option(options, "use_cache", True),
+    )
+    result = await unless_disconnected(request, run)
+    request.app.state.metrics.observe_timings(result.timings)
+    output = shape_for_client(result.answer.task, result.output, inputs, request.headers.get("user-agent", ""))
+    return JSONResponse(output, headers=result_headers(result))

@@ -19,7 +19,7 @@ import numpy as np
 
 from squeezer.backends import Batch
 from squeezer.config import BatchingConfig
-from squeezer.errors import QueueFullError
+from squeezer.errors import ModelNotReadyError, QueueFullError
 from squeezer.tasks.base import Feature
 
 Outputs = dict[str, np.ndarray]
@@ -27,12 +27,31 @@ Outputs = dict[str, np.ndarray]
 RunBatch = Callable[[Batch], list[Outputs]]
 
 
+@dataclass(frozen=True)
+class ItemResult:
+    """One sequence's outputs, with how long it queued and how long its batch ran."""
+
+    outputs: Outputs
+    queue_seconds: float
+    inference_seconds: float
+    batch_number: int
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """One request's outputs in feature order, with its slowest queue wait and its batches' run time."""
+
+    outputs: list[Outputs]
+    queue_seconds: float
+    inference_seconds: float
+
+
 @dataclass
 class WorkItem:
     """One sequence waiting for the model; its future is created before it is queued."""
 
     feature: Feature
-    future: asyncio.Future[Outputs]
+    future: asyncio.Future[ItemResult]
     arrived: float = field(default_factory=time.perf_counter)
 
     @property
@@ -84,6 +103,9 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="squeezer-forward")
         self._last_batch_end = 0.0
         self._loop_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._running = False
+        self._batches = 0
 
     @property
     def depth(self) -> int:
@@ -101,12 +123,14 @@ class Batcher:
             item.future.cancel()
         self._executor.shutdown(wait=True)
 
-    async def submit(self, features: Sequence[Feature]) -> list[Outputs]:
+    async def submit(self, features: Sequence[Feature]) -> Submitted:
         """Queue one request's sequences and wait for their outputs, in order.
 
         Raises QueueFullError (429) at once rather than queueing past the bound; a cancelled caller
         (client gone, timeout) cancels its items, which the loop then skips.
         """
+        if self._closing:
+            raise ModelNotReadyError("this model is being unloaded; retry to load it again")
         if len(self._pending) + len(features) > self._config.max_queue:
             raise QueueFullError(f"too many requests waiting for this model ({self._config.max_queue} sequences); retry later")
         loop = asyncio.get_running_loop()
@@ -114,11 +138,20 @@ class Batcher:
         self._pending.extend(items)
         self._wake.set()
         try:
-            return list(await asyncio.gather(*(item.future for item in items)))
+            done = await asyncio.gather(*(item.future for item in items))
         except asyncio.CancelledError:
             for item in items:
                 item.future.cancel()
             raise
+        batch_times = {r.batch_number: r.inference_seconds for r in done}  # rows of one batch share a time
+        return Submitted([r.outputs for r in done], max(r.queue_seconds for r in done), sum(batch_times.values()))
+
+    async def drain(self) -> None:
+        """Refuse new work, finish what is queued or running, then stop (for unload and shutdown)."""
+        self._closing = True
+        while self._pending or self._running:
+            await asyncio.sleep(0.01)
+        await self.close()
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -148,6 +181,7 @@ class Batcher:
         has_types = any(it.feature.token_type_ids is not None for it in batch)
         padded = Batch.pad([it.feature.input_ids for it in batch], types if has_types else None, self._pad_id)
         start = time.perf_counter()
+        self._running = True
         try:
             rows = await loop.run_in_executor(self._executor, self._run, padded)
         except Exception as exc:  # a backend failure answers every request in the batch, never hangs them
@@ -157,9 +191,11 @@ class Batcher:
             return
         finally:
             self._last_batch_end = time.perf_counter()
+            self._running = False
+        took = self._last_batch_end - start
+        self._batches += 1
         for item, row in zip(batch, rows):
             if not item.future.done():
-                item.future.set_result(row)
+                item.future.set_result(ItemResult(row, start - item.arrived, took, self._batches))
         if self._on_batch:
-            stats = BatchStats(len(batch), padded.input_ids.size, sum(padded.lengths), self._last_batch_end - start)
-            self._on_batch(stats)
+            self._on_batch(BatchStats(len(batch), padded.input_ids.size, sum(padded.lengths), took))

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, get_type_hints
 
 import numpy as np
 
+from squeezer.caches import LRUCache
 from squeezer.errors import ClientError
 
 
@@ -64,11 +65,24 @@ class ModelInfo:
     max_length: int
     pooling: Pooling | None = None
 
+    token_cache: LRUCache[tuple[Any, bool]] | None = None
+
     def encode(self, text: str, pair: str | None = None, *, truncate: bool, **kwargs: Any) -> tuple[Any, bool]:
         """Tokenize one text (or pair) to at most `max_length` tokens; say whether anything was cut.
 
         Called with `truncate=False`, an over-long input is a client error rather than a silent cut.
+        Repeated texts come from the token cache; callers must not mutate what they get.
         """
+        key = (text, pair, truncate, tuple(sorted(kwargs.items())))
+        cached = self.token_cache.get(key) if self.token_cache is not None else None
+        if cached is not None:
+            return cached
+        result = self._encode(text, pair, truncate, kwargs)
+        if self.token_cache is not None:
+            self.token_cache.put(key, result)
+        return result
+
+    def _encode(self, text: str, pair: str | None, truncate: bool, kwargs: dict[str, Any]) -> tuple[Any, bool]:
         enc = self.tokenizer(text, pair, truncation=False, **kwargs)
         if len(enc["input_ids"]) <= self.max_length:
             return enc, False

@@ -116,7 +116,7 @@ def test_truncation_is_announced_and_can_be_refused(server) -> None:
         (f"/models/{MINILM}", {"json": {"text": "no inputs"}}, 422, "inputs"),
         (f"/models/{MINILM}", {"json": {"inputs": "x", "parameters": "bad"}}, 422, "parameters"),
         (f"/models/{MINILM}", {"json": {"inputs": "x", "options": []}}, 422, "options"),
-        (f"/models/{MINILM}", {"json": None}, 422, "inputs"),
+        (f"/models/{MINILM}", {"content": b"null", "headers": {"content-type": "application/json"}}, 422, "inputs"),
         (f"/models/{MINILM}", {"content": b""}, 400, "empty"),
         (f"/models/{MINILM}", {"content": b"\xff\xfe\x00", "headers": {"content-type": "text/plain"}}, 400, "UTF-8"),
         (f"/models/{MINILM}", {"content": b'{"inputs": ', "headers": {"content-type": "application/json"}}, 400, "JSON"),

@@ -52,8 +52,9 @@ async def test_answers_come_back_in_order_for_every_request() -> None:
     batcher = await start(model)
     requests = [[feature(n, value) for n in (3, 1, 7)] for value in range(1, 30)]
     results = await asyncio.gather(*(batcher.submit(r) for r in requests))
-    for value, rows in zip(range(1, 30), results):
-        assert [int(r["sum"]) for r in rows] == [3 * value, 1 * value, 7 * value]
+    for value, done in zip(range(1, 30), results):
+        assert [int(r["sum"]) for r in done.outputs] == [3 * value, 1 * value, 7 * value]
+        assert done.queue_seconds >= 0 and done.inference_seconds >= 0.01
     assert len(model.batches) < len(requests) * 3, "concurrent requests should share batches"
     await batcher.close()
 
@@ -88,7 +89,7 @@ async def test_queue_bound_answers_429_at_once() -> None:
         await batcher.submit([feature(2)])
     assert err.value.status == 429
     model.gate.set()
-    assert len(await queued) == 4 and len(await first) == 1
+    assert len((await queued).outputs) == 4 and len((await first).outputs) == 1
     await batcher.close()
 
 
@@ -123,3 +124,15 @@ async def test_batch_stats_are_reported() -> None:
     await batcher.submit([feature(2), feature(4)])
     assert seen and seen[0].size == 2 and seen[0].real_tokens == 6 and seen[0].padded_tokens == 8
     await batcher.close()
+
+
+async def test_drain_finishes_queued_work_then_refuses_new() -> None:
+    from squeezer.errors import ModelNotReadyError
+
+    batcher = await start(FakeModel(delay=0.02), max_batch_size=1)
+    waiting = [asyncio.create_task(batcher.submit([feature(2)])) for _ in range(3)]
+    await asyncio.sleep(0)
+    await batcher.drain()
+    assert all(len(t.result().outputs) == 1 for t in waiting)
+    with pytest.raises(ModelNotReadyError):
+        await batcher.submit([feature(1)])

@@ -1,0 +1,93 @@
+"""Prometheus metrics, kept in a registry per app (never the global one), served at GET /metrics.
+
+Counters and histograms are observed as requests and batches happen; queue depth, cache and model figures
+are read from the engine at scrape time, so they cannot drift from the truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from squeezer.engine import Engine, Timings
+from squeezer.scheduling import BatchStats
+
+router = APIRouter()
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536)
+
+
+class EngineCollector(Collector):
+    """Figures read from the engine when Prometheus scrapes."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        if self.engine.registry is None:
+            return
+        depth = GaugeMetricFamily("squeezer_queue_depth", "Sequences waiting for the model", labels=["model"])
+        for model_id, n in self.engine.queue_depths().items():
+            depth.add_metric([model_id], n)
+        yield depth
+        loaded = GaugeMetricFamily("squeezer_models_loaded", "Models ready to serve")
+        loaded.add_metric([], sum(m["state"] == "ready" for m in self.engine.models()))
+        yield loaded
+        hits = CounterMetricFamily("squeezer_cache_hits", "Cache hits", labels=["cache"])
+        misses = CounterMetricFamily("squeezer_cache_misses", "Cache misses", labels=["cache"])
+        hits.add_metric(["result"], self.engine.results.hits)
+        misses.add_metric(["result"], self.engine.results.misses)
+        token_hits = token_misses = 0
+        for entry in self.engine.registry.entries.values():
+            cache = entry.loaded.info.token_cache if entry.loaded else None
+            if cache is not None:
+                token_hits, token_misses = token_hits + cache.hits, token_misses + cache.misses
+        hits.add_metric(["tokens"], token_hits)
+        misses.add_metric(["tokens"], token_misses)
+        yield hits
+        yield misses
+
+
+class Metrics:
+    """The app's metrics: request counts and latencies by phase, batch sizes, plus the engine's figures."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("squeezer_requests", "HTTP requests", ["route", "status"], registry=self.registry)
+        self.errors = Counter("squeezer_request_errors", "HTTP error responses", ["status"], registry=self.registry)
+        self.latency = Histogram(
+            "squeezer_request_duration_seconds", "Inference request time by phase", ["phase"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.batch_size = Histogram("squeezer_batch_size", "Sequences per batch", ["model"], buckets=SIZE_BUCKETS, registry=self.registry)
+        self.batch_tokens = Histogram(
+            "squeezer_batch_tokens", "Padded tokens per batch", ["model"], buckets=TOKEN_BUCKETS, registry=self.registry
+        )
+        self.registry.register(EngineCollector(engine))
+        engine.on_batch(self.observe_batch)
+
+    def observe_batch(self, model_id: str, stats: BatchStats) -> None:
+        self.batch_size.labels(model_id).observe(stats.size)
+        self.batch_tokens.labels(model_id).observe(stats.padded_tokens)
+
+    def observe_request(self, route: str, status: int) -> None:
+        self.requests.labels(route, str(status)).inc()
+        if status >= 400:
+            self.errors.labels(str(status)).inc()
+
+    def observe_timings(self, timings: Timings) -> None:
+        for phase in ("queue", "tokenize", "inference", "total"):
+            self.latency.labels(phase).observe(getattr(timings, phase))
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text format; open like /health, since it carries no request content."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,56 @@
+"""Shared response plumbing for every dialect: timing headers, and dropping work when the client leaves."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from fastapi import Request
+
+from squeezer.engine import Result
+from squeezer.errors import ClientError
+
+T = TypeVar("T")
+
+
+def result_headers(result: Result) -> dict[str, str]:
+    """TEI-style timing headers in milliseconds, plus what the request was and whether it was cached."""
+    t = result.timings
+    headers = {
+        "x-total-time": f"{t.total * 1000:.3f}",
+        "x-queue-time": f"{t.queue * 1000:.3f}",
+        "x-tokenization-time": f"{t.tokenize * 1000:.3f}",
+        "x-inference-time": f"{t.inference * 1000:.3f}",
+        "x-compute-time": f"{t.total:.6f}",
+        "x-compute-type": "cpu",
+        "x-squeezer-task": result.answer.task,
+        "x-squeezer-input-tokens": str(result.answer.n_tokens),
+        "x-squeezer-cache": "hit" if result.cached else "miss",
+    }
+    if result.answer.truncated:
+        headers["x-squeezer-truncated"] = "true"
+    return headers
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, but cancel it (dropping its queued sequences) if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        try:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # nothing to watch on this connection: never report a disconnect
+            await asyncio.Event().wait()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientError("client disconnected", status=499)
+    return task.result()

