@@ -7,12 +7,22 @@ from __future__ import annotations
 
 from squeezer.tasks.base import InputError, ModelInfo, Pooling, Task
 from squeezer.tasks.embeddings import FeatureExtraction, SentenceSimilarity
+from squeezer.tasks.fill_mask import FillMask
+from squeezer.tasks.question_answering import QuestionAnswering
+from squeezer.tasks.text_classification import TextClassification
+from squeezer.tasks.token_classification import TokenClassification
+from squeezer.tasks.zero_shot import ZeroShotClassification
 
 TASKS: dict[str, Task] = {
     task.name: task
     for task in (
         FeatureExtraction(),
         SentenceSimilarity(),
+        TextClassification(),
+        ZeroShotClassification(),
+        FillMask(),
+        TokenClassification(),
+        QuestionAnswering(),
     )
 }
 
