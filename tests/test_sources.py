@@ -54,3 +54,22 @@ def test_pickle_weights_are_refused_unless_allowed(tiny_model, tmp_path: Path) -
         load_model(resolve(str(folder)), ModelConfig(), BackendConfig())
     loaded = load_model(resolve(str(folder)), ModelConfig(allow_pickle=True), BackendConfig())
     assert loaded.task.name == "feature-extraction"
+
+
+def test_hub_id_resolves_from_the_local_cache_offline(tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Hub id found in huggingface_hub's cache layout loads with no network (HF_HUB_OFFLINE=1)."""
+    import shutil
+
+    repo = tmp_path / "models--some-org--tiny-bert"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    shutil.copytree(tiny_model("bert", "base"), snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    source = resolve("some-org/tiny-bert")
+    assert source.model_id == "some-org/tiny-bert" and source.path == snapshot
+    assert load_model(source, ModelConfig(), BackendConfig()).task.name == "feature-extraction"
