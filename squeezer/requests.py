@@ -82,5 +82,5 @@ def answer(model: LoadedModel, request: Plan, outputs: list[dict[str, np.ndarray
     for item, prep in zip(request.items, request.prepared):
         share = outputs[start : start + len(prep.features)]
         start += len(prep.features)
-        results.append(request.task.finish(item, request.params, share, model.info))
+        results.append(request.task.finish(item, request.params, prep, share, model.info))
     return Answer(request.task.combine(results, request.batched), request.task.name, request.truncated, request.n_tokens)

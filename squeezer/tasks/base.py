@@ -111,10 +111,16 @@ class Task(Protocol):
         """Validate a request: its items, its typed parameters, and whether the input was a list."""
 
     def prepare(self, item: Any, params: Any, info: ModelInfo) -> Prepared:
-        """Tokenize one item into features."""
+        """Tokenize one item into features, keeping in `Feature.meta` whatever `finish` needs from the tokenizer."""
 
-    def finish(self, item: Any, params: Any, outputs: list[dict[str, np.ndarray]], info: ModelInfo) -> Any:
-        """Turn one item's per-feature head outputs into its JSON-ready answer."""
+    def finish(
+        self, item: Any, params: Any, prepared: Prepared, outputs: list[dict[str, np.ndarray]], info: ModelInfo
+    ) -> Any:
+        """Turn one item's per-feature head outputs into its JSON-ready answer.
+
+        `prepared` is what `prepare` made of this item; `outputs[i]` is the head output for
+        `prepared.features[i]`. Nothing is tokenized again here.
+        """
 
     def combine(self, results: list[Any], batched: bool) -> Any:
         """Shape the answers of all items the way the Hugging Face Inference API does."""

@@ -70,7 +70,14 @@ class FeatureExtraction(BaseTask):
     def prepare(self, item: str, params: EmbeddingParams, info: ModelInfo) -> Prepared:
         return encode_text(item, info, params.truncate)
 
-    def finish(self, item: str, params: EmbeddingParams, outputs: list[dict[str, np.ndarray]], info: ModelInfo) -> Any:
+    def finish(
+        self,
+        item: str,
+        params: EmbeddingParams,
+        prepared: Prepared,
+        outputs: list[dict[str, np.ndarray]],
+        info: ModelInfo,
+    ) -> Any:
         hidden = outputs[0]["last_hidden_state"]
         if info.pooling is None and params.normalize is None:
             return [hidden.tolist()]  # the pipeline's [1, tokens, hidden]
@@ -109,7 +116,14 @@ class SentenceSimilarity(BaseTask):
         parts = [encode_text(text, info, params.truncate) for text in item]
         return Prepared([p.features[0] for p in parts], any(p.truncated for p in parts))
 
-    def finish(self, item: list[str], params: SimilarityParams, outputs: list[dict[str, np.ndarray]], info: ModelInfo) -> Any:
+    def finish(
+        self,
+        item: list[str],
+        params: SimilarityParams,
+        prepared: Prepared,
+        outputs: list[dict[str, np.ndarray]],
+        info: ModelInfo,
+    ) -> Any:
         vectors = [l2_normalize(sentence_embedding(o["last_hidden_state"], info.pooling, None)) for o in outputs]
         source = vectors[0]
         return [float(np.dot(source, other)) for other in vectors[1:]]

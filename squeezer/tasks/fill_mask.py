@@ -76,23 +76,37 @@ class FillMask(BaseTask):
         return items, parse_params(FillMaskParams, parameters), batched
 
     def prepare(self, item: str, params: FillMaskParams, info: ModelInfo) -> Prepared:
-        """Tokenize, and refuse before the forward pass a text with no mask left or targets that map to nothing."""
+        """Tokenize, and refuse before the forward pass a text with no mask left or targets that map to nothing.
+
+        The feature's meta keeps the mask positions and the target ids (None: the whole vocabulary) for `finish`.
+        """
         prepared = encode_text(item, info, params.truncate)
-        if info.tokenizer.mask_token_id not in prepared.features[0].input_ids:
+        feature = prepared.features[0]
+        positions = np.flatnonzero(np.array(feature.input_ids) == info.tokenizer.mask_token_id)
+        if not len(positions):
             where = f" within its first {info.max_length} tokens" if prepared.truncated else ""
             mask = info.tokenizer.mask_token
             raise InputError(f"inputs: must contain the mask token {mask}{where}, got {_preview(item)}")
-        if params.targets is not None:
-            target_ids(params.targets, info.tokenizer)
+        targets = target_ids(params.targets, info.tokenizer) if params.targets is not None else None
+        feature.meta.update(masks=positions, targets=targets)
         return prepared
 
-    def finish(self, item: str, params: FillMaskParams, outputs: list[dict[str, np.ndarray]], info: ModelInfo) -> Any:
-        """Rank tokens at each mask; the ids are re-tokenized because finish sees only the head outputs."""
+    def finish(
+        self,
+        item: str,
+        params: FillMaskParams,
+        prepared: Prepared,
+        outputs: list[dict[str, np.ndarray]],
+        info: ModelInfo,
+    ) -> Any:
+        """Rank tokens at each mask, among the targets when the request names some."""
         tokenizer = info.tokenizer
-        ids = np.array(encode_text(item, info, params.truncate).features[0].input_ids)
-        positions = np.flatnonzero(ids == tokenizer.mask_token_id)
+        feature = prepared.features[0]
+        ids = np.array(feature.input_ids)
+        positions, candidates = feature.meta["masks"], feature.meta["targets"]
         probs = softmax(outputs[0]["logits"][positions])  # [masks, vocab]
-        candidates = target_ids(params.targets, tokenizer) if params.targets is not None else np.arange(probs.shape[-1])
+        if candidates is None:
+            candidates = np.arange(probs.shape[-1])
         probs = probs[:, candidates]
         top = top_k(probs, params.top_k)
         single = len(positions) == 1

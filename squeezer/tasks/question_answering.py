@@ -214,15 +214,18 @@ class QuestionAnswering(BaseTask):
         return Prepared(features, False)
 
     def finish(
-        self, item: Question, params: QuestionAnsweringParams, outputs: list[dict[str, np.ndarray]], info: ModelInfo
+        self,
+        item: Question,
+        params: QuestionAnsweringParams,
+        prepared: Prepared,
+        outputs: list[dict[str, np.ndarray]],
+        info: ModelInfo,
     ) -> Any:
-        # `finish` is not handed the features, so tokenize again (deterministic) to get their encodings.
-        features = self.prepare(item, params, info).features
         sequence_index = 1 if info.tokenizer.padding_side == "right" else 0
         pre_topk = params.top_k * 2 + 10 if params.align_to_words else params.top_k  # alignment merges some
         min_null_score: float = NO_NULL_SCORE
         answers: list[dict[str, Any]] = []
-        for feature, output in zip(features, outputs):
+        for feature, output in zip(prepared.features, outputs):
             span: Span = feature.meta["span"]
             found = select_starts_ends(
                 np.asarray(output["start_logits"], dtype=np.float32)[None],

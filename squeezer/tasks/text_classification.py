@@ -115,7 +115,12 @@ class TextClassification(BaseTask):
         return Prepared([to_feature(enc)], cut)
 
     def finish(
-        self, item: TextInput, params: ClassificationParams, outputs: list[dict[str, np.ndarray]], info: ModelInfo
+        self,
+        item: TextInput,
+        params: ClassificationParams,
+        prepared: Prepared,
+        outputs: list[dict[str, np.ndarray]],
+        info: ModelInfo,
     ) -> list[dict[str, Any]]:
         function = params.function_to_apply or default_function(info.config)
         scores = FUNCTIONS[function](outputs[0]["logits"])

@@ -253,10 +253,14 @@ class TokenClassification(BaseTask):
         return Prepared([_feature(enc["input_ids"], types, enc["offset_mapping"], enc["special_tokens_mask"])], cut)
 
     def finish(
-        self, item: str, params: TokenClassificationParams, outputs: list[dict[str, np.ndarray]], info: ModelInfo
+        self,
+        item: str,
+        params: TokenClassificationParams,
+        prepared: Prepared,
+        outputs: list[dict[str, np.ndarray]],
+        info: ModelInfo,
     ) -> Any:
-        # `finish` is not handed the features, so tokenize again (deterministic) to get their offsets.
-        features = self.prepare(item, params, info).features
+        features = prepared.features
         entities: list[Tagged | Group] = []
         for feature, output in zip(features, outputs):
             found = self.entities(item, feature, softmax(output["logits"]), params.aggregation_strategy, info)

@@ -92,7 +92,12 @@ class ZeroShotClassification(BaseTask):
             ) from error
 
     def finish(
-        self, item: str, params: ZeroShotParams, outputs: list[dict[str, np.ndarray]], info: ModelInfo
+        self,
+        item: str,
+        params: ZeroShotParams,
+        prepared: Prepared,
+        outputs: list[dict[str, np.ndarray]],
+        info: ModelInfo,
     ) -> list[dict[str, Any]]:
         labels = params.candidate_labels or []
         logits = np.stack([out["logits"] for out in outputs])  # [labels, classes]
