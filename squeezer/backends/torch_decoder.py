@@ -1,0 +1,307 @@
+"""A causal-LM decoder on torch with a slot-based KV cache, shaped for continuous batching on the CPU.
+
+Cache layout. Each layer's keys and values live in one preallocated tensor [rows, kv_heads, capacity,
+head_dim]. A sequence owns a row and its tokens sit at columns [0, length), right where prefill wrote them.
+Nothing is left-padded: a left-padded batch cache (one shared write column) must re-pad every sequence when
+a longer one joins and trim them all when the longest leaves, while here a newcomer is written once and the
+others are untouched. Live sequences are kept in rows 0..n-1 (a leaving sequence's row is refilled by moving
+the last row into it: one sequence's cache, copied once), so every step attends over plain views
+`keys[:n, :, :width]`, with no gather and no torch.cat: a step writes only the n new columns (one index_put
+per layer, each row at its own position) instead of copying every cache the way DynamicCache's concatenation
+does. (With grouped-query attention and a mask, transformers' sdpa path still expands the viewed keys and
+values to all heads, as it does for any padded batch.)
+
+A step feeds one token per row with explicit position ids (each row's own length) and a 4D mask that hides
+the columns past each row's length; transformers passes a 4D mask through untouched, so the model code is
+the stock one. Prefill runs the prompt alone, exactly as `generate` does, so a request's first token is
+generate's. Rows grow by powers of two and columns by 256-token chunks (a realloc copies the store, rarely);
+the store shrinks when it holds four times what live sequences need and is freed when none is left, so
+memory follows the batch the scheduler admits. Runs in float32 under torch.inference_mode.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from squeezer.backends.torch_backend import available_cores, import_torch
+from squeezer.config import ModelConfig
+from squeezer.sources import ModelSource, resolve
+
+CHUNK = 256  # columns are allocated in chunks of this many tokens
+SHRINK = 4  # the store shrinks once it holds this many times what live sequences need
+
+
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+def _pow2(value: int) -> int:
+    return 1 << max(0, value - 1).bit_length()
+
+
+class KVStore:
+    """Every layer's keys and values in [rows, kv_heads, capacity, head_dim] tensors, allocated lazily.
+
+    A layer's head count and size come from the first tensor written to it, so no model config is parsed.
+    """
+
+    def __init__(self, torch: Any) -> None:
+        self._torch = torch
+        self.keys: list[Any] = []
+        self.values: list[Any] = []
+        self.rows = 0
+        self.capacity = 0
+
+    def fit(self, rows: int, length: int, max_length: int) -> None:
+        """Make room for `rows` sequences of up to `length` tokens, growing or shrinking with hysteresis."""
+        want_rows, want_cap = _pow2(rows), min(_round_up(length, CHUNK), max_length)
+        too_small = want_rows > self.rows or want_cap > self.capacity
+        too_big = self.rows * self.capacity > SHRINK * want_rows * want_cap
+        if too_small or too_big:
+            self.keys = [self._resized(t, want_rows, want_cap) for t in self.keys]
+            self.values = [self._resized(t, want_rows, want_cap) for t in self.values]
+            self.rows, self.capacity = want_rows, want_cap
+
+    def _resized(self, old: Any, rows: int, capacity: int) -> Any:
+        new = self._torch.zeros((rows, old.shape[1], capacity, old.shape[3]), dtype=old.dtype)
+        keep_rows, keep_cols = min(rows, old.shape[0]), min(capacity, old.shape[2])
+        new[:keep_rows, :, :keep_cols] = old[:keep_rows, :, :keep_cols]
+        return new
+
+    def layer(self, index: int, like: Any) -> tuple[Any, Any]:
+        """The layer's (keys, values) store; created at the current size on its first write.
+
+        Zero-filled, never empty: masked columns get zero attention weight, but 0 x NaN from uninitialised
+        memory would still poison the output.
+        """
+        if index == len(self.keys):
+            shape = (self.rows, like.shape[1], self.capacity, like.shape[3])
+            self.keys.append(self._torch.zeros(shape, dtype=like.dtype))
+            self.values.append(self._torch.zeros(shape, dtype=like.dtype))
+        return self.keys[index], self.values[index]
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy one sequence's cache to another row (compaction after a sequence leaves)."""
+        for store in itertools.chain(self.keys, self.values):
+            store[dst, :, :length] = store[src, :, :length]
+
+    def clear(self) -> None:
+        self.keys, self.values, self.rows, self.capacity = [], [], 0, 0
+
+
+def _cache_classes() -> tuple[type, type]:
+    """Cache views for transformers' attention layers, built lazily so importing this module needs no torch."""
+    from transformers.cache_utils import Cache
+
+    class PrefillCache(Cache):
+        """Writes one prompt into its row and attends over the prompt alone, as a fresh DynamicCache does."""
+
+        def __init__(self, store: KVStore, row: int) -> None:
+            super().__init__(layers=[])
+            self._store, self._row = store, row
+
+        def update(self, key: Any, value: Any, layer_idx: int, cache_kwargs: Any = None) -> tuple[Any, Any]:
+            keys, values = self._store.layer(layer_idx, key)
+            length = key.shape[2]
+            keys[self._row, :, :length] = key[0]
+            values[self._row, :, :length] = value[0]
+            return key, value
+
+    class StepCache(Cache):
+        """Writes each row's new token at that row's own position; attends over rows 0..n-1, columns :width."""
+
+        def __init__(self, store: KVStore, positions: Any, width: int) -> None:
+            super().__init__(layers=[])
+            self._store, self._positions, self._width = store, positions, width
+            self._rows = store._torch.arange(positions.shape[0])
+
+        def update(self, key: Any, value: Any, layer_idx: int, cache_kwargs: Any = None) -> tuple[Any, Any]:
+            keys, values = self._store.layer(layer_idx, key)
+            keys[self._rows, :, self._positions] = key[:, :, 0]
+            values[self._rows, :, self._positions] = value[:, :, 0]
+            n = key.shape[0]
+            return keys[:n, :, : self._width], values[:n, :, : self._width]
+
+    return PrefillCache, StepCache
+
+
+def _eos_ids(model: Any) -> frozenset[int]:
+    """EOS tokens as `generate` reads them: the generation config first, the model config otherwise."""
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(model.config, "eos_token_id", None)
+    if eos is None:
+        return frozenset()
+    return frozenset([eos] if isinstance(eos, int) else eos)
+
+
+def _context_length(config: Any) -> int:
+    """The model's context; a sliding window bounds it, since the step mask is a full (non-sliding) one."""
+    length = getattr(config, "max_position_embeddings", None) or 2048
+    window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+    return min(length, window) if isinstance(window, int) and window > 0 else length
+
+
+class TorchDecoder:
+    """Decodes many sequences of one transformers causal LM, each with a cache row (see the module doc)."""
+
+    def __init__(self, model: Any, max_sequences: int = 16) -> None:
+        torch = import_torch()
+        params = set(inspect.signature(model.forward).parameters)
+        if "position_ids" not in params or "past_key_values" not in params:
+            raise ValueError(f"{type(model).__name__} does not take position ids and a cache: it cannot be batch-decoded")
+        self._torch = torch
+        self.model = model.eval()
+        self._max_sequences = max_sequences
+        self._max_length = _context_length(model.config)
+        self._eos = _eos_ids(model)
+        self._keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self._float_mask = model.config._attn_implementation == "eager"  # eager adds the mask to the scores
+        self._prefill_cache, self._step_cache = _cache_classes()
+        self._store = KVStore(torch)
+        self._ids = itertools.count()
+        self._rows: list[int] = []  # handle of the sequence in each row
+        self._lengths: list[int] = []  # tokens cached in each row
+
+    @classmethod
+    def load(
+        cls,
+        source: ModelSource | Path | str,
+        model_config: ModelConfig | None = None,
+        threads: int = 0,
+        max_sequences: int = 16,
+    ) -> TorchDecoder:
+        """Load a model folder or .gguf file (a path or a resolved `ModelSource`) in float32.
+
+        GGUF weights, quantized or not, are dequantized by transformers into the float32 model it defines.
+        """
+        torch = import_torch()
+        import transformers
+
+        model_config = model_config or ModelConfig()
+        if not isinstance(source, ModelSource):
+            source = resolve(str(source))
+        torch.set_num_threads(threads or available_cores())
+        kwargs: dict[str, Any] = {"trust_remote_code": model_config.trust_remote_code, "dtype": torch.float32}
+        if source.gguf_file:
+            kwargs["gguf_file"] = source.gguf_file
+        else:
+            kwargs["use_safetensors"] = not model_config.allow_pickle or None
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(source.path), **kwargs)
+        return cls(model, max_sequences)
+
+    @property
+    def max_sequences(self) -> int:
+        return self._max_sequences
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self._eos
+
+    @property
+    def live(self) -> int:
+        return len(self._rows)
+
+    def prefill(self, prompt_ids: Sequence[int]) -> tuple[int, np.ndarray]:
+        torch, length = self._torch, len(prompt_ids)
+        if not 0 < length < self._max_length:
+            raise ValueError(f"a prompt must have 1 to {self._max_length - 1} tokens, got {length}")
+        if len(self._rows) >= self._max_sequences:
+            raise RuntimeError(f"all {self._max_sequences} sequence slots are taken")
+        with torch.inference_mode():
+            row = len(self._rows)
+            self._store.fit(row + 1, max([length, *self._lengths]), self._max_length)
+            ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                position_ids=torch.arange(length)[None],
+                cache_position=torch.arange(length),
+                past_key_values=self._prefill_cache(self._store, row),
+                use_cache=True,
+                **self._keep,
+            )
+            logits = out.logits[0, -1].float().numpy()
+        handle = next(self._ids)
+        self._rows.append(handle)
+        self._lengths.append(length)
+        return handle, logits
+
+    def step(self, handles: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
+        torch, n = self._torch, len(self._rows)
+        order = [self._row_of(h) for h in handles]
+        if len(set(order)) != n or len(tokens) != n:
+            raise ValueError(f"a step must feed one token to each of the {n} live sequences")
+        width = max(self._lengths) + 1
+        if width > self._max_length:
+            raise ValueError(f"a sequence reached the model's context of {self._max_length} tokens")
+        with torch.inference_mode():
+            self._store.fit(n, width, self._max_length)
+            ids = torch.empty(n, dtype=torch.long)
+            ids[order] = torch.tensor(list(tokens), dtype=torch.long)
+            positions = torch.tensor(self._lengths, dtype=torch.long)
+            out = self.model(
+                input_ids=ids[:, None],
+                attention_mask=self._mask(positions, width),
+                position_ids=positions[:, None],
+                cache_position=torch.tensor([width - 1]),
+                past_key_values=self._step_cache(self._store, positions, width),
+                use_cache=True,
+                **self._keep,
+            )
+            logits = out.logits[:, -1].float()
+            if order != list(range(n)):
+                logits = logits[order]
+        self._lengths = [length + 1 for length in self._lengths]
+        return logits.numpy()
+
+    def _mask(self, positions: Any, width: int) -> Any:
+        """[n, 1, 1, width]: row i sees columns 0..positions[i] (its cache and the token being added).
+
+        When every row has the same length nothing is hidden, and sdpa gets no mask at all, as in generate's
+        own decode steps: it then attends with grouped-query heads instead of expanding keys and values.
+        """
+        if not self._float_mask and min(self._lengths) == max(self._lengths):
+            return None
+        visible = self._torch.arange(width)[None, :] <= positions[:, None]
+        if not self._float_mask:
+            return visible[:, None, None, :]
+        blocked = self._torch.finfo(self._torch.float32).min
+        return self._torch.zeros(visible.shape).masked_fill(~visible, blocked)[:, None, None, :]
+
+    def _row_of(self, handle: int) -> int:
+        try:
+            return self._rows.index(handle)
+        except ValueError:
+            raise KeyError(f"no live sequence {handle}") from None
+
+    def release(self, handle: int) -> None:
+        row, last = self._row_of(handle), len(self._rows) - 1
+        if row != last:
+            with self._torch.inference_mode():
+                self._store.move(last, row, self._lengths[last])
+            self._rows[row], self._lengths[row] = self._rows[last], self._lengths[last]
+        self._rows.pop()
+        self._lengths.pop()
+        if not self._rows:
+            self._store.clear()
+
+    def warmup(self) -> None:
+        handle, logits = self.prefill([0, 1, 2, 3])
+        self.step([handle], [int(logits.argmax())])
+        self.release(handle)
+
+    def close(self) -> None:
+        self._store.clear()
+        self._rows, self._lengths = [], []
+        self.model = None

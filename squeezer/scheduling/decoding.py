@@ -1,0 +1,398 @@
+"""Continuous batching for causal LMs: every running sequence advances one token per batched step.
+
+Requests become typed `DecodeRequest`s (prompt ids, parameters, arrival time, and an asyncio queue for their
+tokens, created before queueing) on a bounded waiting queue (429 past it). One worker thread owns the model:
+each iteration it drops cancelled sequences (freeing their cache), admits waiting requests in arrival order
+while slots and the token budget allow, prefills each newcomer (its first token streams at once), then runs
+one batched step for every running sequence, so newcomers join at the next step and finished ones leave at
+once. The budget counts the cache rectangle the decoder holds, sequences x the longest reservation (prompt
++ max new tokens), so admitted work always fits in memory. Events reach the event loop in one callback per
+step; the loop only validates, enqueues and streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from squeezer.backends.decoder import Decoder
+from squeezer.errors import ModelNotReadyError, QueueFullError
+from squeezer.scheduling.decoding_config import DecodingConfig
+from squeezer.tasks.base import InputError
+from squeezer.tasks.generation import (
+    FinishReason,
+    Generation,
+    GenerationParams,
+    SequenceText,
+    TokenChooser,
+    TokenEvent,
+    choose_tokens,
+)
+
+log = logging.getLogger(__name__)
+UNLOADING = "this model is being unloaded; retry to load it again"
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """One batched step, for metrics: batch occupancy, queue depth and time per output token."""
+
+    sequences: int
+    slots: int
+    waiting: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SequenceStats:
+    """One sequence that left the batch, for metrics; `finish_reason` is None when cancelled or failed."""
+
+    prompt_tokens: int
+    generated_tokens: int
+    queue_seconds: float
+    time_to_first_token: float
+    time_per_output_token: float
+    finish_reason: FinishReason | None
+
+
+@dataclass(eq=False)
+class DecodeRequest:
+    """One sequence to generate; `events` is created on the caller's event loop before it is queued."""
+
+    prompt_ids: list[int]
+    params: GenerationParams
+    max_new_tokens: int
+    seed: int | None
+    events: asyncio.Queue[TokenEvent | BaseException]
+    loop: asyncio.AbstractEventLoop
+    arrived: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False  # set by the event loop, read by the worker: it frees the cache at the next step
+
+    @property
+    def reservation(self) -> int:
+        return len(self.prompt_ids) + self.max_new_tokens
+
+
+@dataclass(eq=False)
+class _Running:
+    """A sequence in the batch and its decoding state; only the worker thread touches it."""
+
+    request: DecodeRequest
+    handle: int
+    chooser: TokenChooser
+    text: SequenceText
+    history: list[int]  # prompt then generated tokens (the repetition penalty reads them)
+    admitted: float
+    first_token_at: float = 0.0
+
+
+class TokenStream:
+    """One sequence's token events, in order, ending with the event that has `is_last`.
+
+    Closing it, cancelling the task that reads it, or dropping it before its last event (a client gone)
+    cancels the sequence: its slot and cache are freed at the next step.
+    """
+
+    def __init__(self, request: DecodeRequest, cancel: Callable[[DecodeRequest], None]) -> None:
+        self._request = request
+        self._cancel = cancel
+        self._done = False
+
+    def __aiter__(self) -> TokenStream:
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            item = await self._request.events.get()
+        except BaseException:  # the reader was cancelled
+            await self.aclose()
+            raise
+        self._done = isinstance(item, BaseException) or item.is_last
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def aclose(self) -> None:
+        if not self._done:
+            self._done = True
+            self._cancel(self._request)
+
+    def __del__(self) -> None:
+        if not self._done:  # only the flag: a finalizer must not take the loop's lock
+            self._request.cancelled = True
+
+
+def _put_all(items: list[tuple[asyncio.Queue[Any], Any]]) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)
+
+
+class DecodeLoop:
+    """Generates for many requests at once on one decoder; see the module doc for the schedule."""
+
+    def __init__(
+        self,
+        decoder: Decoder,
+        tokenizer: Any,
+        config: DecodingConfig,
+        on_step: Callable[[StepStats], None] | None = None,
+        on_finish: Callable[[SequenceStats], None] | None = None,
+    ) -> None:
+        self._decoder = decoder
+        self._tokenizer = tokenizer
+        self._config = config
+        self._on_step = on_step  # hooks run on the worker thread: keep them quick and thread-safe
+        self._on_finish = on_finish
+        self._slots = min(config.max_batch_sequences, decoder.max_sequences)
+        self._eos = decoder.eos_token_ids
+        self._waiting: deque[DecodeRequest] = deque()
+        self._active: list[_Running] = []
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._draining = False
+        self.tokens_generated = 0  # counters for metrics
+        self.sequences_finished = 0
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot."""
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        """Sequences in the running batch."""
+        return len(self._active)
+
+    @property
+    def occupancy(self) -> float:
+        """Share of the batch's slots in use."""
+        return len(self._active) / self._slots
+
+    @property
+    def tokens_in_flight(self) -> int:
+        """The running batch's share of the token budget (sequences x longest reservation)."""
+        running = list(self._active)
+        return len(running) * max((r.request.reservation for r in running), default=0)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="squeezer-decode", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        """Stop at once: waiting and running requests fail with 503 and their caches are freed.
+
+        The decoder stays loaded: whoever built it closes it.
+        """
+        with self._wake:
+            self._closing = True
+            waiting = list(self._waiting)
+            self._waiting.clear()
+            self._wake.notify_all()
+        self._deliver([(req, ModelNotReadyError(UNLOADING)) for req in waiting])
+        if self._thread:
+            await asyncio.to_thread(self._thread.join)
+
+    async def drain(self) -> None:
+        """Refuse new requests, finish the accepted ones, then stop (for unload and shutdown)."""
+        self._draining = True
+        while self._waiting or self._active:
+            await asyncio.sleep(0.01)
+        await self.close()
+
+    async def stream(self, prompt_ids: Sequence[int], params: GenerationParams) -> TokenStream:
+        """Queue one sequence and return its token events; limits and a full queue raise here, before any token."""
+        if params.num_return_sequences > 1:
+            raise InputError("parameters.num_return_sequences: a streamed request returns one sequence")
+        [request] = self._submit(prompt_ids, params, params.seeds())
+        return TokenStream(request, self._cancel)
+
+    async def generate(self, prompt_ids: Sequence[int], params: GenerationParams) -> Generation:
+        """Generate one sequence (the first seed when several are asked for; see `generate_all`)."""
+        [request] = self._submit(prompt_ids, params, params.seeds()[:1])
+        return await self._collect(request)
+
+    async def generate_all(self, prompt_ids: Sequence[int], params: GenerationParams) -> list[Generation]:
+        """Generate `num_return_sequences` sequences concurrently, with seeds counting up from the request's."""
+        requests = self._submit(prompt_ids, params, params.seeds())
+        tasks = [asyncio.ensure_future(self._collect(req)) for req in requests]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task, req in zip(tasks, requests):
+                task.cancel()
+                self._cancel(req)
+            raise
+
+    def _submit(self, prompt_ids: Sequence[int], params: GenerationParams, seeds: list[int | None]) -> list[DecodeRequest]:
+        max_new = self._config.new_tokens_for(len(prompt_ids), params.max_new_tokens, self._decoder.max_length)
+        loop = asyncio.get_running_loop()
+        with self._wake:  # under the lock: a request can never slip in after close() emptied the queue
+            if self._closing or self._draining:
+                raise ModelNotReadyError(UNLOADING)
+            if len(self._waiting) + len(seeds) > self._config.max_waiting:
+                raise QueueFullError(f"too many generation requests waiting ({self._config.max_waiting}); retry later")
+            requests = [DecodeRequest(list(prompt_ids), params, max_new, seed, asyncio.Queue(), loop) for seed in seeds]
+            self._waiting.extend(requests)
+            self._wake.notify()
+        return requests
+
+    async def _collect(self, request: DecodeRequest) -> Generation:
+        events = [event async for event in TokenStream(request, self._cancel)]
+        text, tokens, last = "".join(e.text for e in events), [e.token_id for e in events], events[-1]
+        assert last.finish_reason is not None  # a stream ends with its last event
+        return Generation(text, tokens, last.finish_reason, last.prompt_tokens, last.generated_tokens, last.seed)
+
+    def _cancel(self, request: DecodeRequest) -> None:
+        request.cancelled = True
+        with self._wake:
+            if request in self._waiting:
+                self._waiting.remove(request)
+            self._wake.notify()
+
+    def _deliver(self, items: Sequence[tuple[DecodeRequest, TokenEvent | BaseException]]) -> None:
+        """Hand events to their event loops: one thread-safe callback per loop, not one per token."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] = {}
+        for request, item in items:
+            by_loop.setdefault(request.loop, []).append((request.events, item))
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, batch)
+            except RuntimeError:  # that event loop is closed: nobody is listening any more
+                pass
+
+    # --- the worker thread ---------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            self._drop_cancelled()
+            newcomers = self._wait_and_admit()
+            if newcomers is None:
+                break
+            try:
+                for request in newcomers:
+                    self._prefill(request)
+                if self._active:
+                    self._step()
+            except Exception as exc:  # a failed step (or a bug) fails the requests, never hangs them
+                log.exception("decode step failed")
+                self._fail(list(self._active), exc)
+                self._deliver([(request, exc) for request in newcomers])  # finished ones never read it
+        self._fail(list(self._active), ModelNotReadyError(UNLOADING))
+
+    def _wait_and_admit(self) -> list[DecodeRequest] | None:
+        """Sleep while idle; then take the waiting requests that fit, oldest first (None: closing)."""
+        with self._wake:
+            while not (self._closing or self._active or self._waiting):
+                self._wake.wait()
+            if self._closing:
+                return None
+            admitted: list[DecodeRequest] = []
+            widest = max((r.request.reservation for r in self._active), default=0)
+            while self._waiting:
+                request = self._waiting[0]
+                if request.cancelled:  # dropped unread: skip it
+                    self._waiting.popleft()
+                    continue
+                rows = len(self._active) + len(admitted) + 1
+                width = max(widest, request.reservation)
+                if rows > self._slots or rows * width > self._config.max_tokens_in_flight:
+                    break
+                admitted.append(self._waiting.popleft())
+                widest = width
+            return admitted
+
+    def _drop_cancelled(self) -> None:
+        for run in [r for r in self._active if r.request.cancelled]:
+            self._leave(run, None)
+
+    def _prefill(self, request: DecodeRequest) -> None:
+        admitted = time.perf_counter()
+        if request.cancelled:  # gone between admission and its turn
+            return
+        try:
+            handle, logits = self._decoder.prefill(request.prompt_ids)
+        except Exception as exc:
+            self._deliver([(request, exc)])
+            return
+        run = _Running(
+            request,
+            handle,
+            TokenChooser(request.params, request.seed),
+            SequenceText(self._tokenizer, request.prompt_ids, request.params, self._eos, request.max_new_tokens),
+            list(request.prompt_ids),
+            admitted,
+        )
+        self._active.append(run)
+        self._advance([run], logits[None])
+
+    def _step(self) -> None:
+        runs = list(self._active)
+        start = time.perf_counter()
+        logits = self._decoder.step([r.handle for r in runs], [r.history[-1] for r in runs])  # raises: see _run
+        self._advance(runs, logits)
+        if self._on_step:
+            self._hook(self._on_step, StepStats(len(runs), self._slots, len(self._waiting), time.perf_counter() - start))
+
+    def _advance(self, runs: list[_Running], logits: np.ndarray) -> None:
+        """Choose each sequence's next token, emit it, and let finished sequences leave at once."""
+        try:
+            tokens = choose_tokens([r.chooser for r in runs], logits, [r.history for r in runs])
+            now = time.perf_counter()
+            events = [(run.request, self._next_event(run, token, now)) for run, token in zip(runs, tokens)]
+        except Exception as exc:  # a failing sampler or tokenizer fails these sequences, not the loop
+            log.exception("choosing or decoding tokens failed")
+            self._fail(runs, exc)
+            return
+        self.tokens_generated += len(runs)
+        for run, (_, event) in zip(runs, events):
+            if event.is_last:
+                self._leave(run, event.finish_reason)
+        self._deliver(events)
+
+    def _next_event(self, run: _Running, token: int, now: float) -> TokenEvent:
+        if not run.text.generated:
+            run.first_token_at = now
+        run.history.append(token)
+        delta, finish = run.text.add(token)
+        prompt_tokens, seed = len(run.request.prompt_ids), run.request.seed
+        return TokenEvent(token, delta, finish is not None, finish, prompt_tokens, run.text.generated, seed)
+
+    def _leave(self, run: _Running, reason: FinishReason | None) -> None:
+        """Take a sequence out of the batch and free its cache; report it to the metrics hook."""
+        self._active.remove(run)
+        try:
+            self._decoder.release(run.handle)
+        except Exception:  # a broken decoder must not kill the worker (its requests would hang)
+            log.exception("freeing a sequence's cache failed")
+        self.sequences_finished += 1
+        if self._on_finish:
+            ended = time.perf_counter()
+            first = run.first_token_at or ended
+            per_token = (ended - first) / (run.text.generated - 1) if run.text.generated > 1 else 0.0
+            request = run.request
+            queued, to_first = run.admitted - request.arrived, first - request.arrived
+            stats = SequenceStats(len(request.prompt_ids), run.text.generated, queued, to_first, per_token, reason)
+            self._hook(self._on_finish, stats)
+
+    def _fail(self, runs: list[_Running], exc: BaseException) -> None:
+        for run in runs:
+            if run in self._active:
+                self._leave(run, None)
+        self._deliver([(run.request, exc) for run in runs])
+
+    def _hook(self, hook: Callable[[Any], None], stats: Any) -> None:
+        try:
+            hook(stats)
+        except Exception:  # a metrics bug must not stop generation
+            log.exception("decode metrics hook failed")

