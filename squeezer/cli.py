@@ -25,9 +25,10 @@ from squeezer.config import (
     flag_name,
     from_sources,
 )
+from squeezer.scheduling.decoding_config import DecodingConfig
 from squeezer.sources import SourceError
 
-SERVE_CONFIGS = (ServerConfig, ModelConfig, BackendConfig, BatchingConfig, LimitsConfig, CacheConfig)
+SERVE_CONFIGS = (ServerConfig, ModelConfig, BackendConfig, BatchingConfig, LimitsConfig, CacheConfig, DecodingConfig)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -80,6 +81,7 @@ def serve(args: argparse.Namespace) -> int:
         batching_config=configs[BatchingConfig],
         limits_config=configs[LimitsConfig],
         cache_config=configs[CacheConfig],
+        decoding_config=configs[DecodingConfig],
     )
     app = create_app(engine, server)
     # uvicorn drains on SIGTERM, then re-raises the signal to the previous handler; make that a no-op so a

@@ -67,13 +67,13 @@ class ModelConfig:
     max_memory_mb: int = setting(0, "Memory budget for loaded models in MiB; the least recently used is unloaded past it (0: none).")
 
     def __post_init__(self) -> None:
-        from squeezer.tasks import TASKS  # tasks import nothing from config: no cycle
+        from squeezer.tasks import ALL_TASKS  # tasks import nothing from config: no cycle
 
         _check(self.max_memory_mb >= 0, "max_memory_mb", "must be 0 (no budget) or a size in MiB")
         _check(
-            self.task is None or self.task in TASKS,
+            self.task is None or self.task in ALL_TASKS,
             "task",
-            f"unknown task {self.task!r}; choose one of {', '.join(sorted(TASKS))}",
+            f"unknown task {self.task!r}; choose one of {', '.join(sorted(ALL_TASKS))}",
         )
 
 

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from squeezer.tasks import TASKS, Pooling
+from squeezer.tasks import ALL_TASKS, Pooling
 
 # Architecture class-name suffix -> task; looked up in order, first match wins.
 ARCHITECTURE_TASKS: tuple[tuple[str, str], ...] = (
@@ -19,6 +19,8 @@ ARCHITECTURE_TASKS: tuple[tuple[str, str], ...] = (
     ("ForTokenClassification", "token-classification"),
     ("ForQuestionAnswering", "question-answering"),
     ("ForMaskedLM", "fill-mask"),
+    ("ForCausalLM", "text-generation"),
+    ("LMHeadModel", "text-generation"),
     ("Model", "feature-extraction"),
 )
 
@@ -48,20 +50,22 @@ def sentence_transformers_modules(folder: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
-def detect_task(folder: Path, config: Any) -> str:
-    """The task a model serves by default."""
+def detect_task(folder: Path, config: Any, gguf: bool = False) -> str:
+    """The task a model serves by default (a GGUF file holds a causal LM)."""
+    if gguf:
+        return "text-generation"
     tag = readme_pipeline_tag(folder)
     if tag == "sentence-similarity" or sentence_transformers_modules(folder):
         return "feature-extraction"  # sentence-similarity requests are recognised by their shape
-    if tag in TASKS:
+    if tag in ALL_TASKS:
         return tag
     for arch in getattr(config, "architectures", None) or []:
         for suffix, task in ARCHITECTURE_TASKS:
-            if arch.endswith(suffix) and task in TASKS:
+            if arch.endswith(suffix):
                 return task
     raise ValueError(
         f"cannot tell which task {folder} is for (architectures: {getattr(config, 'architectures', None)}); "
-        f"pass --task with one of {', '.join(sorted(TASKS))}"
+        f"pass --task with one of {', '.join(sorted(ALL_TASKS))}"
     )
 
 

@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from squeezer.caches import LRUCache, approx_bytes, request_key
+from squeezer.completions import Completion, Streaming, complete, make_prompt, start_stream
 from squeezer.config import BackendConfig, BatchingConfig, CacheConfig, LimitsConfig, ModelConfig
 from squeezer.errors import ClientError, ModelNotReadyError
-from squeezer.registry import ModelRegistry
+from squeezer.loading import GenerativeModel, LoadedModel
+from squeezer.registry import Hooks, ModelEntry, ModelRegistry
 from squeezer.requests import Answer, answer, plan
-from squeezer.scheduling import BatchStats
+from squeezer.scheduling.decoding import DecodeLoop
+from squeezer.scheduling.decoding_config import DecodingConfig
 from squeezer.sources import DEFAULT_MODEL_SPEC, ModelSource, resolve
 from squeezer.tasks import InputError
+from squeezer.tasks.generation import GenerationParams
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class Engine:
         batching_config: BatchingConfig | None = None,
         limits_config: LimitsConfig | None = None,
         cache_config: CacheConfig | None = None,
+        decoding_config: DecodingConfig | None = None,
     ) -> None:
         ids = [s.model_id for s in sources]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -92,8 +97,9 @@ class Engine:
         self.batching_config = batching_config or BatchingConfig()
         self.limits = limits_config or LimitsConfig()
         self.cache_config = cache_config or CacheConfig()
+        self.decoding_config = decoding_config or DecodingConfig()
         self._sources = list(sources)
-        self._batch_listeners: list[Callable[[str, BatchStats], None]] = []
+        self.hooks = Hooks()  # metrics set these before start(): on_batch, on_step, on_finish
         self.results: LRUCache[Answer] = LRUCache(self.cache_config.result_cache_entries, self.cache_config.result_cache_mb << 20)
         self.registry: ModelRegistry | None = None
 
@@ -102,18 +108,16 @@ class Engine:
         """Build from MODEL arguments (`[ID=]SOURCE`); with none, the packaged default model."""
         return cls([resolve(spec) for spec in (specs or [DEFAULT_MODEL_SPEC])], **configs)
 
-    def on_batch(self, listener: Callable[[str, BatchStats], None]) -> None:
-        """Be told about every batch any model runs (model id, stats): the metrics hook."""
-        self._batch_listeners.append(listener)
-
-    def _report_batch(self, model_id: str, stats: BatchStats) -> None:
-        for listener in self._batch_listeners:
-            listener(model_id, stats)
-
     async def start(self, wait: bool = True) -> None:
         """Begin loading every model in the background; with `wait`, return once all have settled."""
         self.registry = ModelRegistry(
-            self._sources, self.model_config, self.backend_config, self.batching_config, self.cache_config, self._report_batch
+            self._sources,
+            self.model_config,
+            self.backend_config,
+            self.batching_config,
+            self.cache_config,
+            self.decoding_config,
+            self.hooks,
         )
         entries = [self.registry.load(model_id) for model_id in self.registry.entries]
         if wait:
@@ -140,7 +144,21 @@ class Engine:
         return entry.loaded.info.tokenizer
 
     def queue_depths(self) -> dict[str, int]:
-        return {mid: e.batcher.depth for mid, e in self._registry().entries.items() if e.batcher}
+        return {mid: e.scheduler.depth for mid, e in self._registry().entries.items() if e.scheduler}
+
+    def task_of(self, model_id: str) -> str | None:
+        """The loaded model's default task; None while it is not loaded."""
+        loaded = self._registry().get(model_id).loaded
+        return loaded.task_name if loaded else None
+
+    def generation_loops(self) -> dict[str, DecodeLoop]:
+        """The decode loops of the loaded generative models (for metrics)."""
+        entries = self._registry().entries.items()
+        return {mid: e.scheduler for mid, e in entries if isinstance(e.scheduler, DecodeLoop)}
+
+    async def ready(self, model_id: str, wait_for_model: bool = False) -> None:
+        """Return once the model is ready: 404 unknown, 503 loading (unless waiting) or failed."""
+        await self._registry().ready(model_id, wait_for_model)
 
     async def load(self, model_id: str, wait: bool = True) -> dict[str, Any]:
         entry = self._registry().load(model_id)
@@ -168,9 +186,11 @@ class Engine:
         if hit is not None:
             return Result(hit, Timings(total=time.perf_counter() - started), cached=True)
         self._check_limits(inputs)
-        loaded, batcher = entry.loaded, entry.batcher
+        loaded, batcher = entry.loaded, entry.scheduler
         if loaded is None or batcher is None:
             raise ModelNotReadyError(f"Model {model_id} was unloaded; retry to load it again")
+        if not isinstance(loaded, LoadedModel):
+            raise ClientError(f"model {model_id} generates text: send a prompt as inputs, or use /generate", status=400)
         request = plan(loaded, inputs, parameters, task)
         tokenized = time.perf_counter()
         submitted = await self._submit(batcher, request.features, started)
@@ -196,6 +216,39 @@ class Engine:
             return await asyncio.wait_for(batcher.submit(features), max(0.0, timeout - (time.perf_counter() - started)))
         except asyncio.TimeoutError:
             raise ClientError(f"request timed out after {timeout:g}s waiting for the model", status=504) from None
+
+    async def _generator(self, model_id: str, wait_for_model: bool) -> tuple[GenerativeModel, DecodeLoop]:
+        entry: ModelEntry = await self._registry().ready(model_id, wait_for_model)
+        if not isinstance(entry.loaded, GenerativeModel) or not isinstance(entry.scheduler, DecodeLoop):
+            task = entry.loaded.task_name if entry.loaded else "unknown"
+            raise ClientError(f"model {model_id} does not generate text (it serves {task})", status=400)
+        return entry.loaded, entry.scheduler
+
+    async def generate(
+        self,
+        model_id: str,
+        prompt: str | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        parameters: dict[str, Any] | None = None,
+        wait_for_model: bool = False,
+    ) -> Completion:
+        """Generate for a plain prompt or chat messages (through the model's chat template); waits for the end."""
+        model, loop = await self._generator(model_id, wait_for_model)
+        params = GenerationParams.parse(parameters)
+        return await complete(model, loop, make_prompt(model, prompt, messages), params)
+
+    async def stream(
+        self,
+        model_id: str,
+        prompt: str | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        parameters: dict[str, Any] | None = None,
+        wait_for_model: bool = False,
+    ) -> Streaming:
+        """Start a streamed generation; closing its `events` early frees the sequence at the next step."""
+        model, loop = await self._generator(model_id, wait_for_model)
+        params = GenerationParams.parse(parameters)
+        return await start_stream(model, loop, make_prompt(model, prompt, messages), params)
 
     async def close(self) -> None:
         """Finish queued work and free every model."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from squeezer.backends import BACKENDS, Backend
+from squeezer.backends.decoder import Decoder
 from squeezer.config import BackendConfig, ModelConfig
 from squeezer.detect import detect_pooling, detect_task, max_length
 from squeezer.sources import ModelSource, SourceError
@@ -29,9 +30,59 @@ class LoadedModel:
     def model_id(self) -> str:
         return self.source.model_id
 
+    @property
+    def task_name(self) -> str:
+        return self.task.name
+
     def tasks(self) -> list[Task]:
         """Every task this model's head can serve (feature-extraction also answers sentence-similarity)."""
         return [t for t in TASKS.values() if t.head == self.task.head and t.supports(self.info)]
+
+    def describe(self) -> dict[str, Any]:
+        caps = self.backend.capabilities()
+        return {
+            "task": self.task.name,
+            "tasks": [t.name for t in self.tasks()],
+            "backend": caps.name,
+            "device": caps.device,
+            "dtype": caps.dtype,
+            "max_input_tokens": caps.max_length,
+        }
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+@dataclass
+class GenerativeModel:
+    """A causal LM ready to generate: its tokenizer (with chat template) and its KV-cached decoder."""
+
+    source: ModelSource
+    info: ModelInfo
+    decoder: Decoder
+    task_name: str = "text-generation"
+
+    @property
+    def model_id(self) -> str:
+        return self.source.model_id
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "task": self.task_name,
+            "tasks": [self.task_name],
+            "backend": "torch",
+            "device": "cpu",
+            "dtype": "float32",
+            "max_total_tokens": self.decoder.max_length,
+            "max_sequences": self.decoder.max_sequences,
+            "chat_template": bool(getattr(self.info.tokenizer, "chat_template", None)),
+        }
+
+    def close(self) -> None:
+        self.decoder.close()
+
+
+Model = LoadedModel | GenerativeModel
 
 
 def check_weights(source: ModelSource, model_config: ModelConfig) -> None:
@@ -58,7 +109,7 @@ def load_info(source: ModelSource, model_config: ModelConfig) -> tuple[ModelInfo
     tokenizer = AutoTokenizer.from_pretrained(str(source.path), use_fast=True, **kwargs)
     if not getattr(tokenizer, "is_fast", False):
         raise SourceError(f"{source.path}: no fast (Rust) tokenizer could be built for this model")
-    task = model_config.task or detect_task(source.path, config)
+    task = model_config.task or detect_task(source.path, config, gguf=bool(source.gguf_file))
     pooling = detect_pooling(source.path)
     return ModelInfo(tokenizer, config, max_length(source.path, config, tokenizer), pooling), task
 
@@ -68,18 +119,41 @@ def load_info(source: ModelSource, model_config: ModelConfig) -> tuple[ModelInfo
 _LOAD_LOCK = threading.Lock()
 
 
-def load_model(source: ModelSource, model_config: ModelConfig, backend_config: BackendConfig) -> LoadedModel:
-    """Load a model (called in a worker thread): weights check, tokenizer and task, backend, warm-up."""
+def load_model(
+    source: ModelSource, model_config: ModelConfig, backend_config: BackendConfig, max_sequences: int = 16
+) -> Model:
+    """Load a model (called in a worker thread): weights check, tokenizer and task, backend, warm-up.
+
+    `max_sequences` sizes a generative model's decoder (how many sequences decode together).
+    """
     with _LOAD_LOCK:
-        return _load_model(source, model_config, backend_config)
+        check_weights(source, model_config)
+        info, task_name = load_info(source, model_config)
+        loader = LOADERS.get(task_name, _load_encoder)
+        return loader(source, info, task_name, model_config, backend_config, max_sequences)
 
 
-def _load_model(source: ModelSource, model_config: ModelConfig, backend_config: BackendConfig) -> LoadedModel:
-    check_weights(source, model_config)
-    info, task_name = load_info(source, model_config)
+def _load_generator(
+    source: ModelSource, info: ModelInfo, task_name: str, model_config: ModelConfig, backend_config: BackendConfig, max_sequences: int
+) -> GenerativeModel:
+    from squeezer.backends.torch_decoder import TorchDecoder  # lazy: torch is an optional extra
+
+    decoder = TorchDecoder.load(source, model_config, backend_config.threads, max_sequences)
+    decoder.warmup()
+    info.max_length = decoder.max_length
+    return GenerativeModel(source, info, decoder, task_name)
+
+
+def _load_encoder(
+    source: ModelSource, info: ModelInfo, task_name: str, model_config: ModelConfig, backend_config: BackendConfig, max_sequences: int
+) -> LoadedModel:
     task = TASKS[task_name]
     if not task.supports(info):
         raise SourceError(f"{source.model_id}: this model cannot serve {task_name}")
     backend = BACKENDS[backend_config.backend](source, task.head, model_config, backend_config, info.max_length)
     backend.warmup()
     return LoadedModel(source, task, info, backend)
+
+
+# Tasks whose models load differently from the one-forward-per-input encoders.
+LOADERS = {"text-generation": _load_generator}

@@ -17,9 +17,26 @@ from squeezer.backends import split_outputs
 from squeezer.caches import LRUCache
 from squeezer.config import BackendConfig, BatchingConfig, CacheConfig, ModelConfig
 from squeezer.errors import ModelNotReadyError, UnknownModelError
-from squeezer.loading import LoadedModel, load_model
+from squeezer.loading import GenerativeModel, LoadedModel, Model, load_model
 from squeezer.scheduling import Batcher, BatchStats
+from squeezer.scheduling.decoding import DecodeLoop, SequenceStats, StepStats
+from squeezer.scheduling.decoding_config import DecodingConfig
 from squeezer.sources import ModelSource
+
+Scheduler = Batcher | DecodeLoop
+
+
+@dataclass
+class Hooks:
+    """Where schedulers report what they did (the metrics listen here); each gets the model id first."""
+
+    on_batch: Callable[[str, BatchStats], None] | None = None
+    on_step: Callable[[str, StepStats], None] | None = None
+    on_finish: Callable[[str, SequenceStats], None] | None = None
+
+    def bind(self, name: str, model_id: str) -> Callable[[Any], None] | None:
+        hook = getattr(self, name)
+        return (lambda stats: hook(model_id, stats)) if hook else None
 
 DEFAULT_LOAD_ESTIMATE = 20.0  # seconds, until a model has loaded once and we know better
 
@@ -31,8 +48,8 @@ class ModelEntry:
     source: ModelSource
     state: str = "unloaded"  # unloaded -> loading -> ready | failed; ready -> unloaded
     error: str | None = None
-    loaded: LoadedModel | None = None
-    batcher: Batcher | None = None
+    loaded: Model | None = None
+    scheduler: Scheduler | None = None
     load_started: float = 0.0
     load_seconds: float | None = None
     last_used: float = field(default_factory=time.monotonic)
@@ -50,16 +67,7 @@ class ModelEntry:
         if self.load_seconds is not None:
             out["load_seconds"] = round(self.load_seconds, 3)
         if self.loaded:
-            caps = self.loaded.backend.capabilities()
-            out.update(
-                task=self.loaded.task.name,
-                tasks=[t.name for t in self.loaded.tasks()],
-                backend=caps.name,
-                device=caps.device,
-                dtype=caps.dtype,
-                max_input_tokens=caps.max_length,
-                memory_bytes=self.memory_bytes,
-            )
+            out.update(self.loaded.describe(), memory_bytes=self.memory_bytes)
         return out
 
 
@@ -73,10 +81,12 @@ class ModelRegistry:
         backend_config: BackendConfig,
         batching_config: BatchingConfig,
         cache_config: CacheConfig,
-        on_batch: Callable[[str, BatchStats], None] | None = None,
+        decoding_config: DecodingConfig,
+        hooks: Hooks | None = None,
     ) -> None:
         self._configs = (model_config, backend_config, batching_config, cache_config)
-        self._on_batch = on_batch
+        self._decoding = decoding_config
+        self._hooks = hooks or Hooks()
         self.entries: dict[str, ModelEntry] = {s.model_id: ModelEntry(s) for s in sources}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -99,26 +109,20 @@ class ModelRegistry:
         return entry
 
     async def _load(self, entry: ModelEntry) -> None:
-        model_config, backend_config, batching_config, cache_config = self._configs
+        model_config, backend_config, _, cache_config = self._configs
         try:
-            loaded = await asyncio.to_thread(load_model, entry.source, model_config, backend_config)
+            loaded = await asyncio.to_thread(
+                load_model, entry.source, model_config, backend_config, self._decoding.max_batch_sequences
+            )
         except Exception as exc:  # a model that fails to load is reported, and the server stays up
             entry.state, entry.error = "failed", f"{exc.__class__.__name__}: {exc}"
             entry.settled.set()
             return
         if cache_config.token_cache_entries:
             loaded.info.token_cache = LRUCache(cache_config.token_cache_entries)
-        head, model_id = loaded.task.head, entry.source.model_id
-
-        def run_batch(batch: Any) -> list[Any]:
-            return split_outputs(head, loaded.backend.forward(batch), batch.lengths)
-
-        def report(stats: BatchStats) -> None:
-            if self._on_batch:
-                self._on_batch(model_id, stats)
-
-        entry.loaded, entry.batcher = loaded, Batcher(run_batch, loaded.info.tokenizer.pad_token_id or 0, batching_config, report)
-        entry.batcher.start()
+        entry.loaded = loaded
+        entry.scheduler = SCHEDULERS[type(loaded)](loaded, self._configs[2], self._decoding, self._hooks)
+        entry.scheduler.start()
         entry.state, entry.load_seconds, entry.last_used = "ready", time.monotonic() - entry.load_started, time.monotonic()
         entry.settled.set()
         await self._enforce_budget(keep=entry)
@@ -128,11 +132,11 @@ class ModelRegistry:
         entry = self.get(model_id)
         if entry.state == "loading":
             await entry.settled.wait()
-        if entry.batcher:
-            batcher, entry.batcher = entry.batcher, None
-            await batcher.drain()
+        if entry.scheduler:
+            scheduler, entry.scheduler = entry.scheduler, None
+            await scheduler.drain()
         if entry.loaded:
-            entry.loaded.backend.close()
+            entry.loaded.close()
         entry.loaded, entry.state = None, "unloaded"
         return entry
 
@@ -168,3 +172,29 @@ class ModelRegistry:
         for model_id, entry in self.entries.items():
             if entry.state == "ready":
                 await self.unload(model_id)
+
+
+def _batcher(model: LoadedModel, batching: BatchingConfig, decoding: DecodingConfig, hooks: Hooks) -> Batcher:
+    """Encoders: dynamic batches of sequences, one forward each."""
+    head, backend = model.task.head, model.backend
+
+    def run_batch(batch: Any) -> list[Any]:
+        return split_outputs(head, backend.forward(batch), batch.lengths)
+
+    pad_id = model.info.tokenizer.pad_token_id or 0
+    return Batcher(run_batch, pad_id, batching, hooks.bind("on_batch", model.model_id))
+
+
+def _decode_loop(model: GenerativeModel, batching: BatchingConfig, decoding: DecodingConfig, hooks: Hooks) -> DecodeLoop:
+    """Causal LMs: continuous batching over the KV-cached decoder."""
+    return DecodeLoop(
+        model.decoder,
+        model.info.tokenizer,
+        decoding,
+        on_step=hooks.bind("on_step", model.model_id),
+        on_finish=hooks.bind("on_finish", model.model_id),
+    )
+
+
+# Which scheduler runs which kind of loaded model.
+SCHEDULERS: dict[type, Callable[..., Scheduler]] = {LoadedModel: _batcher, GenerativeModel: _decode_loop}

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from squeezer.api import admin, hf, metrics, openai, tei
+from squeezer.api import admin, chat, hf, metrics, openai, tei, tgi
 from squeezer.api.access import AccessLog
 from squeezer.api.errors import install_error_handlers
 from squeezer.config import ServerConfig
@@ -33,6 +33,6 @@ def create_app(engine: Engine, server_config: ServerConfig | None = None) -> Fas
     app.state.metrics = metrics.Metrics(engine)
     install_error_handlers(app)
     app.add_middleware(AccessLog, log_format=config.log_format)
-    for module in (admin, metrics, hf, openai, tei):
+    for module in (admin, metrics, hf, openai, tei, tgi, chat):
         app.include_router(module.router)
     return app

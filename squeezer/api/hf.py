@@ -7,27 +7,35 @@ several (huggingface_hub uses it for feature-extraction and sentence-similarity)
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from squeezer.api.auth import require_api_key
+from squeezer.api.chat import chat_for_model
+from squeezer.api.tgi import generate_response
 from squeezer.api.compat import shape_for_client
 from squeezer.api.body import parse_json_or_text, read_body
 from squeezer.api.responses import result_headers, unless_disconnected
 from squeezer.engine import Engine
 from squeezer.errors import ClientError
+from squeezer.tasks import GENERATION_TASKS
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 ACTIONS = ("load", "unload")
+CHAT_SUFFIX = "/v1/chat/completions"
 
 
 def split_model_path(path: str, known: set[str]) -> tuple[str, str | None, str | None]:
-    """`org/name/pipeline/task` -> (`org/name`, task, None); `org/name/load` -> (`org/name`, None, "load")."""
+    """`org/name/pipeline/task` -> (`org/name`, task, None); `org/name/load` -> (`org/name`, None, "load");
+    `org/name/v1/chat/completions` -> (`org/name`, None, "chat")."""
     if path in known:
         return path, None, None
+    if path.endswith(CHAT_SUFFIX) and path.removesuffix(CHAT_SUFFIX):
+        return path.removesuffix(CHAT_SUFFIX), None, "chat"
     head, sep, task = path.rpartition("/pipeline/")
     if sep and head and task and "/" not in task:
         return head, task, None
@@ -59,6 +67,18 @@ def option(options: dict[str, Any], name: str, default: bool) -> bool:
     return value
 
 
+async def generation(engine: Engine, request: Request, model_id: str, inputs: Any, parameters: Any, payload: Any, wait: bool) -> Any:
+    """A generative model on the Inference API route: `[{"generated_text"}]`, or TGI's stream with "stream": true."""
+    stream = isinstance(payload, dict) and payload.get("stream") is True
+    if isinstance(inputs, list) and not stream:
+        if not inputs:
+            raise ClientError("inputs: must not be an empty list", status=422)
+        answers = [generate_response(engine, request, model_id, prompt, parameters, False, wait) for prompt in inputs]
+        return JSONResponse(list(await asyncio.gather(*answers)))
+    result = await generate_response(engine, request, model_id, inputs, parameters, stream, wait)
+    return result if stream else JSONResponse(result)
+
+
 @router.post("/models/{model_path:path}")
 async def infer(model_path: str, request: Request) -> JSONResponse:
     engine: Engine = request.app.state.engine
@@ -67,17 +87,16 @@ async def infer(model_path: str, request: Request) -> JSONResponse:
         return JSONResponse(await engine.load(model_id))
     if action == "unload":
         return JSONResponse(await engine.unload(model_id))
-    body = await read_body(request, request.app.state.server_config.max_payload_bytes)
-    inputs, parameters, options = unpack(parse_json_or_text(request, body))
+    if action == "chat":
+        return await chat_for_model(request, model_id)
+    payload = parse_json_or_text(request, await read_body(request, request.app.state.server_config.max_payload_bytes))
+    inputs, parameters, options = unpack(payload)
     wait_header = request.headers.get("x-wait-for-model", "").lower() in {"1", "true", "yes"}
-    run = engine.run(
-        model_id,
-        inputs,
-        parameters,
-        task=task,
-        wait_for_model=option(options, "wait_for_model", False) or wait_header,
-        use_cache=option(options, "use_cache", True),
-    )
+    wait = option(options, "wait_for_model", False) or wait_header
+    await engine.ready(model_id, wait)
+    if engine.task_of(model_id) in GENERATION_TASKS:
+        return await generation(engine, request, model_id, inputs, parameters, payload, wait)
+    run = engine.run(model_id, inputs, parameters, task=task, wait_for_model=wait, use_cache=option(options, "use_cache", True))
     result = await unless_disconnected(request, run)
     request.app.state.metrics.observe_timings(result.timings)
     output = shape_for_client(result.answer.task, result.output, inputs, request.headers.get("user-agent", ""))

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from squeezer.engine import Engine, Timings
 from squeezer.scheduling import BatchStats
+from squeezer.scheduling.decoding import SequenceStats, StepStats
 
 router = APIRouter()
 
@@ -37,6 +38,13 @@ class EngineCollector(Collector):
         for model_id, n in self.engine.queue_depths().items():
             depth.add_metric([model_id], n)
         yield depth
+        waiting = GaugeMetricFamily("squeezer_generation_waiting", "Generation requests waiting for a slot", labels=["model"])
+        occupancy = GaugeMetricFamily("squeezer_generation_occupancy", "Share of decode slots in use", labels=["model"])
+        for model_id, loop in self.engine.generation_loops().items():
+            waiting.add_metric([model_id], loop.waiting)
+            occupancy.add_metric([model_id], loop.occupancy)
+        yield waiting
+        yield occupancy
         loaded = GaugeMetricFamily("squeezer_models_loaded", "Models ready to serve")
         loaded.add_metric([], sum(m["state"] == "ready" for m in self.engine.models()))
         yield loaded
@@ -70,12 +78,37 @@ class Metrics:
         self.batch_tokens = Histogram(
             "squeezer_batch_tokens", "Padded tokens per batch", ["model"], buckets=TOKEN_BUCKETS, registry=self.registry
         )
+        self.time_to_first_token = Histogram(
+            "squeezer_time_to_first_token_seconds", "Generation: arrival to first token", ["model"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.time_per_output_token = Histogram(
+            "squeezer_time_per_output_token_seconds", "Generation: time per token after the first", ["model"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.generated_tokens = Counter("squeezer_generated_tokens", "Tokens generated", ["model"], registry=self.registry)
+        self.step_sequences = Histogram(
+            "squeezer_decode_batch_sequences", "Sequences per decode step (batch occupancy)", ["model"],
+            buckets=SIZE_BUCKETS, registry=self.registry,
+        )
         self.registry.register(EngineCollector(engine))
-        engine.on_batch(self.observe_batch)
+        engine.hooks.on_batch = self.observe_batch
+        engine.hooks.on_step = self.observe_step
+        engine.hooks.on_finish = self.observe_sequence
 
     def observe_batch(self, model_id: str, stats: BatchStats) -> None:
         self.batch_size.labels(model_id).observe(stats.size)
         self.batch_tokens.labels(model_id).observe(stats.padded_tokens)
+
+    def observe_step(self, model_id: str, stats: StepStats) -> None:
+        self.step_sequences.labels(model_id).observe(stats.sequences)
+
+    def observe_sequence(self, model_id: str, stats: SequenceStats) -> None:
+        self.generated_tokens.labels(model_id).inc(stats.generated_tokens)
+        if stats.generated_tokens:
+            self.time_to_first_token.labels(model_id).observe(stats.time_to_first_token)
+        if stats.generated_tokens > 1:
+            self.time_per_output_token.labels(model_id).observe(stats.time_per_output_token)
 
     def observe_request(self, route: str, status: int) -> None:
         self.requests.labels(route, str(status)).inc()

@@ -170,6 +170,11 @@ class DecodeLoop:
         return len(self._waiting)
 
     @property
+    def depth(self) -> int:
+        """Requests waiting, under the name the encoder batcher uses (for queue-depth metrics)."""
+        return len(self._waiting)
+
+    @property
     def active(self) -> int:
         """Sequences in the running batch."""
         return len(self._active)

@@ -26,4 +26,8 @@ TASKS: dict[str, Task] = {
     )
 }
 
-__all__ = ["TASKS", "InputError", "ModelInfo", "Pooling", "Task"]
+# Tasks served by the decode loop (squeezer.scheduling.decoding) rather than by one forward pass per input.
+GENERATION_TASKS: tuple[str, ...] = ("text-generation",)
+ALL_TASKS: tuple[str, ...] = (*TASKS, *GENERATION_TASKS)
+
+__all__ = ["ALL_TASKS", "GENERATION_TASKS", "TASKS", "InputError", "ModelInfo", "Pooling", "Task"]

@@ -1,0 +1,158 @@
+"""The OpenAI dialect for generation: `POST /v1/chat/completions` and `POST /v1/completions`.
+
+Also reachable as `/models/{id}/v1/chat/completions`, where huggingface_hub's InferenceClient sends chat
+requests when its model is a URL. OpenAI defaults apply: sampling at temperature 1 unless the request says
+otherwise, `max_tokens` optional, stop sequences left out of the answer, `[DONE]` closing a stream.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from squeezer.api.auth import require_api_key
+from squeezer.api.body import read_json_object
+from squeezer.api.generation import OPENAI_FINISH, sse, strip_stop
+from squeezer.api.responses import unless_disconnected
+from squeezer.completions import Completion, Streaming
+from squeezer.engine import Engine
+from squeezer.errors import ClientError
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+
+# OpenAI body field -> generation parameter.
+RENAMED = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens", "n": "num_return_sequences"}
+PASSED = ("temperature", "top_p", "seed", "stop")
+UNSUPPORTED_IF_SET = ("frequency_penalty", "presence_penalty", "logit_bias", "tools", "response_format")
+
+
+def openai_parameters(body: dict[str, Any]) -> dict[str, Any]:
+    """Map an OpenAI request onto generation parameters; refuse what would silently change the answer."""
+    for name in UNSUPPORTED_IF_SET:
+        if body.get(name) not in (None, 0, 0.0, {}, []):
+            raise ClientError(f"{name}: not supported by this server", status=422)
+    params = {RENAMED.get(k, k): v for k, v in body.items() if (k in RENAMED or k in PASSED) and v is not None}
+    params.setdefault("temperature", 1.0)  # OpenAI samples by default
+    if params["temperature"] != 0:
+        params["do_sample"] = True
+    return params
+
+
+def chosen_model(engine: Engine, body: dict[str, Any], path_model: str | None) -> str:
+    """The model named by the path, else by the body; a lone generative model answers any name (as TGI does)."""
+    if path_model:
+        return path_model
+    model = body.get("model")
+    if isinstance(model, str) and model in engine.model_ids():
+        return model
+    generative = [m for m in engine.model_ids() if engine.task_of(m) == "text-generation"]
+    if len(generative) == 1:
+        return generative[0]
+    raise ClientError(f"model {model!r} is not served here; served models: {', '.join(engine.model_ids())}", status=404)
+
+
+def usage(completion: Completion) -> dict[str, int]:
+    generated = sum(g.generated_tokens for g in completion.generations)
+    prompt = len(completion.prompt.ids)
+    return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+
+
+def chat_object(completion: Completion, request_id: str) -> dict[str, Any]:
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": strip_stop(g.text, completion.params.stop)},
+            "finish_reason": OPENAI_FINISH[g.finish_reason],
+            "logprobs": None,
+        }
+        for i, g in enumerate(completion.generations)
+    ]
+    return {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": completion.model_id,
+            "choices": choices, "usage": usage(completion)}
+
+
+def text_object(completion: Completion, request_id: str, echo: bool) -> dict[str, Any]:
+    prefix = completion.prompt.text if echo else ""
+    choices = [
+        {"index": i, "text": prefix + strip_stop(g.text, completion.params.stop), "finish_reason": OPENAI_FINISH[g.finish_reason], "logprobs": None}
+        for i, g in enumerate(completion.generations)
+    ]
+    return {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": completion.model_id,
+            "choices": choices, "usage": usage(completion)}
+
+
+async def chat_chunks(streaming: Streaming, request_id: str, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+    base = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": streaming.model_id}
+    yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+    async for chunk in _deltas(streaming, base, lambda text: {"delta": {"content": text} if text else {}}, include_usage):
+        yield chunk
+
+
+async def text_chunks(streaming: Streaming, request_id: str, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+    base = {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": streaming.model_id}
+    async for chunk in _deltas(streaming, base, lambda text: {"text": text, "logprobs": None}, include_usage):
+        yield chunk
+
+
+def may_start_stop(text: str, stops: list[str] | None) -> bool:
+    """Whether the text ends with the beginning of a stop sequence (so it must not be sent yet)."""
+    return any(text.endswith(stop[:k]) for stop in stops or [] for k in range(1, len(stop) + 1))
+
+
+async def _deltas(streaming: Streaming, base: dict[str, Any], shape: Any, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+    """One chunk per token with new text (holding back a possible stop sequence), then the finish, then usage."""
+    pending, last = "", None
+    async for event in streaming.events:
+        pending += event.text
+        last = event
+        if event.is_last:
+            break
+        if pending and not may_start_stop(pending, streaming.params.stop):
+            yield {**base, "choices": [{"index": 0, **shape(pending), "finish_reason": None}]}
+            pending = ""
+    if last is None:
+        return
+    tail = strip_stop(pending, streaming.params.stop)
+    yield {**base, "choices": [{"index": 0, **shape(tail), "finish_reason": OPENAI_FINISH[last.finish_reason or "length"]}]}
+    if include_usage:
+        prompt = last.prompt_tokens
+        yield {**base, "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": last.generated_tokens,
+                                                "total_tokens": prompt + last.generated_tokens}}
+
+
+async def _completions(request: Request, path_model: str | None, chat: bool) -> Any:
+    engine: Engine = request.app.state.engine
+    body = await read_json_object(request, request.app.state.server_config.max_payload_bytes)
+    model_id = chosen_model(engine, body, path_model)
+    params = openai_parameters(body)
+    prompt, messages = (None, body.get("messages")) if chat else (body.get("prompt"), None)
+    if messages is None and chat:
+        raise ClientError("messages: required", status=422)
+    request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+    if body.get("stream"):
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        streaming = await engine.stream(model_id, prompt, messages, params)
+        chunks = chat_chunks(streaming, request_id, include_usage) if chat else text_chunks(streaming, request_id, include_usage)
+        return sse(chunks, done_marker=True)
+    completion = await unless_disconnected(request, engine.generate(model_id, prompt, messages, params))
+    return JSONResponse(chat_object(completion, request_id) if chat else text_object(completion, request_id, bool(body.get("echo"))))
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Any:
+    return await _completions(request, None, chat=True)
+
+
+async def chat_for_model(request: Request, model_id: str) -> Any:
+    """`/models/{id}/v1/chat/completions`: huggingface_hub's chat_completion with a model URL."""
+    return await _completions(request, model_id, chat=True)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Any:
+    return await _completions(request, None, chat=False)

@@ -1,0 +1,75 @@
+"""Shared pieces of the generation dialects: token lists, TGI details, server-sent events."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import StreamingResponse
+
+from squeezer.completions import Completion
+from squeezer.errors import ClientError
+from squeezer.tasks.generation import Generation, output_text
+
+log = logging.getLogger("squeezer.api")
+
+OPENAI_FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
+
+
+def token_list(tokenizer: Any, ids: list[int]) -> list[dict[str, Any]]:
+    special = set(tokenizer.all_special_ids)
+    return [{"id": i, "text": tokenizer.decode([i]), "logprob": None, "special": i in special} for i in ids]
+
+
+def tgi_details(generation: Generation, tokens: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    details: dict[str, Any] = {
+        "finish_reason": generation.finish_reason,
+        "generated_tokens": generation.generated_tokens,
+        "seed": generation.seed,
+    }
+    if tokens is not None:
+        details.update(prefill=[], tokens=tokens)
+    return details
+
+
+def tgi_outputs(completion: Completion, tokenizer: Any) -> list[dict[str, Any]]:
+    """One `{"generated_text", "details"?}` per returned sequence, as TGI and the Inference API answer."""
+    outputs = []
+    for generation in completion.generations:
+        out: dict[str, Any] = {"generated_text": output_text(completion.prompt.text, generation.text, completion.params)}
+        if completion.params.details:
+            out["details"] = tgi_details(generation, token_list(tokenizer, generation.token_ids))
+        outputs.append(out)
+    return outputs
+
+
+def strip_stop(text: str, stops: list[str] | None) -> str:
+    """OpenAI answers never contain the stop sequence (TGI's keep it)."""
+    for stop in stops or []:
+        if text.endswith(stop):
+            return text[: -len(stop)]
+    return text
+
+
+def sse(events: AsyncIterator[Any], done_marker: bool = False) -> StreamingResponse:
+    """Server-sent events, one JSON object per `data:` line; a failure mid-stream becomes an error event.
+
+    When the client disconnects, Starlette cancels the generator: the token stream it reads then frees
+    the sequence's slot and cache at the next decode step.
+    """
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for event in events:
+                yield f"data: {json.dumps(event)}\n\n".encode()
+        except ClientError as exc:
+            yield f"data: {json.dumps({'error': str(exc), 'error_type': 'validation'})}\n\n".encode()
+        except Exception as exc:  # headers are gone: the error travels in the stream
+            log.exception("generation stream failed")
+            yield f"data: {json.dumps({'error': f'internal error: {exc.__class__.__name__}'})}\n\n".encode()
+        if done_marker:
+            yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"cache-control": "no-cache"})

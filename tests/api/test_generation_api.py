@@ -1,0 +1,180 @@
+"""Generation through a real server: the Inference API, TGI and OpenAI routes with their real clients."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+from huggingface_hub import InferenceClient
+
+from tests.server import ServerProcess
+from tests.tiny_decoders import reference_generate, smollm2_gguf, tiny_decoder_path  # noqa: F401 (fixture)
+
+PROMPT = "Hello there, how are"
+CHAT = [{"role": "user", "content": "Say something nice."}]
+
+
+@pytest.fixture(scope="module")
+def gen_server(tiny_decoder_path, tmp_path_factory):
+    specs = [f"tiny/llama={tiny_decoder_path('llama')}", f"tiny/gpt2={tiny_decoder_path('gpt2')}"]
+    proc = ServerProcess(specs, tmp_path_factory.mktemp("gen-logs"))
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_decoder_path):
+    """Greedy continuation text of a prompt (plain or chat) by transformers' generate, per arch."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache = {}
+
+    def run(arch: str, n: int, prompt: str | None = None, messages: list | None = None) -> str:
+        if arch not in cache:
+            folder = tiny_decoder_path(arch)
+            cache[arch] = (AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder))
+        model, tok = cache[arch]
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True) if messages else tok(prompt, add_special_tokens=False)["input_ids"]
+        return tok.decode(reference_generate(model, list(ids), n), skip_special_tokens=True)
+
+    return run
+
+
+def sse_events(response: httpx.Response) -> list:
+    return [line[5:].strip() for line in response.iter_lines() if line.startswith("data:")]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_inference_api_text_generation_is_greedy_generate(gen_server, reference, arch) -> None:
+    client = InferenceClient(model=f"{gen_server.url}/models/tiny/{arch}")
+    text = client.text_generation(PROMPT, max_new_tokens=12)
+    assert text == reference(arch, 12, prompt=PROMPT)
+    streamed = "".join(client.text_generation(PROMPT, max_new_tokens=12, stream=True))
+    assert streamed == text
+    detailed = client.text_generation(PROMPT, max_new_tokens=12, details=True)
+    assert detailed.generated_text == text and detailed.details.generated_tokens <= 12
+    assert detailed.details.finish_reason in {"length", "eos_token"}
+    full = client.text_generation(PROMPT, max_new_tokens=12, return_full_text=True)
+    assert full == PROMPT + text
+
+
+def test_inference_api_body_shapes(gen_server, reference) -> None:
+    url = f"{gen_server.url}/models/tiny/llama"
+    one = httpx.post(url, json={"inputs": PROMPT, "parameters": {"max_new_tokens": 6}}).json()
+    assert one == [{"generated_text": reference("llama", 6, prompt=PROMPT)}]
+    many = httpx.post(url, json={"inputs": [PROMPT, "Another"], "parameters": {"max_new_tokens": 4}}).json()
+    assert len(many) == 2 and many[0][0]["generated_text"] == reference("llama", 4, prompt=PROMPT)
+    sampled = httpx.post(url, json={"inputs": PROMPT, "parameters": {"max_new_tokens": 6, "do_sample": True, "seed": 7, "num_return_sequences": 3}}).json()
+    again = httpx.post(url, json={"inputs": PROMPT, "parameters": {"max_new_tokens": 6, "do_sample": True, "seed": 7, "num_return_sequences": 3}}).json()
+    assert len(sampled) == 3 and sampled == again
+
+
+def test_tgi_generate_and_stream(gen_server, reference) -> None:
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 10, "details": True}}
+    whole = httpx.post(gen_server.url + "/generate", json={**body, "model": "tiny/llama"}).json()
+    assert whole["generated_text"] == reference("llama", 10, prompt=PROMPT)
+    assert whole["details"]["generated_tokens"] == len(whole["details"]["tokens"])
+    with httpx.stream("POST", gen_server.url + "/generate_stream", json={**body, "model": "tiny/llama"}) as response:
+        events = [json.loads(e) for e in sse_events(response)]
+    assert "".join(e["token"]["text"] for e in events) == whole["generated_text"]
+    assert events[-1]["generated_text"] == whole["generated_text"] and events[-1]["details"]["finish_reason"]
+    assert all(e["generated_text"] is None for e in events[:-1])
+
+
+def test_chat_through_huggingface_hub_and_openai(gen_server, reference) -> None:
+    from openai import OpenAI
+
+    expected = reference("llama", 10, messages=CHAT)
+    hub = InferenceClient(model=f"{gen_server.url}/models/tiny/llama")
+    out = hub.chat_completion(CHAT, max_tokens=10, temperature=0)
+    assert out.choices[0].message.content == expected
+    openai = OpenAI(base_url=gen_server.url + "/v1", api_key="unused")
+    done = openai.chat.completions.create(model="tiny/llama", messages=CHAT, max_tokens=10, temperature=0)
+    assert done.choices[0].message.content == expected
+    assert done.usage.completion_tokens <= 10 and done.usage.total_tokens == done.usage.prompt_tokens + done.usage.completion_tokens
+    chunks = list(openai.chat.completions.create(model="tiny/llama", messages=CHAT, max_tokens=10, temperature=0, stream=True,
+                                                  stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+    assert chunks[-1].usage.completion_tokens == done.usage.completion_tokens
+    streamed_hub = "".join(c.choices[0].delta.content or "" for c in hub.chat_completion(CHAT, max_tokens=10, temperature=0, stream=True))
+    assert streamed_hub == expected
+
+
+def test_openai_completions_and_stop_sequences(gen_server, reference) -> None:
+    from openai import OpenAI
+
+    openai = OpenAI(base_url=gen_server.url + "/v1", api_key="unused")
+    expected = reference("gpt2", 12, prompt=PROMPT)
+    done = openai.completions.create(model="tiny/gpt2", prompt=PROMPT, max_tokens=12, temperature=0)
+    assert done.choices[0].text == expected
+    stop = expected[3:5]
+    cut = openai.completions.create(model="tiny/gpt2", prompt=PROMPT, max_tokens=12, temperature=0, stop=[stop])
+    assert cut.choices[0].text == expected[: expected.index(stop)] and cut.choices[0].finish_reason == "stop"
+    streamed = openai.completions.create(model="tiny/gpt2", prompt=PROMPT, max_tokens=12, temperature=0, stop=[stop], stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == cut.choices[0].text
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "fragment"),
+    [
+        ("/models/tiny/llama", {"inputs": PROMPT, "parameters": {"max_new_tokens": 0}}, 422, "max_new_tokens"),
+        ("/models/tiny/llama", {"inputs": PROMPT, "parameters": {"max_new_tokens": 5000}}, 422, "max_new_tokens"),
+        ("/models/tiny/llama", {"inputs": "word " * 400}, 422, "input tokens"),
+        ("/models/tiny/llama", {"inputs": ""}, 422, "inputs"),
+        ("/models/tiny/llama", {"inputs": PROMPT, "parameters": {"top_p": 2}}, 422, "top_p"),
+        ("/generate", {"model": "tiny/llama", "inputs": 5}, 422, "inputs"),
+        ("/v1/chat/completions", {"model": "tiny/llama"}, 422, "messages"),
+        ("/v1/chat/completions", {"model": "tiny/llama", "messages": [{"role": "wizard", "content": "x"}]}, 422, "messages"),
+        ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "presence_penalty": 1.0}, 422, "presence_penalty"),
+        ("/v1/chat/completions", {"model": "tiny/gpt2", "messages": CHAT}, 422, "chat template"),
+    ],
+)
+def test_generation_errors(gen_server, path, body, status, fragment) -> None:
+    response = httpx.post(gen_server.url + path, json=body)
+    assert response.status_code == status, response.text
+    assert fragment in response.json()["error"]
+
+
+def test_disconnect_frees_the_slot_and_metrics_count(gen_server) -> None:
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 200}, "stream": True}
+    with httpx.stream("POST", gen_server.url + "/models/tiny/llama", json=body) as response:
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                break  # one token, then hang up
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        metrics = httpx.get(gen_server.url + "/metrics").text
+        if 'squeezer_generation_occupancy{model="tiny/llama"} 0.0' in metrics:
+            break
+        time.sleep(0.1)
+    assert 'squeezer_generation_occupancy{model="tiny/llama"} 0.0' in metrics
+    assert "squeezer_time_to_first_token_seconds_bucket" in metrics and "squeezer_generated_tokens_total" in metrics
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_serves_chat_like_generate(tmp_path) -> None:
+    """`squeezer serve model.gguf` just works, chat template included, greedy like transformers."""
+    from openai import OpenAI
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = smollm2_gguf()
+    srv = ServerProcess([str(folder / name)], tmp_path)
+    try:
+        srv.wait_ready(600)
+        model_id = httpx.get(srv.url + "/models").json()[0]["id"]
+        answer = OpenAI(base_url=srv.url + "/v1", api_key="x").chat.completions.create(
+            model=model_id, messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=24, temperature=0
+        )
+    finally:
+        srv.stop()
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name).eval()
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True)
+    expected = tok.decode(reference_generate(model, list(ids), 24), skip_special_tokens=True)
+    assert answer.choices[0].message.content == expected
+    assert "Paris" in expected
