@@ -14,7 +14,13 @@ def _torch(*args: Any) -> Backend:
     return TorchBackend(*args)
 
 
+def _onnx(*args: Any) -> Backend:
+    from squeezer.backends.onnx_backend import OnnxBackend  # lazy: onnxruntime is an optional extra
+
+    return OnnxBackend(*args)
+
+
 # name -> factory(source, head, model_config, backend_config, max_length) -> Backend
-BACKENDS: dict[str, Callable[..., Backend]] = {"torch": _torch}
+BACKENDS: dict[str, Callable[..., Backend]] = {"torch": _torch, "onnxruntime": _onnx}
 
 __all__ = ["BACKENDS", "HEAD_OUTPUTS", "Backend", "Batch", "Capabilities", "split_outputs"]

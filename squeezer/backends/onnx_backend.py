@@ -1,0 +1,157 @@
+"""The ONNX Runtime backend: serves a compiled artifact (see `squeezer.artifact`) on CPU or CUDA.
+
+It needs neither torch nor the compiler, so an artifact can be served from a small install
+(`pip install 'squeezer[onnx]'`). The compiler times and gates candidates through this very class
+(`OnnxBackend.from_graph`), so what the report measured is what serving runs, session options included.
+
+Session options are chosen, not left at their defaults:
+- intra-op threads = the cores this process may really use (affinity and cgroup quota), or `--threads`;
+  one inter-op thread and sequential execution, since an encoder graph is one chain of ops;
+- spinning: after each run ONNX Runtime's workers spin, burning most of a core for ~40 ms (measured on
+  MiniLM) to catch the next run sooner. That wins ~1 ms on back-to-back runs, but a server also needs a core
+  to tokenize the next requests (and other models need theirs), so workers spin only when the session
+  leaves at least one core of this process free (`--threads` below the available cores);
+- memory: the CPU arena stays on (no malloc per run), memory patterns are off (they are planned per input
+  shape, and every batch here has a new shape); on CUDA the arena grows by what is requested, not doubling.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from squeezer.artifact import Artifact, ArtifactError, available_cpus, load_artifact
+from squeezer.backends.base import HEAD_OUTPUTS, Batch, Capabilities
+from squeezer.config import BackendConfig, ModelConfig
+from squeezer.sources import ModelSource
+
+PROVIDERS: dict[str, str] = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise RuntimeError("the onnxruntime backend needs ONNX Runtime: pip install 'squeezer[onnx]'") from None
+    return onnxruntime
+
+
+def default_spinning(threads: int) -> bool:
+    """Spin only when the session's threads leave a core free for the rest of the process."""
+    return 0 < threads < available_cpus()
+
+
+def session_options(threads: int, spinning: bool) -> Any:
+    """Session options tuned for serving padded encoder batches (see the module docstring for why)."""
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or available_cpus()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_cpu_mem_arena = True
+    options.enable_mem_pattern = False
+    options.log_severity_level = 3  # warnings about unused initializers are noise to a server's log
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
+def providers_for(target: str) -> list[Any]:
+    """Execution providers for a target; a CUDA artifact on an install without CUDA is refused clearly."""
+    ort = import_onnxruntime()
+    if target == "cuda":
+        if PROVIDERS["cuda"] not in ort.get_available_providers():
+            raise ArtifactError(
+                "this artifact was compiled for cuda, but this onnxruntime has no CUDAExecutionProvider: "
+                "install onnxruntime-gpu on a machine with an NVIDIA GPU, or optimize again with --target cpu"
+            )
+        preload = getattr(ort, "preload_dlls", None)  # CUDA/cuDNN from the nvidia-* wheels, when installed so
+        if preload is not None:
+            try:
+                preload()
+            except Exception:  # system CUDA libraries are then used, or session creation says what is missing
+                pass
+        return [(PROVIDERS["cuda"], {"arena_extend_strategy": "kSameAsRequested"}), PROVIDERS["cpu"]]
+    return [PROVIDERS["cpu"]]
+
+
+class OnnxBackend:
+    """Runs an artifact's graph with ONNX Runtime; outputs are named as in HEAD_OUTPUTS."""
+
+    def __init__(self, source: ModelSource, head: str, model_config: ModelConfig, config: BackendConfig, max_length: int) -> None:
+        artifact = load_artifact(source.path)
+        if artifact.head != head:
+            raise ArtifactError(
+                f"artifact {source.path} was compiled for the {artifact.head!r} head ({artifact.task}); "
+                f"it cannot serve the {head!r} head: optimize the model again with --task for that task"
+            )
+        spinning = default_spinning(config.threads)
+        self._setup(artifact.graph_path, head, artifact.target, config.threads, spinning, max_length, artifact.dtype)
+        self.artifact: Artifact | None = artifact
+
+    @classmethod
+    def from_graph(cls, graph: Path, head: str, target: str = "cpu", threads: int = 0, spinning: bool | None = None,
+                   max_length: int = 512, dtype: str = "float32") -> OnnxBackend:
+        """A backend on a bare graph file: how the compiler gates and times candidates before packaging."""
+        backend = cls.__new__(cls)
+        spin = default_spinning(threads) if spinning is None else spinning
+        backend._setup(graph, head, target, threads, spin, max_length, dtype)
+        backend.artifact = None
+        return backend
+
+    def _setup(self, graph: Path, head: str, target: str, threads: int, spinning: bool, max_length: int, dtype: str) -> None:
+        ort = import_onnxruntime()
+        self._head, self._target, self._max_length, self._dtype = head, target, max_length, dtype
+        try:
+            self._session = ort.InferenceSession(str(graph), session_options(threads, spinning), providers=providers_for(target))
+        except ArtifactError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            raise ArtifactError(f"artifact graph {graph} cannot be loaded by onnxruntime: {exc}") from None
+        if target == "cuda" and PROVIDERS["cuda"] not in self._session.get_providers():
+            raise ArtifactError("onnxruntime could not start its CUDA provider (CUDA or cuDNN libraries missing?); "
+                                "see its warnings above, or optimize again with --target cpu")
+        self._inputs = [i.name for i in self._session.get_inputs()]
+        names = [o.name for o in self._session.get_outputs()]
+        missing = [name for name in HEAD_OUTPUTS[head] if name not in names]
+        unknown = [name for name in self._inputs if name not in ("input_ids", "attention_mask", "token_type_ids")]
+        if missing or unknown or "input_ids" not in self._inputs:
+            raise ArtifactError(
+                f"artifact graph {graph} does not match the {head!r} head: outputs {names}, inputs {self._inputs}"
+            )
+        self._outputs = list(HEAD_OUTPUTS[head])
+
+    def _feed(self, batch: Batch) -> dict[str, np.ndarray]:
+        arrays = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+                  "token_type_ids": batch.token_type_ids if batch.token_type_ids is not None else np.zeros_like(batch.input_ids)}
+        return {name: np.ascontiguousarray(arrays[name], dtype=np.int64) for name in self._inputs}
+
+    def forward(self, batch: Batch) -> dict[str, np.ndarray]:
+        feed = self._feed(batch)
+        if self._target == "cuda":
+            values = self._run_bound(feed)
+        else:
+            values = self._session.run(self._outputs, feed)
+        return {name: np.asarray(value, dtype=np.float32) for name, value in zip(self._outputs, values)}
+
+    def _run_bound(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """CUDA: bind inputs and outputs so ORT copies each once, instead of staging through its own buffers."""
+        binding = self._session.io_binding()
+        for name, array in feed.items():
+            binding.bind_cpu_input(name, array)
+        for name in self._outputs:
+            binding.bind_output(name, "cuda")
+        self._session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    def warmup(self) -> None:
+        self.forward(Batch.pad([[0, 1, 2, 3]], None, 0))
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities("onnxruntime", self._target, self._dtype, self._head, self._max_length)
+
+    def close(self) -> None:
+        self._session = None

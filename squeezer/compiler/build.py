@@ -1,0 +1,94 @@
+"""Build candidates from recipes: each step kind has one builder in `BUILDERS`, and shared prefixes
+(the fused graph most int8 recipes start from) are built once per run."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from squeezer.compiler import fuse as fusion
+from squeezer.compiler import quantize
+from squeezer.compiler.export import Exported
+from squeezer.compiler.recipes import DynamicInt8, Float16, Fuse, Recipe, StaticInt8
+
+
+@dataclass
+class BuildContext:
+    """What builders share within one run: the export, a scratch folder, sample inputs, progress."""
+
+    exported: Exported
+    scratch: Path
+    calibration: quantize.Feeds
+    probe: quantize.Feeds
+    progress: Callable[[str], None] = lambda _: None
+    rankings: dict[tuple[Any, ...], list[str]] = field(default_factory=dict)
+
+    def sensitive(self, graph: Path, step: DynamicInt8) -> list[str]:
+        """The step's fraction of most sensitive nodes, from a ranking measured once per graph and scheme."""
+        if step.keep_sensitive <= 0:
+            return []
+        key = (graph, step.weights, step.per_channel, step.reduce_range)
+        if key not in self.rankings:
+            nodes = quantize.quantizable_nodes(graph)
+            ranked = quantize.rank_sensitivity(graph, step, self.probe, nodes, self.progress)
+            self.rankings[key] = [name for name, _ in ranked]
+        ranking = self.rankings[key]
+        return ranking[: math.ceil(step.keep_sensitive * len(ranking) - 1e-9)]
+
+
+@dataclass(frozen=True)
+class Built:
+    """A built graph, the fused ops it holds, and the quantizable nodes deliberately left in float."""
+
+    path: Path
+    fusions: dict[str, int]
+    kept_float: tuple[str, ...] = ()
+
+
+def _fuse(step: Fuse, prev: Built, dst: Path, ctx: BuildContext) -> Built:
+    return Built(dst, fusion.fuse(prev.path, dst, step, ctx.exported), prev.kept_float)
+
+
+def _float16(step: Float16, prev: Built, dst: Path, ctx: BuildContext) -> Built:
+    fusion.to_float16(prev.path, dst, step)
+    return Built(dst, prev.fusions, prev.kept_float)
+
+
+def _dynamic(step: DynamicInt8, prev: Built, dst: Path, ctx: BuildContext) -> Built:
+    keep = (quantize.embedding_nodes(prev.path) if step.keep_embeddings else []) + ctx.sensitive(prev.path, step)
+    quantize.dynamic(prev.path, dst, step, keep)
+    return Built(dst, prev.fusions, tuple(keep))
+
+
+def _static(step: StaticInt8, prev: Built, dst: Path, ctx: BuildContext) -> Built:
+    quantize.static(prev.path, dst, step, ctx.calibration, [])
+    return Built(dst, prev.fusions, prev.kept_float)
+
+
+BUILDERS: dict[type, Callable[[Any, Built, Path, BuildContext], Built]] = {
+    Fuse: _fuse,
+    Float16: _float16,
+    DynamicInt8: _dynamic,
+    StaticInt8: _static,
+}
+
+
+class Builder:
+    """Builds recipes into graphs under `ctx.scratch`, reusing every step prefix already built."""
+
+    def __init__(self, ctx: BuildContext) -> None:
+        self.ctx = ctx
+        self._built: dict[tuple[Any, ...], Built] = {(): Built(ctx.exported.path, {})}
+
+    def build(self, recipe: Recipe) -> Built:
+        for i in range(len(recipe.steps)):
+            prefix = recipe.steps[: i + 1]
+            if prefix not in self._built:
+                step = prefix[-1]
+                dst = self.ctx.scratch / f"graph-{len(self._built)}.onnx"
+                self.ctx.progress(f"{type(step).__name__.lower()}")
+                self._built[prefix] = BUILDERS[type(step)](step, self._built[recipe.steps[:i]], dst, self.ctx)
+        return self._built[recipe.steps]

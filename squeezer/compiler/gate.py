@@ -1,0 +1,213 @@
+"""The accuracy gate: a candidate must answer like the PyTorch reference, within the task's tolerance.
+
+Generic and data-driven: the same validation requests run through the reference and the candidate (as
+the server runs them, `squeezer.requests.plan` -> backend -> `answer`), a per-task metric function
+compares the two on what the task means (pooled embeddings, labels, entities, spans, top-k tokens), and a
+tolerance table turns the accuracy budget into one bound per metric. Every bound is checked before the
+verdict, so a rejection lists all that failed, with the numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from squeezer.backends.base import Backend, Batch, split_outputs
+from squeezer.compiler.validation_data import Example
+from squeezer.loading import LoadedModel
+from squeezer.requests import Plan, answer, plan
+from squeezer.tasks import InputError, ModelInfo
+from squeezer.tasks.embeddings import sentence_embedding
+
+Outputs = list[dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Bound:
+    """One metric's bound: `at_least` 1 - scale x budget (agreements), or at most scale x budget (differences)."""
+
+    metric: str
+    at_least: bool
+    scale: float
+
+    def limit(self, budget: float) -> float:
+        return 1.0 - self.scale * budget if self.at_least else self.scale * budget
+
+    def violation(self, value: float, budget: float) -> str | None:
+        limit = self.limit(budget)
+        ok = value >= limit if self.at_least else value <= limit
+        return None if ok else f"{self.metric} {value:.4f} {'<' if self.at_least else '>'} {limit:.4f}"
+
+
+# The budget is the loss allowed on each task's first metric; the defaults are what users of the task notice.
+DEFAULT_BUDGET: dict[str, float] = {
+    "feature-extraction": 0.01,
+    "sentence-similarity": 0.01,
+    "text-classification": 0.02,
+    "zero-shot-classification": 0.02,
+    "token-classification": 0.05,
+    "question-answering": 0.1,
+    "fill-mask": 0.1,
+}
+
+TOLERANCES: dict[str, tuple[Bound, ...]] = {
+    "embedding": (Bound("min_cosine", True, 1.0), Bound("mean_cosine", True, 0.25)),
+    "classification": (Bound("label_agreement", True, 1.0), Bound("max_prob_diff", False, 2.5)),
+    "token-classification": (Bound("entity_agreement", True, 1.0), Bound("token_label_agreement", True, 1.0)),
+    "question-answering": (Bound("exact_span", True, 1.0),),
+    "fill-mask": (Bound("top1_agreement", True, 1.0), Bound("topk_overlap", True, 2.0)),
+}
+
+# Task -> (metric family, the task whose answers the metrics read). Embeddings are compared pooled.
+FAMILIES: dict[str, tuple[str, str]] = {
+    "feature-extraction": ("embedding", "feature-extraction"),
+    "sentence-similarity": ("embedding", "feature-extraction"),
+    "text-classification": ("classification", "text-classification"),
+    "zero-shot-classification": ("classification", "zero-shot-classification"),
+    "token-classification": ("token-classification", "token-classification"),
+    "question-answering": ("question-answering", "question-answering"),
+    "fill-mask": ("fill-mask", "fill-mask"),
+}
+
+
+@dataclass
+class Run:
+    """One backend's results on the validation set: per-request answers and per-feature head outputs."""
+
+    answers: list[Any]
+    outputs: list[Outputs]
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a, b) / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
+
+
+def embedding_metrics(ref: Run, cand: Run, info: ModelInfo) -> dict[str, float]:
+    """Cosine of pooled sentence embeddings (the model's own pooling, mean without one)."""
+    def pooled(output: dict[str, np.ndarray]) -> np.ndarray:
+        return sentence_embedding(output["last_hidden_state"], info.pooling, None)
+
+    cosines = [_cosine(pooled(r), pooled(c)) for rs, cs in zip(ref.outputs, cand.outputs) for r, c in zip(rs, cs)]
+    return {"min_cosine": min(cosines), "mean_cosine": float(np.mean(cosines))}
+
+
+def _ranking(result: Any) -> list[dict[str, Any]]:
+    """A classification answer as one ranked label list (text-classification nests it one level deeper)."""
+    return result[0] if result and isinstance(result[0], list) else result
+
+
+def classification_metrics(ref: Run, cand: Run, info: ModelInfo) -> dict[str, float]:
+    """Same top label, and the largest probability difference on any label."""
+    agree, diffs = [], [0.0]
+    for r, c in zip(ref.answers, cand.answers):
+        r, c = _ranking(r), _ranking(c)
+        agree.append(r[0]["label"] == c[0]["label"])
+        scores = {e["label"]: e["score"] for e in c}
+        diffs += [abs(e["score"] - scores.get(e["label"], 0.0)) for e in r]
+    return {"label_agreement": float(np.mean(agree)), "max_prob_diff": float(max(diffs))}
+
+
+def _entities(result: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
+    return {(e.get("entity_group", e.get("entity")), e["start"], e["end"]) for e in result}
+
+
+def token_metrics(ref: Run, cand: Run, info: ModelInfo) -> dict[str, float]:
+    """Entity agreement (F1 of the grouped entities, 1 when both find none) and per-token label agreement."""
+    found = expected = common = 0
+    for r, c in zip(ref.answers, cand.answers):
+        re, ce = _entities(r), _entities(c)
+        found, expected, common = found + len(ce), expected + len(re), common + len(re & ce)
+    pairs = [(r, c) for rs, cs in zip(ref.outputs, cand.outputs) for r, c in zip(rs, cs)]
+    tokens = [r["logits"].argmax(-1) == c["logits"].argmax(-1) for r, c in pairs]
+    f1 = 1.0 if found + expected == 0 else 2 * common / (found + expected)
+    return {"entity_agreement": f1, "token_label_agreement": float(np.concatenate(tokens).mean())}
+
+
+def qa_metrics(ref: Run, cand: Run, info: ModelInfo) -> dict[str, float]:
+    """The fraction of questions answered with exactly the same span."""
+    best = [(a[0] if isinstance(a, list) else a for a in pair) for pair in zip(ref.answers, cand.answers)]
+    spans = [(r["start"], r["end"]) == (c["start"], c["end"]) for r, c in best]
+    return {"exact_span": float(np.mean(spans))}
+
+
+def fill_mask_metrics(ref: Run, cand: Run, info: ModelInfo) -> dict[str, float]:
+    """Same best token, and the overlap of the top-k proposals."""
+    top1, overlap = [], []
+    for r, c in zip(ref.answers, cand.answers):
+        for rm, cm in zip(*(a if a and isinstance(a[0], list) else [a] for a in (r, c))):  # one list per mask
+            rt, ct = [e["token"] for e in rm], [e["token"] for e in cm]
+            top1.append(rt[0] == ct[0])
+            overlap.append(len(set(rt) & set(ct)) / max(len(rt), 1))
+    return {"top1_agreement": float(np.mean(top1)), "topk_overlap": float(np.mean(overlap))}
+
+
+METRICS: dict[str, Callable[[Run, Run, ModelInfo], dict[str, float]]] = {
+    "embedding": embedding_metrics,
+    "classification": classification_metrics,
+    "token-classification": token_metrics,
+    "question-answering": qa_metrics,
+    "fill-mask": fill_mask_metrics,
+}
+
+
+# ------------------------------------------------------------------------------------------------ gate
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A candidate's metrics against the reference, and every bound it broke."""
+
+    metrics: dict[str, float]
+    failures: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+class Gate:
+    """Holds the validation requests and the reference's results; judges candidates against them."""
+
+    def __init__(self, reference: LoadedModel, examples: list[Example], task: str, budget: float | None = None) -> None:
+        self.family, self.answer_task = FAMILIES[task]
+        self.budget = DEFAULT_BUDGET[task] if budget is None else budget
+        self.bounds = TOLERANCES[self.family]
+        self.model = reference
+        self.plans = [self._plan(i, example) for i, example in enumerate(examples)]
+        self.reference = self.run(reference.backend)
+
+    def _plan(self, index: int, example: Example) -> Plan:
+        try:
+            return plan(self.model, example.inputs, example.parameters, self.answer_task)
+        except InputError as exc:
+            raise ValueError(f"validation example {index + 1} cannot be used for {self.answer_task}: {exc}") from None
+
+    @property
+    def limits(self) -> dict[str, str]:
+        """Each bound as text, for the report: `min_cosine >= 0.99`."""
+        return {b.metric: f"{'>=' if b.at_least else '<='} {b.limit(self.budget):.4f}" for b in self.bounds}
+
+    def run(self, backend: Backend) -> Run:
+        """Every request through the backend, each request's features in one padded batch as served."""
+        pad_id = self.model.info.tokenizer.pad_token_id or 0
+        answers, outputs = [], []
+        for request in self.plans:
+            features = request.features
+            types = [f.token_type_ids for f in features if f.token_type_ids is not None]
+            batch = Batch.pad([f.input_ids for f in features], types if len(types) == len(features) else None, pad_id)
+            rows = split_outputs(request.task.head, backend.forward(batch), batch.lengths)
+            outputs.append(rows)
+            answers.append(answer(self.model, request, rows).output)
+        return Run(answers, outputs)
+
+    def judge(self, backend: Backend) -> Verdict:
+        candidate = self.run(backend)
+        metrics = METRICS[self.family](self.reference, candidate, self.model.info)
+        failures = [v for b in self.bounds if (v := b.violation(metrics[b.metric], self.budget))]
+        return Verdict({k: round(v, 6) for k, v in metrics.items()}, tuple(failures))

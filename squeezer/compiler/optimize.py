@@ -1,0 +1,260 @@
+"""`optimize(source, out_dir, config) -> Report`: the compiler, a pure transform from a model to an artifact.
+
+Source in, artifact folder out, report inside. The steps: export the model to ONNX, run the PyTorch
+reference on the validation set, then for each recipe build the candidate, gate it, and time the
+survivors together with the reference; the fastest survivor becomes the artifact's graph. Results are
+cached under (model content hash, hardware fingerprint, versions, settings), so a second run is a copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from squeezer.artifact import (
+    GRAPH_FILE,
+    content_hash,
+    copy_model_files,
+    gpus,
+    hardware_fingerprint,
+    is_artifact,
+    read_report,
+    versions,
+    write_report,
+)
+from squeezer.backends.base import Backend
+from squeezer.backends.onnx_backend import OnnxBackend, default_spinning
+from squeezer.compiler import cache, timing
+from squeezer.compiler import validation_data as vd
+from squeezer.compiler.build import BuildContext, Builder
+from squeezer.compiler.config import OptimizeConfig
+from squeezer.compiler.export import OPSET, Exported, ExportError, encode, export
+from squeezer.compiler.gate import Gate
+from squeezer.compiler.package import check_destination, staging
+from squeezer.compiler.recipes import Recipe, recipes_for
+from squeezer.compiler.report import Report
+from squeezer.compiler.select import choose, speedups
+from squeezer.config import BackendConfig, ModelConfig
+from squeezer.loading import LoadedModel, check_weights, load_info
+from squeezer.sources import ModelSource, resolve
+from squeezer.tasks import TASKS, ModelInfo
+
+Progress = Callable[[str], None]
+log = logging.getLogger("squeezer.compiler")
+
+
+def optimize(source: str | ModelSource, out_dir: str | Path, config: OptimizeConfig | None = None,
+             progress: Progress | None = None) -> Report:
+    """Compile `source` (a MODEL spec or a resolved ModelSource) into an artifact folder at `out_dir`."""
+    config = config or OptimizeConfig()
+    say = progress or log.info
+    src = source if isinstance(source, ModelSource) else resolve(source)
+    if is_artifact(src.path):
+        raise ValueError(f"{src.path} is already a squeezer artifact; optimize the original model folder")
+    out = Path(out_dir).expanduser().resolve()
+    check_destination(out, src.path)
+    model_config = ModelConfig(task=config.task, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+    check_weights(src, model_config)
+    info, task = read_model(src, model_config)
+    if not TASKS[task].supports(info):
+        raise ValueError(f"{src.model_id}: this model cannot serve {task}")
+    target = resolve_target(config.target)
+    if config.validation_data:
+        examples = vd.from_file(config.validation_data, task)
+    else:
+        examples = vd.builtin(task, info.tokenizer.mask_token)
+    say(f"hashing {src.path}")
+    parts = cache_parts(src, task, target, config, examples)
+    key = cache.cache_key(parts)
+    cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else cache.default_dir()
+    with staging(out) as tmp:
+        hit = None if config.no_cache else cache.lookup(cache_dir, key)
+        if hit is not None:
+            say(f"cache hit: {hit}")
+            reuse(hit, tmp, key)
+        else:
+            data = compile_model(src, info, task, target, examples, config, tmp, say)
+            data["source"]["content_hash"] = parts["model"]
+            write_report(tmp, {**data, "cache": {"key": key, "hit": False}})
+            if not config.no_cache:
+                try:
+                    cache.store(cache_dir, key, tmp)
+                except OSError as exc:  # a full or read-only cache must not fail the optimization
+                    log.warning("could not cache the artifact in %s: %s", cache_dir, exc)
+    return Report(out, read_report(out))
+
+
+def read_model(src: ModelSource, model_config: ModelConfig) -> tuple[ModelInfo, str]:
+    """Tokenizer, config and task; a folder transformers cannot read is an export error that says why."""
+    try:
+        return load_info(src, model_config)
+    except (ValueError, OSError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"cannot export {src.path}: {reason}") from None
+
+
+def resolve_target(target: str) -> str:
+    """auto: cuda when an NVIDIA GPU and onnxruntime's CUDA provider are both present, else cpu."""
+    import onnxruntime as ort
+
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers() and bool(gpus())
+    if target == "cuda" and not has_cuda:
+        raise ValueError("--target cuda needs an NVIDIA GPU and onnxruntime-gpu (pip install onnxruntime-gpu)")
+    if target == "auto":
+        return "cuda" if has_cuda else "cpu"
+    return target
+
+
+def cache_parts(src: ModelSource, task: str, target: str, config: OptimizeConfig, examples: list[vd.Example]) -> dict[str, Any]:
+    """Everything an optimization's result depends on; paths and cache settings are not among them."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("cache_dir", "no_cache", "validation_data")}
+    return {"model": source_hash(src), "task": task, "target": target, "settings": settings, "hardware": hardware_fingerprint(),
+            "versions": versions(), "validation": validation_hash(examples)}
+
+
+def source_hash(src: ModelSource) -> str:
+    return content_hash(src.path, [src.path / src.gguf_file]) if src.gguf_file else content_hash(src.path)
+
+
+def validation_hash(examples: list[vd.Example]) -> str:
+    from squeezer.artifact import canonical
+
+    return hashlib.sha256(canonical([[e.inputs, e.parameters] for e in examples])).hexdigest()[:16]
+
+
+def reuse(hit: Path, tmp: Path, key: str) -> None:
+    """Copy a cached artifact into the staging folder, its report marked as a cache hit."""
+    shutil.copytree(hit, tmp, dirs_exist_ok=True)
+    write_report(tmp, {**read_report(tmp), "cache": {"key": key, "hit": True}})
+
+
+def reference_model(src: ModelSource, info: ModelInfo, task: str, config: OptimizeConfig) -> LoadedModel:
+    """The PyTorch reference every candidate is gated against: the torch backend, as served."""
+    from squeezer.backends.torch_backend import TorchBackend
+
+    model_config = ModelConfig(task=task, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+    backend = TorchBackend(src, TASKS[task].head, model_config, BackendConfig(threads=config.threads), info.max_length)
+    return LoadedModel(src, TASKS[task], info, backend)
+
+
+def sample_feeds(info: ModelInfo, exported: Exported) -> list[dict[str, Any]]:
+    """Calibration texts as single-sequence graph inputs (static calibration, sensitivity probes)."""
+    return [encode(info.tokenizer, [text], exported.inputs, info.max_length) for text in vd.calibration_texts()]
+
+
+def compile_model(src: ModelSource, info: ModelInfo, task: str, target: str, examples: list[vd.Example],
+                  config: OptimizeConfig, tmp: Path, say: Progress) -> dict[str, Any]:
+    """Export, gate and time every candidate, write the winner into `tmp`; returns the report data."""
+    scratch = tmp / ".work"
+    scratch.mkdir()
+    head, spinning = TASKS[task].head, default_spinning(config.threads)
+    backends: dict[str, Backend] = {}
+    try:
+        say(f"exporting {src.model_id} ({head} head) to ONNX")
+        exported = export(src.path, head, info, scratch / "exported.onnx", gguf_file=src.gguf_file,
+                          trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle)
+        say(f"running the PyTorch reference on {len(examples)} validation inputs")
+        reference = reference_model(src, info, task, config)
+        gate = Gate(reference, examples, task, config.max_accuracy_loss)
+        feeds = sample_feeds(info, exported)
+        builder = Builder(BuildContext(exported, scratch, feeds, feeds[:8]))
+        recipes = recipes_for(target, config.sweep, config.recipe_names())
+        candidates = []
+        for i, recipe in enumerate(recipes):
+            step_say = lambda msg, name=recipe.name, n=i: say(f"[{n + 1}/{len(recipes)}] {name}: {msg}")  # noqa: E731
+            builder.ctx.progress = step_say
+            record, backend = evaluate(recipe, builder, gate, head, target, config.threads, spinning, info.max_length, step_say)
+            candidates.append(record)
+            if backend is not None:
+                backends[recipe.name] = backend
+        ref_timing = time_all(backends, reference.backend, candidates, info, exported, config, say)
+        chosen = choose(candidates)
+        say(f"chosen: {chosen['name']} ({chosen.get('speedup', '?')}x the PyTorch reference)")
+        shutil.copyfile(scratch / chosen["graph"], tmp / GRAPH_FILE)
+        package_files(src, info, tmp)
+        return report_data(src, task, target, config, exported, gate, examples, candidates, chosen, ref_timing, spinning)
+    finally:
+        for backend in backends.values():
+            backend.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def evaluate(recipe: Recipe, builder: Builder, gate: Gate, head: str, target: str, threads: int, spinning: bool,
+             max_length: int, say: Progress) -> tuple[dict[str, Any], Backend | None]:
+    """Build one candidate and gate it; returns its report record, and its backend when it passed."""
+    record: dict[str, Any] = {"name": recipe.name, "dtype": recipe.dtype, "recipe": recipe.describe(), "verdict": "failed",
+                              "reasons": [], "metrics": {}, "timings": {}}
+    start = time.perf_counter()
+    backend = None
+    try:
+        built = builder.build(recipe)
+        record.update(graph=built.path.name, size_bytes=built.path.stat().st_size, build_s=round(time.perf_counter() - start, 2),
+                      fusions=built.fusions, kept_float=len(built.kept_float))
+        backend = OnnxBackend.from_graph(built.path, head, target, threads, spinning, max_length, recipe.dtype)
+        say(f"gate on {len(gate.plans)} inputs")
+        verdict = gate.judge(backend)
+    except Exception as exc:  # a recipe that cannot be built or run is reported, not fatal
+        record["reasons"] = [f"{type(exc).__name__}: {str(exc).strip()[:300]}"]
+        say(f"failed: {record['reasons'][0]}")
+        if backend is not None:
+            backend.close()
+        return record, None
+    record.update(metrics=verdict.metrics, verdict="passed" if verdict.passed else "rejected", reasons=list(verdict.failures))
+    say(f"{record['verdict']} ({', '.join(f'{k} {v:.4f}' for k, v in verdict.metrics.items())})")
+    if verdict.passed:
+        return record, backend
+    backend.close()
+    return record, None
+
+
+def time_all(backends: dict[str, Backend], reference: Backend, candidates: list[dict[str, Any]], info: ModelInfo,
+             exported: Exported, config: OptimizeConfig, say: Progress) -> dict[str, Any]:
+    """Time the passed candidates and the reference together; fill each record's timings and speedup."""
+    loads = timing.workloads(config.profile, info.tokenizer, info.max_length, "token_type_ids" in exported.inputs)
+    say(f"timing {len(backends)} candidates and the reference ({config.profile}: {', '.join(w.name for w in loads)})")
+    results = timing.measure({"torch": reference, **backends}, loads, config.profile, config.timing_rounds, progress=say)
+    by_name = {c["name"]: c for c in candidates}
+    for name, result in results.items():
+        if name in by_name:
+            by_name[name]["timings"] = result.as_json()
+    speedups(candidates, results["torch"].score)
+    return results["torch"].as_json()
+
+
+def package_files(src: ModelSource, info: ModelInfo, tmp: Path) -> None:
+    """Tokenizer and config beside the graph: copied as they are, or saved from the GGUF file's."""
+    if src.gguf_file:
+        info.tokenizer.save_pretrained(tmp)
+        info.config.save_pretrained(tmp)
+    else:
+        copy_model_files(src.path, tmp)
+
+
+def report_data(src: ModelSource, task: str, target: str, config: OptimizeConfig, exported: Exported, gate: Gate,
+                examples: list[vd.Example], candidates: list[dict[str, Any]], chosen: dict[str, Any],
+                ref_timing: dict[str, Any], spinning: bool) -> dict[str, Any]:
+    """squeezer.json's content (see `squeezer.artifact` for the format; files and checksum are added there)."""
+    for c in candidates:
+        c.pop("graph", None)
+    return {
+        "model_id": src.model_id, "task": task, "head": TASKS[task].head, "target": target, "profile": config.profile,
+        "graph": {"file": GRAPH_FILE, "inputs": list(exported.inputs), "outputs": list(exported.outputs),
+                  "dtype": chosen["dtype"], "recipe": chosen["name"], "opset": OPSET},
+        "session": {"allow_spinning": spinning},
+        "source": {"path": str(src.path), "gguf_file": src.gguf_file},
+        "hardware": hardware_fingerprint(), "versions": versions(),
+        "accuracy": {"budget": gate.budget, "bounds": gate.limits,
+                     "validation": {"kind": "file" if config.validation_data else "built-in", "examples": len(examples),
+                                    "hash": validation_hash(examples)}},
+        "reference": {"name": "torch", "timings": ref_timing},
+        "candidates": candidates, "chosen": chosen["name"],
+        "settings": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("cache_dir",)},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,55 @@
+"""Put an artifact in place atomically: build in a hidden folder next to DIR, rename at the end.
+
+An interrupted or failed optimize (Ctrl-C, an exception, SIGTERM through the CLI's handler) removes its
+staging folder and leaves DIR as it was: never a half-written artifact that a server could pick up.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from squeezer.artifact import is_artifact
+
+
+def check_destination(out: Path, source: Path) -> None:
+    """Refuse to write over the source, or over a folder that is neither empty nor an artifact."""
+    if out == source or source in out.parents:
+        raise ValueError(f"--out {out} must not be the source folder or inside it")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not is_artifact(out):
+        raise ValueError(f"--out {out} is a non-empty folder that is not a squeezer artifact; refusing to replace it")
+
+
+@contextmanager
+def staging(out: Path) -> Iterator[Path]:
+    """Yield an empty folder beside `out`; on success it becomes `out`, on any failure it is removed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Rename the finished folder into place; an older artifact at `out` is swapped out, then removed."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "a")
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old / "a", out)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

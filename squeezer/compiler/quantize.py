@@ -1,0 +1,158 @@
+"""int8 quantization with onnxruntime.quantization: dynamic (weights int8, activations per run) and static
+QDQ (activation ranges calibrated on sample inputs), plus a sensitivity ranking of the quantizable nodes.
+
+Sensitive nodes are found by measurement, not by name: each quantizable node is quantized alone and the
+head outputs on probe inputs compared with the float graph's; the nodes whose quantization alone moves
+the outputs most are the ones a recipe keeps in float. The probe inputs are the calibration texts, never
+the validation set, so the gate still judges on data the candidate was not tuned on.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from squeezer.compiler.recipes import DynamicInt8, StaticInt8
+
+QUANTIZABLE_OPS = ("MatMul", "Attention")
+EMBEDDING_OPS = ("Gather", "EmbedLayerNormalization")
+Feeds = list[dict[str, np.ndarray]]
+
+
+def import_quantization() -> Any:
+    try:
+        from onnxruntime import quantization
+    except ImportError:
+        raise RuntimeError("quantization needs onnxruntime: pip install 'squeezer[onnx]'") from None
+    return quantization
+
+
+def quantizable_nodes(graph: Path) -> list[str]:
+    """MatMuls with a constant weight, and fused Attention nodes: where int8 saves time."""
+    import onnx
+
+    model = onnx.load(str(graph), load_external_data=False)
+    weights = {init.name for init in model.graph.initializer}
+    return [n.name for n in model.graph.node
+            if n.op_type == "Attention" or (n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in weights)]
+
+
+def embedding_nodes(graph: Path) -> list[str]:
+    """Embedding lookups (Gather on a weight table, or the fused EmbedLayerNormalization)."""
+    import onnx
+
+    model = onnx.load(str(graph), load_external_data=False)
+    weights = {init.name for init in model.graph.initializer}
+    return [n.name for n in model.graph.node
+            if n.op_type == "EmbedLayerNormalization" or (n.op_type == "Gather" and n.input and n.input[0] in weights)]
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """onnxruntime.quantization warns on the root logger for every fused node it cannot type; silence it."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _extra_options() -> dict[str, Any]:
+    import onnx
+
+    # Fused contrib ops (Attention, SkipLayerNorm) defeat shape inference; their outputs are float.
+    return {"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True}
+
+
+def _weight_type(step: DynamicInt8) -> Any:
+    q = import_quantization()
+    return q.QuantType.QInt8 if step.weights == "s8" else q.QuantType.QUInt8
+
+
+def dynamic(src: Path, dst: Path, step: DynamicInt8, exclude: list[str]) -> None:
+    """Dynamic int8 per the step; `exclude` nodes stay float."""
+    q = import_quantization()
+    ops = list(QUANTIZABLE_OPS) + ([] if step.keep_embeddings else list(EMBEDDING_OPS))
+    with quiet():
+        q.quantize_dynamic(
+            str(src), str(dst), weight_type=_weight_type(step), per_channel=step.per_channel,
+            reduce_range=step.reduce_range, op_types_to_quantize=ops, nodes_to_exclude=exclude,
+            extra_options=_extra_options(),
+        )
+
+
+def feed_reader(feeds: Feeds) -> Any:
+    """A CalibrationDataReader over already tokenized inputs (defined here: onnxruntime is imported lazily)."""
+    q = import_quantization()
+
+    class FeedReader(q.CalibrationDataReader):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            self._feeds = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._feeds, None)
+
+    return FeedReader()
+
+
+def static(src: Path, dst: Path, step: StaticInt8, calibration: Feeds, exclude: list[str]) -> None:
+    """Static QDQ int8 (u8 activations, s8 weights) with ranges calibrated on `calibration`."""
+    import onnx
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    q = import_quantization()
+    methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy}
+    # Activations are quantized only where their type is known; the fused contrib ops (Attention,
+    # SkipLayerNorm) defeat ONNX's shape inference, ORT's symbolic one knows them.
+    typed = dst.with_suffix(".typed.onnx")
+    onnx.save(SymbolicShapeInference.infer_shapes(onnx.load(str(src)), auto_merge=True), str(typed))
+    with quiet():
+        q.quantize_static(
+            str(typed), str(dst), feed_reader(calibration), quant_format=q.QuantFormat.QDQ,
+            activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8, per_channel=step.per_channel,
+            op_types_to_quantize=["MatMul"], nodes_to_exclude=exclude, calibrate_method=methods[step.calibration],
+            calibration_providers=["CPUExecutionProvider"], extra_options=_extra_options(),
+        )
+    typed.unlink()
+
+
+def rank_sensitivity(src: Path, step: DynamicInt8, probe: Feeds, nodes: list[str],
+                     progress: Callable[[str], None]) -> list[tuple[str, float]]:
+    """Nodes sorted by the relative output error of quantizing each one alone, worst first."""
+    import onnx
+    import onnxruntime as ort
+
+    q = import_quantization()
+    reference = _run(ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]), probe)
+    data = Path(src).read_bytes()
+    errors: list[tuple[str, float]] = []
+    with tempfile.TemporaryDirectory(dir=Path(src).parent) as scratch:
+        out = Path(scratch) / "one.onnx"
+        for i, node in enumerate(nodes):
+            progress(f"sensitivity {i + 1}/{len(nodes)}: {node}")
+            with quiet():
+                q.quantize_dynamic(
+                    onnx.load_from_string(data), str(out), weight_type=_weight_type(step), per_channel=step.per_channel,
+                    reduce_range=step.reduce_range, nodes_to_quantize=[node], op_types_to_quantize=list(QUANTIZABLE_OPS),
+                    extra_options=_extra_options(),
+                )
+            got = _run(ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]), probe)
+            errors.append((node, max(_relative_error(a, b) for a, b in zip(got, reference))))
+    return sorted(errors, key=lambda item: item[1], reverse=True)
+
+
+def _run(session: Any, feeds: Feeds) -> list[np.ndarray]:
+    names = {i.name for i in session.get_inputs()}
+    return [np.concatenate([o.ravel() for o in session.run(None, {k: v for k, v in f.items() if k in names})]) for f in feeds]
+
+
+def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.linalg.norm(actual - expected) / max(float(np.linalg.norm(expected)), 1e-12))

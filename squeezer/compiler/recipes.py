@@ -1,0 +1,128 @@
+"""Recipes: how each candidate is built, as data.
+
+A recipe is a name and a tuple of steps applied to the exported fp32 graph; each step is a small frozen
+dataclass whose fields are the choices (weight type, per-channel, ...). Building walks the steps through a
+table of builders (`squeezer.compiler.build.BUILDERS`), so a new variant is a new line in `RECIPES`, not a
+new code path, and the report can print exactly what each candidate was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Fuse:
+    """ONNX Runtime's transformer fusions: attention, skip/bias layer norm, bias GELU, embedding layer norm.
+
+    `gelu_approximation` swaps exact GELU for its tanh approximation (FastGelu): faster, slightly different
+    numbers, hence a separate candidate that the gate must accept. `for_gpu` picks the GPU fusion patterns.
+    """
+
+    gelu_approximation: bool = False
+    for_gpu: bool = False
+
+
+@dataclass(frozen=True)
+class DynamicInt8:
+    """Dynamic int8 quantization: int8 weights stored, activations quantized per run from their range.
+
+    `weights` is "s8" (u8 activations x s8 weights, what VNNI and ARM dot products run fastest) or "u8"
+    (u8 x u8, which older x86 without VNNI runs without the saturation of its 16-bit accumulation).
+    `reduce_range` uses 7-bit weights, the usual cure for that saturation on AVX2-only CPUs. Embeddings
+    stay float when `keep_embeddings`; `keep_sensitive` keeps that fraction of the quantizable nodes in
+    float, the ones whose quantization alone hurts the outputs most (measured, not guessed).
+    """
+
+    weights: str = "s8"
+    per_channel: bool = False
+    reduce_range: bool = False
+    keep_embeddings: bool = True
+    keep_sensitive: float = 0.0
+
+
+@dataclass(frozen=True)
+class StaticInt8:
+    """Static int8 in QDQ form: activation ranges calibrated once on sample inputs (not the validation set)."""
+
+    per_channel: bool = True
+    calibration: str = "minmax"  # onnxruntime CalibrationMethod: minmax or entropy
+
+
+@dataclass(frozen=True)
+class Float16:
+    """fp16 weights and activations for GPUs; inputs and outputs keep their types so callers see no change."""
+
+    keep_io_types: bool = True
+
+
+Step = Fuse | DynamicInt8 | StaticInt8 | Float16
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A candidate: steps applied, in order, to the exported fp32 graph."""
+
+    name: str
+    steps: tuple[Any, ...]
+    targets: tuple[str, ...] = ("cpu",)
+    sweep: str = "default"  # "default": tried on every run; "full": only with --sweep full
+    note: str = ""
+
+    @property
+    def dtype(self) -> str:
+        kinds = {type(step) for step in self.steps}
+        if kinds & {DynamicInt8, StaticInt8}:
+            return "int8"
+        return "float16" if Float16 in kinds else "float32"
+
+    def describe(self) -> dict[str, Any]:
+        """The recipe as JSON for the report: each step's kind and fields."""
+        return {"steps": [{"kind": type(s).__name__, **dataclasses.asdict(s)} for s in self.steps], "note": self.note}
+
+
+FUSED = Fuse()
+
+RECIPES: tuple[Recipe, ...] = (
+    Recipe("fp32", (), ("cpu", "cuda"), note="plain export, the baseline"),
+    Recipe("fp32-fused", (FUSED,), note="transformer fusions"),
+    Recipe("fp32-fused-fast-gelu", (Fuse(gelu_approximation=True),), note="fusions + tanh GELU approximation"),
+    Recipe("int8-dyn-s8", (FUSED, DynamicInt8("s8", keep_embeddings=False)), note="plain dynamic int8, everything quantized"),
+    Recipe("int8-dyn-u8-pc", (FUSED, DynamicInt8("u8", per_channel=True)), note="u8 weights, per channel"),
+    Recipe("int8-dyn-s8-pc-keep33", (FUSED, DynamicInt8("s8", per_channel=True, keep_sensitive=0.34)),
+           note="s8 per channel, the most sensitive third kept float"),
+    Recipe("int8-static-qdq-pc", (FUSED, StaticInt8(per_channel=True)), note="static QDQ, calibrated"),
+    # --sweep full: the remaining variants that matter on some CPUs.
+    Recipe("int8-dyn-u8", (FUSED, DynamicInt8("u8")), sweep="full", note="u8/u8, for CPUs without VNNI"),
+    Recipe("int8-dyn-s8-rr", (FUSED, DynamicInt8("s8", reduce_range=True)), sweep="full", note="u8/s8, 7-bit weights"),
+    Recipe("int8-dyn-s8-pc", (FUSED, DynamicInt8("s8", per_channel=True)), sweep="full", note="s8 per channel"),
+    Recipe("int8-dyn-s8-pc-rr", (FUSED, DynamicInt8("s8", per_channel=True, reduce_range=True)), sweep="full",
+           note="s8 per channel, 7-bit weights"),
+    Recipe("int8-dyn-u8-pc-keep33", (FUSED, DynamicInt8("u8", per_channel=True, keep_sensitive=0.34)), sweep="full",
+           note="u8 per channel, the most sensitive third kept float"),
+    Recipe("int8-dyn-s8-pc-keep15", (FUSED, DynamicInt8("s8", per_channel=True, keep_sensitive=0.15)), sweep="full",
+           note="s8 per channel, the most sensitive 15% kept float"),
+    Recipe("int8-dyn-s8-pc-keep50", (FUSED, DynamicInt8("s8", per_channel=True, keep_sensitive=0.5)), sweep="full",
+           note="s8 per channel, the most sensitive half kept float"),
+    Recipe("int8-dyn-s8-pc-keep33-fast-gelu",
+           (Fuse(gelu_approximation=True), DynamicInt8("s8", per_channel=True, keep_sensitive=0.34)), sweep="full",
+           note="tanh GELU + s8 per channel, sensitive third float"),
+    Recipe("int8-static-qdq", (FUSED, StaticInt8(per_channel=False)), sweep="full", note="static QDQ, per tensor"),
+    Recipe("fp32-fused-gpu", (Fuse(for_gpu=True),), ("cuda",), note="GPU fusions"),
+    Recipe("fp16-fused-gpu", (Fuse(for_gpu=True), Float16()), ("cuda",), note="GPU fusions in fp16"),
+    Recipe("fp16-fused-gpu-fast-gelu", (Fuse(gelu_approximation=True, for_gpu=True), Float16()), ("cuda",), sweep="full",
+           note="GPU fusions in fp16 with tanh GELU"),
+)
+
+
+def recipes_for(target: str, sweep: str, names: list[str] | None = None) -> list[Recipe]:
+    """The recipes a run tries: those named (in that order), else those for the target and sweep.
+
+    Reads the module's `RECIPES` at call time, so a recipe added to the table is picked up.
+    """
+    if names:
+        table = {r.name: r for r in RECIPES}
+        return [table[n] for n in names]
+    return [r for r in RECIPES if target in r.targets and (sweep == "full" or r.sweep == "default")]

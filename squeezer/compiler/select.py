@@ -1,0 +1,30 @@
+"""Selection: among the candidates that passed the gate, the fastest for the profile wins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class NoCandidateError(RuntimeError):
+    """Every candidate failed or was rejected; the message lists why."""
+
+
+def choose(candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mark and return the passed candidate with the best (lowest) timing score.
+
+    Ties keep table order, which lists simpler recipes first, so an equally fast fp32 graph beats int8.
+    """
+    passed = [c for c in candidates if c["verdict"] == "passed" and c.get("timings")]
+    if not passed:
+        lines = "; ".join(f"{c['name']}: {c['verdict']} ({', '.join(c['reasons'])})" for c in candidates)
+        raise NoCandidateError(f"no candidate passed the accuracy gate: {lines}")
+    best = min(passed, key=lambda c: c["timings"]["score"])
+    best["verdict"] = "chosen"
+    return best
+
+
+def speedups(candidates: list[dict[str, Any]], reference_score: float) -> None:
+    """Each timed candidate's speed relative to the PyTorch reference (2.0 = twice as fast)."""
+    for c in candidates:
+        if c.get("timings"):
+            c["speedup"] = round(reference_score / max(c["timings"]["score"], 1e-9), 2)

@@ -1,0 +1,177 @@
+"""optimize(): the artifact and its report, the cache, atomic output, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from squeezer.artifact import FORMAT_VERSION, load_artifact
+from squeezer.compiler.cli import main
+from squeezer.compiler.config import OptimizeConfig
+from squeezer.compiler.gate import Gate
+from squeezer.config import ConfigError
+from tests.compiler.artifacts import build_artifact
+
+
+def test_artifact_holds_graph_tokenizer_configs_and_report(tiny_artifact) -> None:
+    report = tiny_artifact("bert", "base")
+    files = {p.name for p in report.path.iterdir()}
+    assert {"model.onnx", "squeezer.json", "config.json", "tokenizer.json", "vocab.txt"} <= files
+    assert not any(p.suffix == ".safetensors" or p.name.startswith(".") for p in report.path.iterdir())
+    data = load_artifact(report.path).report
+    assert data["format_version"] == FORMAT_VERSION and data["task"] == "feature-extraction" and data["head"] == "base"
+    assert data["graph"]["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert data["hardware"]["cpu"]["available_cpus"] >= 1 and "flags" in data["hardware"]["cpu"]
+    assert {"onnxruntime", "onnx", "transformers", "torch", "python"} <= set(data["versions"])
+    assert len(data["source"]["content_hash"]) == 64
+
+
+def test_report_lists_every_candidate_and_the_fastest_passing_one_wins(tiny_artifact) -> None:
+    report = tiny_artifact("bert", "base")
+    names = [c["name"] for c in report.candidates]
+    assert names == ["fp32", "fp32-fused", "int8-dyn-u8-pc"]
+    for c in report.candidates:
+        assert c["verdict"] in ("chosen", "passed", "rejected", "failed")
+        assert set(c["metrics"]) == {"min_cosine", "mean_cosine"}
+        assert c["size_bytes"] > 0 and c["recipe"]["steps"] is not None
+        if c["verdict"] in ("chosen", "passed"):
+            assert {"short_ms", "long_ms", "score"} <= set(c["timings"]) and c["speedup"] > 0
+    timed = [c for c in report.candidates if c["verdict"] in ("chosen", "passed")]
+    assert report.chosen["timings"]["score"] == min(c["timings"]["score"] for c in timed)
+    assert report.data["reference"]["timings"]["short_ms"] > 0
+    table = report.table()
+    for expected in ("candidate", "min_cosine", "short_ms", "vs torch", "torch (reference)", "* chosen", "hardware:", "cores"):
+        assert expected in table
+
+
+def test_throughput_profile_times_batches(tiny_model, tmp_path: Path) -> None:
+    report = build_artifact(tiny_model("distilbert", "sequence-classification"), tmp_path / "out", "sequence-classification",
+                            profile="throughput", recipes="fp32")
+    assert set(report.chosen["timings"]) == {"b16x32_ms", "b16x64_ms", "b8x128_ms", "score", "unit"}
+    assert report.chosen["timings"]["unit"] == "ms/sequence"
+    assert load_artifact(report.path).report["session"]["allow_spinning"] is False
+
+
+def test_second_run_is_served_from_the_cache(tiny_model, tmp_path: Path) -> None:
+    folder, cache = tiny_model("bert", "sequence-classification"), str(tmp_path / "cache")
+    first = build_artifact(folder, tmp_path / "a", "sequence-classification", no_cache=False, cache_dir=cache)
+    start = time.perf_counter()
+    second = build_artifact(folder, tmp_path / "b", "sequence-classification", no_cache=False, cache_dir=cache)
+    assert time.perf_counter() - start < 3.0
+    assert not first.cached and second.cached and "(from cache)" in second.table()
+    assert second.data["candidates"] == first.data["candidates"]
+    assert load_artifact(second.path).report["files"] == load_artifact(first.path).report["files"]
+    other = build_artifact(folder, tmp_path / "c", "sequence-classification", no_cache=False, cache_dir=cache,
+                           max_accuracy_loss=0.5)
+    assert not other.cached  # a different budget is a different result
+
+
+def test_interrupted_optimize_leaves_nothing_behind(tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def interrupted(self, backend):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, backend)
+
+    original = Gate.judge
+    monkeypatch.setattr(Gate, "judge", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_artifact(tiny_model("bert", "base"), tmp_path / "out", "base")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_rebuild_keeps_the_previous_artifact(tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    build_artifact(tiny_model("bert", "base"), out, "base", recipes="fp32")
+    before = (out / "squeezer.json").read_text()
+    monkeypatch.setattr(Gate, "judge", lambda self, backend: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        build_artifact(tiny_model("bert", "base"), out, "base", recipes="fp32")
+    assert (out / "squeezer.json").read_text() == before and [p.name for p in tmp_path.iterdir()] == ["out"]
+    monkeypatch.undo()
+    rebuilt = build_artifact(tiny_model("bert", "base"), out, "base", recipes="fp32-fused")  # a finished run replaces it
+    assert rebuilt.data["chosen"] == "fp32-fused" and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_sigterm_during_cli_optimize_leaves_no_artifact(tiny_model, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "squeezer.compiler.cli", "optimize", str(tiny_model("bert", "base")), "--out", str(out),
+           "--no-cache", "--recipes", "fp32,fp32-fused,int8-dyn-s8-pc-keep33,int8-static-qdq-pc"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "[2/4]" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, rest
+    assert "interrupted; nothing was written" in rest
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_destination_checks(tiny_model, tmp_path: Path, tiny_artifact) -> None:
+    folder = tiny_model("bert", "base")
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="non-empty folder that is not a squeezer artifact"):
+        build_artifact(folder, occupied, "base")
+    with pytest.raises(ValueError, match="must not be the source folder or inside it"):
+        build_artifact(folder, folder / "out", "base")
+    with pytest.raises(ValueError, match="already a squeezer artifact"):
+        build_artifact(tiny_artifact("bert", "base").path, tmp_path / "again", "base")
+    assert (occupied / "notes.txt").read_text() == "mine"
+
+
+def test_cli_prints_progress_and_the_table(tiny_model, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code = main(["optimize", str(tiny_model("roberta", "token-classification")), "--out", str(out), "--task",
+                 "token-classification", "--recipes", "fp32,int8-dyn-u8-pc", "--no-cache", "--timing-rounds", "3"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "[1/2] fp32: gate on" in captured.err and "[2/2] int8-dyn-u8-pc:" in captured.err
+    assert "timing round 3/3" in captured.err
+    assert "entity_agreement" in captured.out and "chosen:" in captured.out and f"artifact: {out}" in captured.out
+    assert json.loads((out / "squeezer.json").read_text())["task"] == "token-classification"
+
+
+def test_cli_errors_name_the_flag(tiny_model, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = str(tiny_model("bert", "base"))
+    assert main(["optimize", folder, "--out", str(tmp_path / "o"), "--max-accuracy-loss", "2"]) == 2
+    assert "--max-accuracy-loss (SQUEEZER_MAX_ACCURACY_LOSS): must be between 0 and 1" in capsys.readouterr().err
+    assert main(["optimize", folder, "--out", str(tmp_path / "o"), "--recipes", "fp32,nope"]) == 2
+    assert "--recipes (SQUEEZER_RECIPES): unknown recipes nope" in capsys.readouterr().err
+    assert main(["optimize", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from squeezer.config import from_sources
+
+    monkeypatch.setenv("SQUEEZER_PROFILE", "throughput")
+    monkeypatch.setenv("SQUEEZER_MAX_ACCURACY_LOSS", "0.05")
+    config = from_sources(OptimizeConfig, {"target": "cpu"})
+    assert (config.profile, config.max_accuracy_loss, config.target) == ("throughput", 0.05, "cpu")
+    with pytest.raises(ConfigError, match="--profile"):
+        OptimizeConfig(profile="fast")
+    with pytest.raises(ConfigError, match="--timing-rounds"):
+        OptimizeConfig(timing_rounds=1)
+
+
+def test_cuda_target_without_a_gpu_is_refused(tiny_model, tmp_path: Path) -> None:
+    from tests.compiler.artifacts import has_cuda
+
+    if has_cuda():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="--target cuda needs an NVIDIA GPU and onnxruntime-gpu"):
+        build_artifact(tiny_model("bert", "base"), tmp_path / "out", "base", target="cuda")
+    assert os.listdir(tmp_path) == []
