@@ -4,7 +4,6 @@ an environment variable of the same name (`--max-payload-bytes` <-> `SQUEEZER_MA
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import signal
@@ -12,35 +11,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from squeezer.config import (
-    BackendConfig,
-    BatchingConfig,
-    CacheConfig,
-    ConfigError,
-    LimitsConfig,
-    ModelConfig,
-    ServerConfig,
-    env_name,
-    field_types,
-    flag_name,
-    from_sources,
-)
+from squeezer.compiler.cli import add_optimize_parser
+from squeezer.config import BackendConfig, BatchingConfig, CacheConfig, ConfigError, LimitsConfig, ModelConfig, ServerConfig, env_name
+from squeezer.flags import add_config_arguments, config_from_args
 from squeezer.scheduling.decoding_config import DecodingConfig
 from squeezer.sources import SourceError
 
 SERVE_CONFIGS = (ServerConfig, ModelConfig, BackendConfig, BatchingConfig, LimitsConfig, CacheConfig, DecodingConfig)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per field; defaults stay None so `from_sources` can tell "not given" from a value."""
-    group = parser.add_argument_group(cls.__name__, cls.__doc__)
-    kinds = field_types(cls)
-    for f in dataclasses.fields(cls):
-        help_text = f"{f.metadata['help']} [env {env_name(f.name)}; default {f.default!r}]"
-        if kinds[f.name] is bool:
-            group.add_argument(flag_name(f.name), action="store_true", default=None, help=help_text)
-        else:
-            group.add_argument(flag_name(f.name), type=kinds[f.name], choices=f.metadata.get("choices"), help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,16 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: the packaged all-MiniLM-L6-v2; env {env_name('models')}, space-separated)",
     )
     for cls in SERVE_CONFIGS:
-        add_config_arguments(serve, cls)
+        add_config_arguments(serve.add_argument_group(cls.__name__, cls.__doc__), cls)
+    serve.set_defaults(handler=serve_command)
+    add_optimize_parser(commands)
     return parser
 
 
 def configs_from(args: argparse.Namespace) -> dict[type, Any]:
-    values = vars(args)
-    return {cls: from_sources(cls, {f.name: values.get(f.name) for f in dataclasses.fields(cls)}) for cls in SERVE_CONFIGS}
+    return {cls: config_from_args(cls, args) for cls in SERVE_CONFIGS}
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve_command(args: argparse.Namespace) -> int:
     import uvicorn
 
     from squeezer.api import create_app
@@ -98,13 +76,10 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"serve": serve}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return int(args.handler(args))
     except (ConfigError, SourceError, ValueError) as exc:
         print(f"squeezer: error: {exc}", file=sys.stderr)
         return 2

@@ -65,6 +65,7 @@ class ModelConfig:
     allow_pickle: bool = setting(False, "Allow loading pickle weights (.bin); only for sources you trust.")
     trust_remote_code: bool = setting(False, "Run model code shipped with the model; only for sources you trust.")
     max_memory_mb: int = setting(0, "Memory budget for loaded models in MiB; the least recently used is unloaded past it (0: none).")
+    optimize: bool = setting(False, "Compile each model with `squeezer optimize` (or reuse its cached artifact) before serving it.")
 
     def __post_init__(self) -> None:
         from squeezer.tasks import ALL_TASKS  # tasks import nothing from config: no cycle
@@ -81,7 +82,7 @@ class ModelConfig:
 class BackendConfig:
     """Which runtime executes the model, and with how many threads."""
 
-    backend: str = setting("torch", "Inference backend.", choices=("torch",))
+    backend: str = setting("torch", "Backend for model folders (artifacts from `squeezer optimize` always use onnxruntime).", choices=("torch", "onnxruntime"))
     threads: int = setting(0, "Intra-op threads for the backend; 0 means the cores available to this process.")
 
     def __post_init__(self) -> None:

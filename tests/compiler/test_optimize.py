@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from squeezer.artifact import FORMAT_VERSION, load_artifact
-from squeezer.compiler.cli import main
+from squeezer.cli import main
 from squeezer.compiler.config import OptimizeConfig
 from squeezer.compiler.gate import Gate
 from squeezer.config import ConfigError
@@ -104,7 +104,7 @@ def test_interrupted_rebuild_keeps_the_previous_artifact(tiny_model, tmp_path: P
 
 def test_sigterm_during_cli_optimize_leaves_no_artifact(tiny_model, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "squeezer.compiler.cli", "optimize", str(tiny_model("bert", "base")), "--out", str(out),
+    cmd = [sys.executable, "-m", "squeezer.cli", "optimize", str(tiny_model("bert", "base")), "--out", str(out),
            "--no-cache", "--recipes", "fp32,fp32-fused,int8-dyn-s8-pc-keep33,int8-static-qdq-pc"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
     assert proc.stderr is not None
