@@ -96,12 +96,14 @@ class BatchingConfig:
     max_batch_tokens: int = setting(16384, "Token budget of one batch (padded length x sequences).")
     max_batch_size: int = setting(64, "Most sequences in one batch.")
     max_wait_ms: float = setting(2.0, "How long a batch may wait for more requests while the model is busy.")
+    max_padding_ratio: float = setting(1.3, "Most padded tokens per real token in a batch; other lengths wait for the next batch.")
     max_queue: int = setting(1024, "Most sequences waiting per model; beyond it requests get 429.")
 
     def __post_init__(self) -> None:
         _check(self.max_batch_size >= 1, "max_batch_size", "must be at least 1")
         _check(self.max_batch_tokens >= 1, "max_batch_tokens", "must be at least 1")
         _check(self.max_wait_ms >= 0, "max_wait_ms", "must be 0 or more milliseconds")
+        _check(self.max_padding_ratio >= 1, "max_padding_ratio", "must be at least 1 (1 allows no padding)")
         _check(self.max_queue >= 1, "max_queue", "must be at least 1")
 
 

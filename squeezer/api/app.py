@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -12,6 +14,14 @@ from squeezer.api.access import AccessLog
 from squeezer.api.errors import install_error_handlers
 from squeezer.config import ServerConfig
 from squeezer.engine import Engine
+
+
+def quiet_fastapi() -> dict[str, Any]:
+    """Turn off FastAPI's built-in OpenTelemetry hooks where it has them: they read the environment on
+    every request, and this server exports its own Prometheus metrics."""
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    return {}
 
 
 def create_app(engine: Engine, server_config: ServerConfig | None = None) -> FastAPI:
@@ -27,7 +37,7 @@ def create_app(engine: Engine, server_config: ServerConfig | None = None) -> Fas
         finally:
             await engine.close()
 
-    app = FastAPI(title="Squeezer", lifespan=lifespan)
+    app = FastAPI(title="Squeezer", lifespan=lifespan, **quiet_fastapi())
     app.state.engine = engine
     app.state.server_config = config
     app.state.metrics = metrics.Metrics(engine)

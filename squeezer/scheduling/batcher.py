@@ -70,24 +70,30 @@ class BatchStats:
 
 
 def take_batch(pending: list[WorkItem], config: BatchingConfig) -> list[WorkItem]:
-    """Choose the next batch: the oldest item always goes, with the waiting items nearest its length.
+    """Choose the next batch: the oldest item, grown through its neighbours in length order.
 
-    Anchoring on the oldest item means nothing starves; grouping by length keeps the padded size
-    (sequences x longest length) close to the real token count.
+    Anchoring on the oldest item means nothing starves. Growing only while the padded size (sequences x
+    longest length) stays within the token budget and within `max_padding_ratio` of the real token count
+    keeps padding, which is pure waste on a CPU, low: waiting items of other lengths form the next batches,
+    a few milliseconds later, exactly like a length-sorted offline run.
     """
-    oldest = pending[0]
-    by_distance = sorted(pending[1:], key=lambda it: abs(it.length - oldest.length))
-    chosen = [oldest]
-    longest = oldest.length
-    for item in by_distance:
-        if len(chosen) >= config.max_batch_size:
+    ordered = sorted(pending, key=lambda it: it.length)
+    lo = hi = next(i for i, it in enumerate(ordered) if it is pending[0])
+    real = ordered[lo].length
+    while hi - lo + 1 < config.max_batch_size:
+        options = [i for i in (lo - 1, hi + 1) if 0 <= i < len(ordered)]
+        best = None
+        for i in options:
+            width = ordered[max(hi, i)].length
+            padded, total = width * (hi - lo + 2), real + ordered[i].length
+            if padded <= config.max_batch_tokens and padded <= config.max_padding_ratio * total:
+                if best is None or padded / total < best[1]:
+                    best = (i, padded / total)
+        if best is None:
             break
-        width = max(longest, item.length)
-        if width * (len(chosen) + 1) > config.max_batch_tokens:
-            continue
-        chosen.append(item)
-        longest = width
-    return sorted(chosen, key=lambda it: it.length)
+        lo, hi = min(lo, best[0]), max(hi, best[0])
+        real += ordered[best[0]].length
+    return ordered[lo : hi + 1]
 
 
 class Batcher:

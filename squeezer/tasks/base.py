@@ -9,6 +9,7 @@ everything else, so every backend returns the same answers for the same logits.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar, get_type_hints
 
@@ -174,13 +175,19 @@ def parse_params(cls: type[P], raw: Any) -> P:
         raw = {}
     if not isinstance(raw, dict):
         raise InputError(f"parameters: expected an object, got {type(raw).__name__}")
-    hints = get_type_hints(cls)
+    hints = _hints(cls)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if raw.get(f.name) is None:
             continue
         kwargs[f.name] = _check_value(f"parameters.{f.name}", raw[f.name], hints[f.name], f.metadata)
     return cls(**kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    """A parameter class's resolved annotations, computed once (resolving them is slow)."""
+    return get_type_hints(cls)
 
 
 def _check_value(name: str, value: Any, kind: Any, meta: Any) -> Any:

@@ -70,6 +70,16 @@ def test_take_batch_keeps_oldest_and_respects_budget() -> None:
     loop.close()
 
 
+def test_lengths_far_apart_go_to_separate_batches() -> None:
+    loop = asyncio.new_event_loop()
+    items = [WorkItem(feature(n), loop.create_future()) for n in (10, 60, 12, 58, 11)]
+    first = take_batch(items, BatchingConfig(max_padding_ratio=1.3))
+    assert [it.length for it in first] == [10, 11, 12]
+    rest = [it for it in items if it not in first]
+    assert [it.length for it in take_batch(rest, BatchingConfig(max_padding_ratio=1.3))] == [58, 60]
+    loop.close()
+
+
 def test_a_sequence_longer_than_the_budget_still_runs_alone() -> None:
     loop = asyncio.new_event_loop()
     items = [WorkItem(feature(500), loop.create_future()), WorkItem(feature(5), loop.create_future())]
@@ -121,8 +131,8 @@ async def test_batch_stats_are_reported() -> None:
     seen: list[BatchStats] = []
     batcher = Batcher(FakeModel(), 0, BatchingConfig(), on_batch=seen.append)
     batcher.start()
-    await batcher.submit([feature(2), feature(4)])
-    assert seen and seen[0].size == 2 and seen[0].real_tokens == 6 and seen[0].padded_tokens == 8
+    await batcher.submit([feature(3), feature(4)])
+    assert seen and seen[0].size == 2 and seen[0].real_tokens == 7 and seen[0].padded_tokens == 8
     await batcher.close()
 
 
