@@ -52,8 +52,8 @@ async def one_stream(client: httpx.AsyncClient, model: str, question: str, new_t
             if not line.startswith("data:") or line.strip() == "data: [DONE]":
                 continue
             chunk = json.loads(line[5:])
-            if first is None and chunk.get("choices"):
-                first = time.perf_counter() - start
+            if first is None and any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
+                first = time.perf_counter() - start  # the first chunk with generated text, not the role header
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
     return first or 0.0, time.perf_counter() - start, tokens
