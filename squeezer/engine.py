@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from squeezer.caches import LRUCache, approx_bytes, request_key
-from squeezer.completions import Completion, Streaming, complete, make_prompt, start_stream
+from squeezer.completions import Completion, Prompt, Streaming, complete, make_prompt, start_stream
 from squeezer.config import BackendConfig, BatchingConfig, CacheConfig, LimitsConfig, ModelConfig
 from squeezer.errors import ClientError, ModelNotReadyError
 from squeezer.loading import GenerativeModel, LoadedModel
@@ -217,12 +217,16 @@ class Engine:
         except asyncio.TimeoutError:
             raise ClientError(f"request timed out after {timeout:g}s waiting for the model", status=504) from None
 
-    async def _generator(self, model_id: str, wait_for_model: bool) -> tuple[GenerativeModel, DecodeLoop]:
+    async def _generation(
+        self, model_id: str, prompt: Any, messages: Any, parameters: Any, wait_for_model: bool
+    ) -> tuple[GenerativeModel, DecodeLoop, Prompt, GenerationParams]:
+        """The generative model, its decode loop, and the request's validated prompt and parameters."""
         entry: ModelEntry = await self._registry().ready(model_id, wait_for_model)
-        if not isinstance(entry.loaded, GenerativeModel) or not isinstance(entry.scheduler, DecodeLoop):
-            task = entry.loaded.task_name if entry.loaded else "unknown"
+        model, loop = entry.loaded, entry.scheduler
+        if not isinstance(model, GenerativeModel) or not isinstance(loop, DecodeLoop):
+            task = model.task_name if model else "unknown"
             raise ClientError(f"model {model_id} does not generate text (it serves {task})", status=400)
-        return entry.loaded, entry.scheduler
+        return model, loop, make_prompt(model, prompt, messages), GenerationParams.parse(parameters)
 
     async def generate(
         self,
@@ -233,9 +237,7 @@ class Engine:
         wait_for_model: bool = False,
     ) -> Completion:
         """Generate for a plain prompt or chat messages (through the model's chat template); waits for the end."""
-        model, loop = await self._generator(model_id, wait_for_model)
-        params = GenerationParams.parse(parameters)
-        return await complete(model, loop, make_prompt(model, prompt, messages), params)
+        return await complete(*await self._generation(model_id, prompt, messages, parameters, wait_for_model))
 
     async def stream(
         self,
@@ -246,9 +248,7 @@ class Engine:
         wait_for_model: bool = False,
     ) -> Streaming:
         """Start a streamed generation; closing its `events` early frees the sequence at the next step."""
-        model, loop = await self._generator(model_id, wait_for_model)
-        params = GenerationParams.parse(parameters)
-        return await start_stream(model, loop, make_prompt(model, prompt, messages), params)
+        return await start_stream(*await self._generation(model_id, prompt, messages, parameters, wait_for_model))
 
     async def close(self) -> None:
         """Finish queued work and free every model."""

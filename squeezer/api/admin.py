@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import platform
 from dataclasses import asdict
-from importlib import metadata
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from squeezer.api.auth import require_api_key
+from squeezer.artifact import versions
 from squeezer.engine import Engine
 
 router = APIRouter()  # /health stays open; the rest of this module needs the API key when one is set
-
-_VERSIONED = ("squeezer", "transformers", "tokenizers", "torch", "onnxruntime", "numpy", "fastapi")
-
-
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
