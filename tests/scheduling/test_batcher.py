@@ -62,7 +62,7 @@ async def test_answers_come_back_in_order_for_every_request() -> None:
 def test_take_batch_keeps_oldest_and_respects_budget() -> None:
     loop = asyncio.new_event_loop()
     items = [WorkItem(feature(n), loop.create_future()) for n in (10, 50, 11, 9, 12, 100)]
-    chosen = take_batch(items, BatchingConfig(max_batch_tokens=48, max_batch_size=8))
+    chosen = take_batch(items, BatchingConfig(max_batch_tokens=48, max_batch_size=8, max_padding_ratio=1.3))
     assert items[0] in chosen
     assert [it.length for it in chosen] == [9, 10, 11, 12]  # nearest lengths, sorted, 4 x 12 <= 48
     chosen = take_batch(items, BatchingConfig(max_batch_tokens=10_000, max_batch_size=2))
@@ -131,8 +131,8 @@ async def test_batch_stats_are_reported() -> None:
     seen: list[BatchStats] = []
     batcher = Batcher(FakeModel(), 0, BatchingConfig(), on_batch=seen.append)
     batcher.start()
-    await batcher.submit([feature(3), feature(4)])
-    assert seen and seen[0].size == 2 and seen[0].real_tokens == 7 and seen[0].padded_tokens == 8
+    await batcher.submit([feature(9), feature(10)])
+    assert seen and seen[0].size == 2 and seen[0].real_tokens == 19 and seen[0].padded_tokens == 20
     await batcher.close()
 
 
