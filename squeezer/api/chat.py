@@ -13,12 +13,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
 
 from squeezer.api.auth import require_api_key
 from squeezer.api.body import read_json_object
 from squeezer.api.generation import OPENAI_FINISH, sse, strip_stop
-from squeezer.api.responses import unless_disconnected
+from squeezer.api.responses import FastJSONResponse, unless_disconnected
 from squeezer.completions import Completion, Streaming
 from squeezer.engine import Engine
 from squeezer.errors import ClientError
@@ -140,7 +139,7 @@ async def _completions(request: Request, path_model: str | None, chat: bool) -> 
         chunks = chat_chunks(streaming, request_id, include_usage) if chat else text_chunks(streaming, request_id, include_usage)
         return sse(chunks, done_marker=True)
     completion = await unless_disconnected(request, engine.generate(model_id, prompt, messages, params))
-    return JSONResponse(chat_object(completion, request_id) if chat else text_object(completion, request_id, bool(body.get("echo"))))
+    return FastJSONResponse(chat_object(completion, request_id) if chat else text_object(completion, request_id, bool(body.get("echo"))))
 
 
 @router.post("/v1/chat/completions")

@@ -11,14 +11,13 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
 
 from squeezer.api.auth import require_api_key
 from squeezer.api.chat import chat_for_model
 from squeezer.api.tgi import generate_response
 from squeezer.api.compat import shape_for_client
 from squeezer.api.body import parse_json_or_text, read_body
-from squeezer.api.responses import result_headers, unless_disconnected
+from squeezer.api.responses import FastJSONResponse, result_headers, unless_disconnected
 from squeezer.engine import Engine
 from squeezer.errors import ClientError
 from squeezer.tasks import GENERATION_TASKS
@@ -74,19 +73,19 @@ async def generation(engine: Engine, request: Request, model_id: str, inputs: An
         if not inputs:
             raise ClientError("inputs: must not be an empty list", status=422)
         answers = [generate_response(engine, request, model_id, prompt, parameters, False, wait) for prompt in inputs]
-        return JSONResponse(list(await asyncio.gather(*answers)))
+        return FastJSONResponse(list(await asyncio.gather(*answers)))
     result = await generate_response(engine, request, model_id, inputs, parameters, stream, wait)
-    return result if stream else JSONResponse(result)
+    return result if stream else FastJSONResponse(result)
 
 
 @router.post("/models/{model_path:path}")
-async def infer(model_path: str, request: Request) -> JSONResponse:
+async def infer(model_path: str, request: Request) -> FastJSONResponse:
     engine: Engine = request.app.state.engine
     model_id, task, action = split_model_path(model_path, set(engine.model_ids()))
     if action == "load":
-        return JSONResponse(await engine.load(model_id))
+        return FastJSONResponse(await engine.load(model_id))
     if action == "unload":
-        return JSONResponse(await engine.unload(model_id))
+        return FastJSONResponse(await engine.unload(model_id))
     if action == "chat":
         return await chat_for_model(request, model_id)
     payload = parse_json_or_text(request, await read_body(request, request.app.state.server_config.max_payload_bytes))
@@ -100,4 +99,4 @@ async def infer(model_path: str, request: Request) -> JSONResponse:
     result = await unless_disconnected(request, run)
     request.app.state.metrics.observe_timings(result.timings)
     output = shape_for_client(result.answer.task, result.output, inputs, request.headers.get("user-agent", ""))
-    return JSONResponse(output, headers=result_headers(result))
+    return FastJSONResponse(output, headers=result_headers(result))

@@ -7,11 +7,10 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
 
 from squeezer.api.auth import require_api_key
 from squeezer.api.body import read_json_object
-from squeezer.api.responses import result_headers, unless_disconnected
+from squeezer.api.responses import FastJSONResponse, result_headers, unless_disconnected
 from squeezer.engine import Engine
 from squeezer.errors import ClientError
 
@@ -52,7 +51,7 @@ def check_options(body: dict[str, Any]) -> tuple[str, int | None]:
 
 
 @router.post("/v1/embeddings")
-async def embeddings(request: Request) -> JSONResponse:
+async def embeddings(request: Request) -> FastJSONResponse:
     engine: Engine = request.app.state.engine
     body = await read_json_object(request, request.app.state.server_config.max_payload_bytes)
     model = body.get("model")
@@ -68,7 +67,7 @@ async def embeddings(request: Request) -> JSONResponse:
         for i, vector in enumerate(result.output)
     ]
     usage = {"prompt_tokens": result.answer.n_tokens, "total_tokens": result.answer.n_tokens}
-    return JSONResponse({"object": "list", "data": data, "model": model, "usage": usage}, headers=result_headers(result))
+    return FastJSONResponse({"object": "list", "data": data, "model": model, "usage": usage}, headers=result_headers(result))
 
 
 @router.get("/v1/models")

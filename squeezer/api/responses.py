@@ -6,12 +6,22 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
+import orjson
 from fastapi import Request
+from fastapi.responses import JSONResponse
 
 from squeezer.engine import Result
 from squeezer.errors import ClientError
 
 T = TypeVar("T")
+
+
+class FastJSONResponse(JSONResponse):
+    """JSON encoded by orjson: same text for the same values (shortest float repr), several times faster
+    than the standard library on embedding-sized float lists, which matters at hundreds of answers a second."""
+
+    def render(self, content: object) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def result_headers(result: Result) -> dict[str, str]:

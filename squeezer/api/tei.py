@@ -8,11 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
 
 from squeezer.api.auth import require_api_key
 from squeezer.api.body import read_json_object
-from squeezer.api.responses import result_headers, unless_disconnected
+from squeezer.api.responses import FastJSONResponse, result_headers, unless_disconnected
 from squeezer.engine import Engine
 from squeezer.errors import ClientError
 from squeezer.tasks.base import text_items
@@ -37,7 +36,7 @@ def flag(body: dict[str, Any], name: str, default: bool) -> bool:
 
 
 @router.post("/embed")
-async def embed(request: Request) -> JSONResponse:
+async def embed(request: Request) -> FastJSONResponse:
     """Always a list of vectors, one per input; `truncate` defaults to false, as in TEI."""
     engine: Engine = request.app.state.engine
     body = await read_json_object(request, request.app.state.server_config.max_payload_bytes)
@@ -46,7 +45,7 @@ async def embed(request: Request) -> JSONResponse:
     run = engine.run(chosen_model(engine, body), texts, parameters, task="feature-extraction")
     result = await unless_disconnected(request, run)
     request.app.state.metrics.observe_timings(result.timings)
-    return JSONResponse(result.output, headers=result_headers(result))
+    return FastJSONResponse(result.output, headers=result_headers(result))
 
 
 @router.post("/tokenize")

@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from squeezer.api.auth import require_api_key
 from squeezer.api.body import read_json_object
 from squeezer.api.generation import sse, tgi_outputs
-from squeezer.api.responses import unless_disconnected
+from squeezer.api.responses import FastJSONResponse, unless_disconnected
 from squeezer.completions import Streaming
 from squeezer.engine import Engine
 from squeezer.errors import ClientError
@@ -60,11 +60,11 @@ async def generate_response(engine: Engine, request: Request, model_id: str, pro
 
 
 @router.post("/generate")
-async def generate(request: Request) -> JSONResponse:
+async def generate(request: Request) -> FastJSONResponse:
     engine: Engine = request.app.state.engine
     body = await read_json_object(request, request.app.state.server_config.max_payload_bytes)
     outputs = await generate_response(engine, request, generation_model(engine, body), body.get("inputs"), body.get("parameters"), False, False)
-    return JSONResponse(outputs[0])
+    return FastJSONResponse(outputs[0])
 
 
 @router.post("/generate_stream")
