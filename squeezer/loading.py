@@ -83,7 +83,34 @@ class GenerativeModel:
         self.decoder.close()
 
 
-Model = LoadedModel | GenerativeModel
+@dataclass
+class Seq2SeqModel:
+    """An encoder-decoder (T5, BART, Marian) ready to generate for text2text-generation, summarization or translation."""
+
+    source: ModelSource
+    info: ModelInfo
+    generator: Any  # squeezer.backends.torch_seq2seq.TorchSeq2Seq (torch is an optional extra)
+    task_name: str
+
+    @property
+    def model_id(self) -> str:
+        return self.source.model_id
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "task": self.task_name,
+            "tasks": [self.task_name],
+            "backend": "torch",
+            "device": "cpu",
+            "dtype": "float32",
+            "max_input_tokens": self.info.max_length,
+        }
+
+    def close(self) -> None:
+        self.generator.close()
+
+
+Model = LoadedModel | GenerativeModel | Seq2SeqModel
 
 
 def check_weights(source: ModelSource, model_config: ModelConfig) -> None:
@@ -174,6 +201,18 @@ def _load_generator(
     return GenerativeModel(source, info, decoder, task_name)
 
 
+def _load_seq2seq(
+    source: ModelSource, info: ModelInfo, task_name: str, model_config: ModelConfig, backend_config: BackendConfig, max_sequences: int
+) -> Seq2SeqModel:
+    from squeezer.backends.torch_seq2seq import TorchSeq2Seq  # lazy: torch is an optional extra
+
+    if not getattr(info.config, "is_encoder_decoder", False):
+        raise SourceError(f"{source.model_id}: {task_name} needs an encoder-decoder model (T5, BART, Marian, ...)")
+    generator = TorchSeq2Seq.load(source, model_config, info.tokenizer, task_name, backend_config.threads)
+    generator.warmup()
+    return Seq2SeqModel(source, info, generator, task_name)
+
+
 def _load_encoder(
     source: ModelSource, info: ModelInfo, task_name: str, model_config: ModelConfig, backend_config: BackendConfig, max_sequences: int
 ) -> LoadedModel:
@@ -186,4 +225,9 @@ def _load_encoder(
 
 
 # Tasks whose models load differently from the one-forward-per-input encoders.
-LOADERS = {"text-generation": _load_generator}
+LOADERS = {
+    "text-generation": _load_generator,
+    "text2text-generation": _load_seq2seq,
+    "summarization": _load_seq2seq,
+    "translation": _load_seq2seq,
+}

@@ -17,13 +17,14 @@ from squeezer.backends import split_outputs
 from squeezer.caches import LRUCache
 from squeezer.config import BackendConfig, BatchingConfig, CacheConfig, ModelConfig
 from squeezer.errors import ModelNotReadyError, UnknownModelError
-from squeezer.loading import GenerativeModel, LoadedModel, Model, load_model
+from squeezer.loading import GenerativeModel, LoadedModel, Model, Seq2SeqModel, load_model
 from squeezer.scheduling import Batcher, BatchStats
 from squeezer.scheduling.decoding import DecodeLoop, SequenceStats, StepStats
 from squeezer.scheduling.decoding_config import DecodingConfig
+from squeezer.scheduling.seq2seq import Seq2SeqScheduler
 from squeezer.sources import ModelSource
 
-Scheduler = Batcher | DecodeLoop
+Scheduler = Batcher | DecodeLoop | Seq2SeqScheduler
 
 
 @dataclass
@@ -196,5 +197,14 @@ def _decode_loop(model: GenerativeModel, batching: BatchingConfig, decoding: Dec
     )
 
 
+def _seq2seq(model: Seq2SeqModel, batching: BatchingConfig, decoding: DecodingConfig, hooks: Hooks) -> Seq2SeqScheduler:
+    """Encoder-decoders: one request at a time, its inputs in one `generate` batch."""
+    return Seq2SeqScheduler(batching.max_queue)
+
+
 # Which scheduler runs which kind of loaded model.
-SCHEDULERS: dict[type, Callable[..., Scheduler]] = {LoadedModel: _batcher, GenerativeModel: _decode_loop}
+SCHEDULERS: dict[type, Callable[..., Scheduler]] = {
+    LoadedModel: _batcher,
+    GenerativeModel: _decode_loop,
+    Seq2SeqModel: _seq2seq,
+}

@@ -9,6 +9,7 @@ from squeezer.tasks.base import InputError, ModelInfo, Pooling, Task
 from squeezer.tasks.embeddings import FeatureExtraction, SentenceSimilarity
 from squeezer.tasks.fill_mask import FillMask
 from squeezer.tasks.question_answering import QuestionAnswering
+from squeezer.tasks.seq2seq import SEQ2SEQ_TASKS
 from squeezer.tasks.text_classification import TextClassification
 from squeezer.tasks.token_classification import TokenClassification
 from squeezer.tasks.zero_shot import ZeroShotClassification
@@ -28,6 +29,7 @@ TASKS: dict[str, Task] = {
 
 # Tasks served by the decode loop (squeezer.scheduling.decoding) rather than by one forward pass per input.
 GENERATION_TASKS: tuple[str, ...] = ("text-generation",)
-ALL_TASKS: tuple[str, ...] = (*TASKS, *GENERATION_TASKS)
+# Encoder-decoder tasks (squeezer.tasks.seq2seq), run by `generate` one request at a time.
+ALL_TASKS: tuple[str, ...] = (*TASKS, *GENERATION_TASKS, *SEQ2SEQ_TASKS)
 
-__all__ = ["ALL_TASKS", "GENERATION_TASKS", "TASKS", "InputError", "ModelInfo", "Pooling", "Task"]
+__all__ = ["ALL_TASKS", "GENERATION_TASKS", "SEQ2SEQ_TASKS", "TASKS", "InputError", "ModelInfo", "Pooling", "Task"]

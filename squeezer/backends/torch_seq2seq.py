@@ -1,0 +1,93 @@
+"""Encoder-decoder models (T5, BART, Marian) in float32 on the CPU, generating with transformers' `generate`.
+
+The generation config is the one `pipeline(task)` builds: the pipeline's defaults (max_new_tokens=256,
+num_beams=4) under the model's own generation config, updated with the task's `task_specific_params` (less
+the prefix, which the task adds to the text), with the tokenizer's pad token when the model has none. A request's inputs are right-padded into one batch and generated together.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from squeezer.backends.torch_backend import available_cores, import_torch
+from squeezer.config import ModelConfig
+from squeezer.sources import ModelSource
+from squeezer.tasks.seq2seq import Seq2SeqParams, task_params
+
+
+def pipeline_generation_config(model: Any) -> Any:
+    """What `Text2TextGenerationPipeline.__init__` makes of the model's generation config (transformers 4.57)."""
+    from transformers import GenerationConfig
+
+    try:
+        from transformers.pipelines.text2text_generation import Text2TextGenerationPipeline
+
+        default = copy.deepcopy(Text2TextGenerationPipeline._default_generation_config)
+    except (ImportError, AttributeError):
+        default = GenerationConfig(max_new_tokens=256, num_beams=4)
+    if not hasattr(model, "_prepare_generation_config"):
+        return copy.deepcopy(model.generation_config)
+    config, _ = model._prepare_generation_config(generation_config=default, use_model_defaults=True)
+    if (
+        default.max_new_tokens is not None
+        and config.max_new_tokens == default.max_new_tokens
+        and config.max_length is not None
+        and config.max_length != 20
+    ):
+        config.max_new_tokens = None  # the model's own max_length wins over the pipeline's default, as there
+    return config
+
+
+class TorchSeq2Seq:
+    """One loaded `AutoModelForSeq2SeqLM`; `generate` must run on one thread at a time (the scheduler's)."""
+
+    def __init__(self, model: Any, tokenizer: Any, task: str) -> None:
+        self._torch = import_torch()
+        self.model = model
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (model.config.pad_token_id or 0)
+        config = pipeline_generation_config(model)
+        extra = task_params(model.config, task)
+        extra.pop("prefix", None)
+        if extra:
+            config.update(**extra)
+        if config.pad_token_id is None and tokenizer.pad_token_id is not None:
+            config.pad_token_id = tokenizer.pad_token_id
+        self.generation_config = config
+
+    @classmethod
+    def load(cls, source: ModelSource, model_config: ModelConfig, tokenizer: Any, task: str, threads: int = 0) -> TorchSeq2Seq:
+        torch = import_torch()
+        import transformers
+
+        torch.set_num_threads(threads or available_cores())
+        kwargs: dict[str, Any] = {
+            "trust_remote_code": model_config.trust_remote_code,
+            "dtype": torch.float32,
+            "use_safetensors": not model_config.allow_pickle or None,
+        }
+        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(source.path), **kwargs).eval()
+        return cls(model, tokenizer, task)
+
+    def generate(self, input_ids: list[list[int]], params: Seq2SeqParams) -> list[list[int]]:
+        """Each input's generated tokens (decoder start token included, as the pipeline decodes them)."""
+        torch = self._torch
+        longest = max(len(ids) for ids in input_ids)
+        ids = torch.full((len(input_ids), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(input_ids), longest), dtype=torch.long)
+        for row, seq in enumerate(input_ids):
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids, attention_mask=mask, generation_config=self.generation_config, **params.generate_kwargs()
+            )
+        return out.tolist()
+
+    def warmup(self) -> None:
+        self.generate([[self.pad_id, self.pad_id]], Seq2SeqParams(max_new_tokens=2))
+
+    def close(self) -> None:
+        self.model = None

@@ -1,0 +1,57 @@
+"""Encoder-decoder tasks through a real server: huggingface_hub's summarization/translation, text2text over httpx."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from huggingface_hub import InferenceClient
+
+from tests.server import ServerProcess
+from tests.tiny_seq2seq import build
+
+TEXT = "The quick brown fox jumps over the lazy dog"
+
+
+@pytest.fixture(scope="module")
+def s2s_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("s2s")
+    folders = {
+        "tiny/sum": build("t5", root / "sum", pipeline_tag="summarization"),
+        "tiny/tr": build("bart", root / "tr", pipeline_tag="translation"),
+        "tiny/t2t": build("t5", root / "t2t"),
+    }
+    proc = ServerProcess([f"{mid}={path}" for mid, path in folders.items()], tmp_path_factory.mktemp("s2s-logs"))
+    try:
+        proc.wait_ready()
+        yield proc, folders
+    finally:
+        proc.stop()
+
+
+def test_summarization_and_translation_clients(s2s_server) -> None:
+    from transformers import pipeline
+
+    proc, folders = s2s_server
+    summary = InferenceClient(model=f"{proc.url}/models/tiny/sum").summarization(TEXT, generate_parameters={"max_new_tokens": 8})
+    assert summary.summary_text == pipeline("summarization", model=str(folders["tiny/sum"]))(TEXT, max_new_tokens=8)[0]["summary_text"]
+    translated = InferenceClient(model=f"{proc.url}/models/tiny/tr").translation(TEXT, generate_parameters={"max_new_tokens": 8})
+    expected = pipeline("translation", model=str(folders["tiny/tr"]))(TEXT, max_new_tokens=8)[0]["translation_text"]
+    assert translated.translation_text == expected
+
+
+def test_text2text_over_http(s2s_server) -> None:
+    from transformers import pipeline
+
+    proc, folders = s2s_server
+    p = pipeline("text2text-generation", model=str(folders["tiny/t2t"]))
+    url = f"{proc.url}/models/tiny/t2t"
+    single = httpx.post(url, json={"inputs": TEXT, "parameters": {"max_new_tokens": 6}}, timeout=60)
+    assert single.status_code == 200, single.text
+    assert single.json() == p(TEXT, max_new_tokens=6)
+    assert single.headers["x-squeezer-task"] == "text2text-generation"
+    batch = httpx.post(url, json={"inputs": [TEXT, "Paris"], "parameters": {"max_new_tokens": 6, "num_beams": 2}}, timeout=60)
+    assert batch.json() == p([TEXT, "Paris"], max_new_tokens=6, num_beams=2)
+    long = httpx.post(url, json={"inputs": TEXT * 20, "parameters": {"max_new_tokens": 3}}, timeout=60)
+    assert long.status_code == 200 and long.headers.get("x-squeezer-truncated") == "true"
+    bad = httpx.post(url, json={"inputs": TEXT, "parameters": {"num_beams": 0}}, timeout=60)
+    assert bad.status_code == 422 and bad.json()["error"].startswith("parameters.num_beams")
