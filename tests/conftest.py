@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from tests import tiny
+from tests.tiny_decoders import tiny_decoder_path  # noqa: F401 (a fixture, shared by every test module)
+from tests.tiny_seq2seq import tiny_seq2seq_path  # noqa: F401 (a fixture, shared by every test module)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 from huggingface_hub import InferenceClient
 
 from tests.server import ServerProcess
-from tests.tiny_decoders import reference_generate, smollm2_gguf, tiny_decoder_path  # noqa: F401 (fixture)
+from tests.tiny_decoders import reference_generate, smollm2_gguf
 
 PROMPT = "Hello there, how are"
 CHAT = [{"role": "user", "content": "Say something nice."}]

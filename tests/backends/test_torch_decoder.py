@@ -12,7 +12,7 @@ import transformers
 
 from squeezer.backends.torch_decoder import CHUNK, KVStore, TorchDecoder
 from squeezer.sources import ModelSource
-from tests.tiny_decoders import ARCHS, reference_generate, tiny_decoder_path  # noqa: F401 (fixture)
+from tests.tiny_decoders import ARCHS, reference_generate
 
 PROMPTS = [[5, 9, 33, 101, 7], [44, 12], list(range(20, 57)), [300]]
 

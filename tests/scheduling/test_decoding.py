@@ -20,7 +20,7 @@ from squeezer.scheduling.decoding_config import DecodingConfig
 from squeezer.sources import ModelSource
 from squeezer.tasks.base import InputError
 from squeezer.tasks.generation import GenerationParams, chat_prompt_ids
-from tests.tiny_decoders import ARCHS, reference_generate, smollm2_gguf, tiny_decoder_path  # noqa: F401 (fixture)
+from tests.tiny_decoders import ARCHS, reference_generate, smollm2_gguf
 
 PROMPT_LENGTHS = [3, 40, 1, 17, 8]
 NEW_TOKENS = [25, 8, 30, 12, 20]

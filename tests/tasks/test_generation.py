@@ -28,7 +28,6 @@ from squeezer.tasks.generation import (
     choose_tokens,
     output_text,
 )
-from tests.tiny_decoders import tiny_decoder_path  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from squeezer.errors import ClientError, QueueFullError
 from squeezer.scheduling.seq2seq import Seq2SeqScheduler
 from squeezer.sources import ModelSource
 from squeezer.tasks import ALL_TASKS, InputError
-from tests.tiny_seq2seq import SUMMARIZE_PREFIX, build, tiny_seq2seq_path  # noqa: F401 (fixture)
+from tests.tiny_seq2seq import SUMMARIZE_PREFIX, build
 
 TASK_NAMES = ("text2text-generation", "summarization", "translation")
 KEYS = {"text2text-generation": "generated_text", "summarization": "summary_text", "translation": "translation_text"}
