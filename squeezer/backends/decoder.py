@@ -2,7 +2,7 @@
 
 A decoder owns the KV cache of every live sequence; the loop only ever sees opaque handles and logits. That
 keeps the loop (admission, sampling, streaming) independent of how the cache is laid out, so an ONNX decoder
-can implement the same four calls with its own cache layout. Logits cross the boundary as float32 numpy rows,
+can implement the same calls with its own cache layout. Logits cross the boundary as float32 numpy rows,
 as encoder backends' outputs do (`squeezer.backends.base`), so no backend type leaks into the scheduler.
 """
 
@@ -38,6 +38,14 @@ class Decoder(Protocol):
 
     def prefill(self, prompt_ids: Sequence[int]) -> tuple[int, np.ndarray]:
         """Run a prompt, keep its cache, and return (handle, next-token logits [vocab])."""
+
+    def prefill_many(self, prompts: Sequence[Sequence[int]]) -> list[tuple[int, np.ndarray]]:
+        """Run several prompts at once, keeping each one's cache: [(handle, logits [vocab])] in their order.
+
+        Requests that arrive together are prefilled in one forward rather than one after another, so the last
+        of them does not wait for every other prompt before its first token. All or nothing: a bad prompt
+        fails the call and no cache is kept.
+        """
 
     def step(self, handles: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
         """Append one token to every live sequence in one batched forward.

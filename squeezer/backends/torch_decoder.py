@@ -13,8 +13,10 @@ values to all heads, as it does for any padded batch.)
 
 A step feeds one token per row with explicit position ids (each row's own length) and a 4D mask that hides
 the columns past each row's length; transformers passes a 4D mask through untouched, so the model code is
-the stock one. Prefill runs the prompt alone, exactly as `generate` does, so a request's first token is
-generate's. Rows grow by powers of two and columns by 256-token chunks (a realloc copies the store, rarely);
+the stock one. Prefill runs prompts admitted together in one forward: right-padded, with a padding mask
+and each row's own positions, so a real token attends to exactly what it would alone and a burst of
+newcomers costs one forward instead of one each (time to first token under load); each row's keys land at
+its columns [0, length). Rows grow by powers of two and columns by 256-token chunks (a realloc copies the store, rarely);
 the store shrinks when it holds four times what live sequences need and is freed when none is left, so
 memory follows the batch the scheduler admits. Runs in float32 under torch.inference_mode.
 """
@@ -100,17 +102,17 @@ def _cache_classes() -> tuple[type, type]:
     from transformers.cache_utils import Cache
 
     class PrefillCache(Cache):
-        """Writes one prompt into its row and attends over the prompt alone, as a fresh DynamicCache does."""
+        """Writes each prompt into its own row (columns [0, its length)) and attends over the batch's prompts."""
 
-        def __init__(self, store: KVStore, row: int) -> None:
+        def __init__(self, store: KVStore, first_row: int, lengths: Sequence[int]) -> None:
             super().__init__(layers=[])
-            self._store, self._row = store, row
+            self._store, self._first, self._lengths = store, first_row, lengths
 
         def update(self, key: Any, value: Any, layer_idx: int, cache_kwargs: Any = None) -> tuple[Any, Any]:
             keys, values = self._store.layer(layer_idx, key)
-            length = key.shape[2]
-            keys[self._row, :, :length] = key[0]
-            values[self._row, :, :length] = value[0]
+            for i, length in enumerate(self._lengths):  # padding columns are never written
+                keys[self._first + i, :, :length] = key[i, :, :length]
+                values[self._first + i, :, :length] = value[i, :, :length]
             return key, value
 
     class StepCache(Cache):
@@ -213,29 +215,69 @@ class TorchDecoder:
         return len(self._rows)
 
     def prefill(self, prompt_ids: Sequence[int]) -> tuple[int, np.ndarray]:
-        torch, length = self._torch, len(prompt_ids)
-        if not 0 < length < self._max_length:
-            raise ValueError(f"a prompt must have 1 to {self._max_length - 1} tokens, got {length}")
-        if len(self._rows) >= self._max_sequences:
-            raise RuntimeError(f"all {self._max_sequences} sequence slots are taken")
+        [result] = self.prefill_many([prompt_ids])
+        return result
+
+    def prefill_many(self, prompts: Sequence[Sequence[int]]) -> list[tuple[int, np.ndarray]]:
+        """Prefill several prompts in one right-padded forward; [(handle, next-token logits)] in their order."""
+        torch, lengths = self._torch, [len(p) for p in prompts]
+        self._check_prompts(lengths)
         with torch.inference_mode():
-            row = len(self._rows)
-            self._store.fit(row + 1, max([length, *self._lengths]), self._max_length)
-            ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
+            first = len(self._rows)
+            self._store.fit(first + len(prompts), max([*lengths, *self._lengths]), self._max_length)
+            ids, mask = self._padded(prompts, lengths)
+            width = ids.shape[1]
+            last = torch.tensor(lengths) - 1
             out = self.model(
                 input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                position_ids=torch.arange(length)[None],
-                cache_position=torch.arange(length),
-                past_key_values=self._prefill_cache(self._store, row),
+                attention_mask=mask,
+                position_ids=torch.arange(width).expand(len(prompts), width),
+                cache_position=torch.arange(width),
+                past_key_values=self._prefill_cache(self._store, first, lengths),
                 use_cache=True,
-                **self._keep,
+                **self._keep_last(last),
             )
-            logits = out.logits[0, -1].float().numpy()
-        handle = next(self._ids)
-        self._rows.append(handle)
-        self._lengths.append(length)
-        return handle, logits
+            logits = self._last_logits(out.logits, last).float().numpy()
+        handles = [next(self._ids) for _ in prompts]
+        self._rows.extend(handles)
+        self._lengths.extend(lengths)
+        return list(zip(handles, logits))
+
+    def _check_prompts(self, lengths: Sequence[int]) -> None:
+        if not lengths:
+            raise ValueError("prefill needs at least one prompt")
+        for length in lengths:
+            if not 0 < length < self._max_length:
+                raise ValueError(f"a prompt must have 1 to {self._max_length - 1} tokens, got {length}")
+        if len(self._rows) + len(lengths) > self._max_sequences:
+            raise RuntimeError(f"all {self._max_sequences} sequence slots are taken")
+
+    def _padded(self, prompts: Sequence[Sequence[int]], lengths: Sequence[int]) -> tuple[Any, Any]:
+        """Right-padded ids and their mask: a real token is causal, so it never sees the padding after it."""
+        torch, width = self._torch, max(lengths)
+        ids = torch.zeros((len(prompts), width), dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            ids[i, : lengths[i]] = torch.tensor(list(prompt), dtype=torch.long)
+            mask[i, : lengths[i]] = 1
+        return ids, mask
+
+    def _keep_last(self, last: Any) -> dict[str, Any]:
+        """Ask only for the logits at each row's last real token (the lm head over every position is costly)."""
+        if not self._keep:
+            return {}
+        if int(last.min()) == int(last.max()):
+            return {"logits_to_keep": 1}
+        return {"logits_to_keep": self._torch.unique(last)}
+
+    def _last_logits(self, logits: Any, last: Any) -> Any:
+        """[rows, vocab] at each row's last real token, whichever positions the model kept."""
+        rows = self._torch.arange(logits.shape[0])
+        if logits.shape[1] == 1:
+            return logits[:, 0]
+        if self._keep:  # kept the unique last positions, sorted: find each row's among them
+            return logits[rows, self._torch.searchsorted(self._torch.unique(last), last)]
+        return logits[rows, last]
 
     def step(self, handles: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
         torch, n = self._torch, len(self._rows)

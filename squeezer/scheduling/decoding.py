@@ -3,7 +3,8 @@
 Requests become typed `DecodeRequest`s (prompt ids, parameters, arrival time, and an asyncio queue for their
 tokens, created before queueing) on a bounded waiting queue (429 past it). One worker thread owns the model:
 each iteration it drops cancelled sequences (freeing their cache), admits waiting requests in arrival order
-while slots and the token budget allow, prefills each newcomer (its first token streams at once), then runs
+while slots and the token budget allow, prefills the newcomers in one forward (their first tokens stream at
+once; one forward, not one per prompt, keeps time to first token flat under a burst), then runs
 one batched step for every running sequence, so newcomers join at the next step and finished ones leave at
 once. The budget counts the cache rectangle the decoder holds, sequences x the longest reservation (prompt
 + max new tokens), so admitted work always fits in memory. Events reach the event loop in one callback per
@@ -285,8 +286,7 @@ class DecodeLoop:
             if newcomers is None:
                 break
             try:
-                for request in newcomers:
-                    self._prefill(request)
+                self._prefill_all(newcomers)
                 if self._active:
                     self._step()
             except Exception as exc:  # a failed step (or a bug) fails the requests, never hangs them
@@ -321,15 +321,34 @@ class DecodeLoop:
         for run in [r for r in self._active if r.request.cancelled]:
             self._leave(run, None)
 
-    def _prefill(self, request: DecodeRequest) -> None:
+    def _prefill_all(self, requests: list[DecodeRequest]) -> None:
+        """Prefill the newcomers in one forward; if it fails, one by one, so only a bad prompt fails its request."""
         admitted = time.perf_counter()
-        if request.cancelled:  # gone between admission and its turn
+        requests = [r for r in requests if not r.cancelled]  # gone between admission and their turn
+        if len(requests) < 2:
+            for request in requests:
+                self._prefill(request, admitted)
             return
+        try:
+            results = self._decoder.prefill_many([r.prompt_ids for r in requests])
+        except Exception:
+            log.warning("batched prefill failed; prefilling its %d prompts one by one", len(requests), exc_info=True)
+            for request in requests:
+                self._prefill(request, admitted)
+            return
+        runs = [self._start(r, handle, admitted) for r, (handle, _) in zip(requests, results)]
+        self._advance(runs, np.stack([logits for _, logits in results]))
+
+    def _prefill(self, request: DecodeRequest, admitted: float) -> None:
         try:
             handle, logits = self._decoder.prefill(request.prompt_ids)
         except Exception as exc:
             self._deliver([(request, exc)])
             return
+        self._advance([self._start(request, handle, admitted)], logits[None])
+
+    def _start(self, request: DecodeRequest, handle: int, admitted: float) -> _Running:
+        """Put a prefilled sequence in the batch with its sampler and text state."""
         run = _Running(
             request,
             handle,
@@ -339,7 +358,7 @@ class DecodeLoop:
             admitted,
         )
         self._active.append(run)
-        self._advance([run], logits[None])
+        return run
 
     def _step(self) -> None:
         runs = list(self._active)

@@ -127,3 +127,44 @@ def test_store_grows_by_chunks_and_shrinks_when_oversized() -> None:
     small = KVStore(torch)
     small.fit(1, 10, 100)
     assert small.capacity == 100  # never past the model's context
+
+
+def test_prompts_prefilled_together_decode_exactly_as_generate(decoder: TorchDecoder) -> None:
+    """Different lengths in one right-padded prefill: each row's greedy tokens are still generate's."""
+    steps = 24
+    results = decoder.prefill_many(PROMPTS)
+    handles = [handle for handle, _ in results]
+    tokens = [int(logits.argmax()) for _, logits in results]
+    outputs = [[token] for token in tokens]
+    try:
+        for prompt, (_, logits) in zip(PROMPTS, results):
+            assert torch.allclose(torch.from_numpy(logits), full_logits(decoder.model, prompt), atol=1e-4)
+        for _ in range(steps - 1):
+            tokens = [int(row.argmax()) for row in decoder.step(handles, tokens)]
+            for out, token in zip(outputs, tokens):
+                out.append(token)
+    finally:
+        for handle in handles:
+            decoder.release(handle)
+    for prompt, out in zip(PROMPTS, outputs):
+        expected = reference_generate(decoder.model, prompt, steps)
+        assert out[: len(expected)] == expected
+
+
+def test_prefill_many_joins_a_running_batch_and_checks_its_prompts(decoder: TorchDecoder) -> None:
+    first, _ = decoder.prefill(PROMPTS[2])
+    try:
+        pairs = decoder.prefill_many(PROMPTS[:2])
+        assert decoder.live == 3 and len({first, *(h for h, _ in pairs)}) == 3
+        logits = decoder.step([first, *(h for h, _ in pairs)], [7, 8, 9])
+        for row, (prompt, token) in enumerate(zip([PROMPTS[2], *PROMPTS[:2]], [7, 8, 9])):
+            assert torch.allclose(torch.from_numpy(logits[row]), full_logits(decoder.model, prompt + [token]), atol=1e-4)
+        for handle, _ in pairs:
+            decoder.release(handle)
+        with pytest.raises(ValueError, match="prompt"):
+            decoder.prefill_many([[1, 2], []])
+        with pytest.raises(RuntimeError, match="slots"):
+            decoder.prefill_many([[1]] * decoder.max_sequences)
+        assert decoder.live == 1  # a refused batch takes no row
+    finally:
+        decoder.release(first)

@@ -119,6 +119,28 @@ async def test_requests_joining_at_different_steps_equal_generate(lm: Model, mak
     assert max(sizes) >= 3 and len(set(sizes)) >= 3  # sequences really joined and left a running batch
 
 
+async def test_requests_admitted_together_are_prefilled_in_one_forward_and_equal_generate(
+    lm: Model, make_loop: MakeLoop
+) -> None:
+    """Five prompts of different lengths queued before the worker starts: one padded prefill, generate's tokens."""
+    model, _ = lm
+    expected = [reference_generate(model, p, n) for p, n in zip(prompts(), NEW_TOKENS)]
+    batches: list[int] = []
+
+    class Recording(PacedDecoder):
+        def prefill_many(self, prompts: Sequence[Sequence[int]]) -> Any:
+            batches.append(len(prompts))
+            return super().prefill_many(prompts)
+
+    loop = make_loop(lm, start=False, decoder=Recording(model))
+    tasks = [asyncio.ensure_future(loop.generate(p, GenerationParams(max_new_tokens=n))) for p, n in zip(prompts(), NEW_TOKENS)]
+    await until(lambda: loop.waiting == 5)
+    loop.start()
+    results = await asyncio.gather(*tasks)
+    assert [r.token_ids for r in results] == expected
+    assert batches == [5]
+
+
 async def test_seeded_sampling_is_reproducible_alone_and_in_company(llama: Model, make_loop: MakeLoop) -> None:
     model, _ = llama
     prompt, others = prompts()[0], prompts()[1:]
