@@ -54,6 +54,11 @@ class LoadedModel:
         self.backend.close()
 
 
+def torch_generator_facts(task_name: str) -> dict[str, Any]:
+    """What /info says of a model that generates on the float32 torch reference (one task each)."""
+    return {"task": task_name, "tasks": [task_name], "backend": "torch", "device": "cpu", "dtype": "float32"}
+
+
 @dataclass
 class GenerativeModel:
     """A causal LM ready to generate: its tokenizer (with chat template) and its KV-cached decoder."""
@@ -69,11 +74,7 @@ class GenerativeModel:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "task": self.task_name,
-            "tasks": [self.task_name],
-            "backend": "torch",
-            "device": "cpu",
-            "dtype": "float32",
+            **torch_generator_facts(self.task_name),
             "max_total_tokens": self.decoder.max_length,
             "max_sequences": self.decoder.max_sequences,
             "chat_template": bool(getattr(self.info.tokenizer, "chat_template", None)),
@@ -97,14 +98,7 @@ class Seq2SeqModel:
         return self.source.model_id
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "task": self.task_name,
-            "tasks": [self.task_name],
-            "backend": "torch",
-            "device": "cpu",
-            "dtype": "float32",
-            "max_input_tokens": self.info.max_length,
-        }
+        return {**torch_generator_facts(self.task_name), "max_input_tokens": self.info.max_length}
 
     def close(self) -> None:
         self.generator.close()

@@ -8,22 +8,37 @@ from typing import Any
 
 import pytest
 
-from tests import tiny
-from tests.tiny_decoders import tiny_decoder_path  # noqa: F401 (a fixture, shared by every test module)
-from tests.tiny_seq2seq import tiny_seq2seq_path  # noqa: F401 (a fixture, shared by every test module)
+from tests import tiny, tiny_decoders, tiny_seq2seq
+
+
+def built_once(factory: pytest.TempPathFactory, builder: Callable[..., Path]) -> Callable[..., Path]:
+    """get(*key) -> builder(*key, fresh folder), built on first use and reused for the whole session."""
+    built: dict[tuple[str, ...], Path] = {}
+
+    def get(*key: str) -> Path:
+        if key not in built:
+            built[key] = builder(*key, factory.mktemp("-".join(key)))
+        return built[key]
+
+    return get
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path]:
-    """tiny_model(arch, head) -> folder of a tiny random model, built on first use."""
-    built: dict[tuple[str, str], Path] = {}
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """tiny_model(arch, head) -> folder of a tiny random encoder with that head."""
+    return built_once(tmp_path_factory, tiny.build)
 
-    def get(arch: str, head: str) -> Path:
-        if (arch, head) not in built:
-            built[(arch, head)] = tiny.build(arch, head, tmp_path_factory.mktemp(f"{arch}-{head}"))
-        return built[(arch, head)]
 
-    return get
+@pytest.fixture(scope="session")
+def tiny_decoder_path(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """tiny_decoder_path(arch) -> folder of a tiny causal LM ("gpt2" or "llama")."""
+    return built_once(tmp_path_factory, tiny_decoders.build)
+
+
+@pytest.fixture(scope="session")
+def tiny_seq2seq_path(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """tiny_seq2seq_path(arch) -> folder of a tiny encoder-decoder ("t5" or "bart")."""
+    return built_once(tmp_path_factory, tiny_seq2seq.build)
 
 
 @pytest.fixture(scope="session")

