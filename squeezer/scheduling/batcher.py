@@ -1,18 +1,23 @@
 """Dynamic batching for encoder models: concurrent requests' sequences share one forward pass.
 
-Requests put typed work items (a feature, its arrival time, its future) on a bounded per-model queue. One
-loop takes what is waiting, sorts it by length so similar lengths share a batch (less padding), cuts it to
-the token budget and batch size, and runs it on a single worker thread, so the event loop keeps accepting
-and tokenizing while the model computes. When the model is idle a request runs at once; only while it is
-busy does a batch wait (at most `max_wait_ms`) for company.
+Requests put typed work items (a feature, its arrival time, its future) on a bounded per-model queue. A
+single worker thread takes what is waiting, groups it by length so similar lengths share a batch (less
+padding), cuts it to the token budget and batch size, and runs it, so the event loop keeps accepting and
+tokenizing while the model computes. When the model is idle a request runs at once; only while it is busy
+does a batch wait (at most `max_wait_ms`) for company.
+
+The worker forms its next batch itself, the moment the previous one returns, rather than handing control
+back to the event loop first: under load the loop is busy parsing and answering HTTP requests, and every
+millisecond the model waits for it to schedule the next batch is throughput lost on a small machine.
+Results travel back to the loop with `call_soon_threadsafe`; the futures are only ever touched there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,20 +102,21 @@ def take_batch(pending: list[WorkItem], config: BatchingConfig) -> list[WorkItem
 
 
 class Batcher:
-    """Groups one model's work items into batches and runs them, one batch at a time."""
+    """Groups one model's work items into batches and runs them, one batch at a time, on its own thread."""
 
     def __init__(self, run: RunBatch, pad_id: int, config: BatchingConfig, on_batch: Callable[[BatchStats], None] | None = None) -> None:
         self._run = run
         self._pad_id = pad_id
         self._config = config
         self._on_batch = on_batch
-        self._pending: list[WorkItem] = []
-        self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="squeezer-forward")
+        self._pending: list[WorkItem] = []  # shared with the worker: guarded by _ready
+        self._ready = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._last_batch_end = 0.0
-        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._closing = False
-        self._running = False
+        self._in_flight = 0  # batches taken but not yet delivered: guarded by _ready
         self._batches = 0
 
     @property
@@ -119,21 +125,25 @@ class Batcher:
         return len(self._pending)
 
     def start(self) -> None:
-        self._loop_task = asyncio.get_running_loop().create_task(self._loop(), name="squeezer-batcher")
+        self._loop = asyncio.get_running_loop()
+        self._worker = threading.Thread(target=self._work, name="squeezer-forward", daemon=True)
+        self._worker.start()
 
     async def close(self) -> None:
-        if self._loop_task:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
-        for item in self._pending:
+        with self._ready:
+            self._stopping = True
+            dropped, self._pending = self._pending, []
+            self._ready.notify()
+        for item in dropped:
             item.future.cancel()
-        self._executor.shutdown(wait=True)
+        if self._worker:
+            await asyncio.to_thread(self._worker.join)
 
     async def submit(self, features: Sequence[Feature]) -> Submitted:
         """Queue one request's sequences and wait for their outputs, in order.
 
         Raises QueueFullError (429) at once rather than queueing past the bound; a cancelled caller
-        (client gone, timeout) cancels its items, which the loop then skips.
+        (client gone, timeout) cancels its items, which the worker then skips.
         """
         if self._closing:
             raise ModelNotReadyError("this model is being unloaded; retry to load it again")
@@ -141,8 +151,9 @@ class Batcher:
             raise QueueFullError(f"too many requests waiting for this model ({self._config.max_queue} sequences); retry later")
         loop = asyncio.get_running_loop()
         items = [WorkItem(f, loop.create_future()) for f in features]
-        self._pending.extend(items)
-        self._wake.set()
+        with self._ready:
+            self._pending.extend(items)
+            self._ready.notify()
         try:
             done = await asyncio.gather(*(item.future for item in items))
         except asyncio.CancelledError:
@@ -155,53 +166,67 @@ class Batcher:
     async def drain(self) -> None:
         """Refuse new work, finish what is queued or running, then stop (for unload and shutdown)."""
         self._closing = True
-        while self._pending or self._running:
+        while self._pending or self._in_flight:
             await asyncio.sleep(0.01)
         await self.close()
 
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wake.wait()
-            self._pending = [it for it in self._pending if not it.future.done()]
-            if not self._pending:
-                self._wake.clear()
-                continue
-            await self._maybe_wait()
-            self._pending = [it for it in self._pending if not it.future.done()]
-            if not self._pending:
-                continue
+    def _work(self) -> None:
+        """The worker thread: take a batch, run it, hand the results to the event loop, repeat."""
+        while (batch := self._next_batch()) is not None:
+            self._execute(batch)
+
+    def _next_batch(self) -> list[WorkItem] | None:
+        """Block until there is live work (None once closing), give it the wait window, then cut a batch."""
+        with self._ready:
+            while True:
+                self._pending = [it for it in self._pending if not it.future.done()]  # cancelled: skipped
+                if self._stopping:
+                    return None
+                if self._pending:
+                    break
+                self._ready.wait()
+            if self._busy() and len(self._pending) < self._config.max_batch_size:
+                self._ready.wait(self._config.max_wait_ms / 1000)  # lets a small batch grow while the model is hot
+                self._pending = [it for it in self._pending if not it.future.done()]
+                if self._stopping or not self._pending:
+                    return None if self._stopping else []
             batch = take_batch(self._pending, self._config)
             chosen = {id(it) for it in batch}
             self._pending = [it for it in self._pending if id(it) not in chosen]
-            await self._execute(loop, batch)
+            self._in_flight += 1
+            return batch
 
-    async def _maybe_wait(self) -> None:
-        """While the model is busy (a batch just ended), give a small batch a moment to grow."""
-        busy = time.perf_counter() - self._last_batch_end < self._config.max_wait_ms / 1000
-        if busy and len(self._pending) < self._config.max_batch_size:
-            await asyncio.sleep(self._config.max_wait_ms / 1000)
+    def _busy(self) -> bool:
+        """The model has just finished a batch, so more requests are likely on their way."""
+        return time.perf_counter() - self._last_batch_end < self._config.max_wait_ms / 1000
 
-    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[WorkItem]) -> None:
+    def _execute(self, batch: list[WorkItem]) -> None:
+        if not batch:
+            return
         types = [it.feature.token_type_ids or [0] * it.length for it in batch]
         has_types = any(it.feature.token_type_ids is not None for it in batch)
         padded = Batch.pad([it.feature.input_ids for it in batch], types if has_types else None, self._pad_id)
         start = time.perf_counter()
-        self._running = True
         try:
-            rows = await loop.run_in_executor(self._executor, self._run, padded)
+            rows: list[Outputs] | Exception = self._run(padded)
         except Exception as exc:  # a backend failure answers every request in the batch, never hangs them
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-            return
-        finally:
-            self._last_batch_end = time.perf_counter()
-            self._running = False
-        took = self._last_batch_end - start
+            rows = exc
+        self._last_batch_end = time.perf_counter()
         self._batches += 1
-        for item, row in zip(batch, rows):
-            if not item.future.done():
-                item.future.set_result(ItemResult(row, start - item.arrived, took, self._batches))
-        if self._on_batch:
-            self._on_batch(BatchStats(len(batch), padded.input_ids.size, sum(padded.lengths), took))
+        stats = BatchStats(len(batch), padded.input_ids.size, sum(padded.lengths), self._last_batch_end - start)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._deliver, batch, rows, start, stats, self._batches)
+
+    def _deliver(self, batch: list[WorkItem], rows: list[Outputs] | Exception, start: float, stats: BatchStats, number: int) -> None:
+        """On the event loop: resolve each item's future (a cancelled one is left alone)."""
+        with self._ready:
+            self._in_flight -= 1
+        for i, item in enumerate(batch):
+            if item.future.done():
+                continue
+            if isinstance(rows, Exception):
+                item.future.set_exception(rows)
+            else:
+                item.future.set_result(ItemResult(rows[i], start - item.arrived, stats.seconds, number))
+        if self._on_batch and not isinstance(rows, Exception):
+            self._on_batch(stats)
