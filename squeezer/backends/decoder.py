@@ -9,9 +9,12 @@ as encoder backends' outputs do (`squeezer.backends.base`), so no backend type l
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+
+CHUNK = 256  # cache columns are allocated in chunks of this many tokens
+SHRINK = 4  # a cache store shrinks once it holds this many times what live sequences need
 
 
 class Decoder(Protocol):
@@ -62,3 +65,34 @@ class Decoder(Protocol):
 
     def close(self) -> None:
         """Release the model and every cache."""
+
+
+def cache_size(rows: int, capacity: int, want_rows: int, length: int, max_length: int) -> tuple[int, int] | None:
+    """The (rows, capacity) a cache store of `rows` x `capacity` should be resized to, or None to keep it.
+
+    Shared by every decoder so their memory follows the batch the same way: rows grow by powers of two and
+    columns by CHUNK-token chunks up to the context (a realloc copies the store, so rarely), and the store
+    shrinks only once it holds SHRINK times what live sequences need (hysteresis, no thrashing).
+    """
+    new_rows = 1 << max(0, want_rows - 1).bit_length()
+    new_capacity = min(-(-length // CHUNK) * CHUNK, max_length)
+    too_small = new_rows > rows or new_capacity > capacity
+    too_big = rows * capacity > SHRINK * new_rows * new_capacity
+    return (new_rows, new_capacity) if too_small or too_big else None
+
+
+def context_length(config: Any) -> int:
+    """The model's context; a sliding window bounds it, since decoders attend with a full (non-sliding) mask."""
+    length = getattr(config, "max_position_embeddings", None) or 2048
+    window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+    return min(length, window) if isinstance(window, int) and window > 0 else length
+
+
+def eos_ids(model: Any) -> frozenset[int]:
+    """EOS tokens as `generate` reads them: the generation config first, the model config otherwise."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = getattr(model.config, "eos_token_id", None)
+    if eos is None:
+        return frozenset()
+    return frozenset([eos] if isinstance(eos, int) else eos)

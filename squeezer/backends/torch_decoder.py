@@ -31,20 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from squeezer.backends.decoder import cache_size, context_length, eos_ids
 from squeezer.backends.torch_backend import available_cores, import_torch
 from squeezer.config import ModelConfig
 from squeezer.sources import ModelSource, resolve
-
-CHUNK = 256  # columns are allocated in chunks of this many tokens
-SHRINK = 4  # the store shrinks once it holds this many times what live sequences need
-
-
-def _round_up(value: int, step: int) -> int:
-    return -(-value // step) * step
-
-
-def _pow2(value: int) -> int:
-    return 1 << max(0, value - 1).bit_length()
 
 
 class KVStore:
@@ -62,10 +52,9 @@ class KVStore:
 
     def fit(self, rows: int, length: int, max_length: int) -> None:
         """Make room for `rows` sequences of up to `length` tokens, growing or shrinking with hysteresis."""
-        want_rows, want_cap = _pow2(rows), min(_round_up(length, CHUNK), max_length)
-        too_small = want_rows > self.rows or want_cap > self.capacity
-        too_big = self.rows * self.capacity > SHRINK * want_rows * want_cap
-        if too_small or too_big:
+        size = cache_size(self.rows, self.capacity, rows, length, max_length)
+        if size:
+            want_rows, want_cap = size
             self.keys = [self._resized(t, want_rows, want_cap) for t in self.keys]
             self.values = [self._resized(t, want_rows, want_cap) for t in self.values]
             self.rows, self.capacity = want_rows, want_cap
@@ -133,23 +122,6 @@ def _cache_classes() -> tuple[type, type]:
     return PrefillCache, StepCache
 
 
-def _eos_ids(model: Any) -> frozenset[int]:
-    """EOS tokens as `generate` reads them: the generation config first, the model config otherwise."""
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    if eos is None:
-        eos = getattr(model.config, "eos_token_id", None)
-    if eos is None:
-        return frozenset()
-    return frozenset([eos] if isinstance(eos, int) else eos)
-
-
-def _context_length(config: Any) -> int:
-    """The model's context; a sliding window bounds it, since the step mask is a full (non-sliding) one."""
-    length = getattr(config, "max_position_embeddings", None) or 2048
-    window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
-    return min(length, window) if isinstance(window, int) and window > 0 else length
-
-
 class TorchDecoder:
     """Decodes many sequences of one transformers causal LM, each with a cache row (see the module doc)."""
 
@@ -161,8 +133,8 @@ class TorchDecoder:
         self._torch = torch
         self.model = model.eval()
         self._max_sequences = max_sequences
-        self._max_length = _context_length(model.config)
-        self._eos = _eos_ids(model)
+        self._max_length = context_length(model.config)
+        self._eos = eos_ids(model)
         self._keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self._float_mask = model.config._attn_implementation == "eager"  # eager adds the mask to the scores
         self._prefill_cache, self._step_cache = _cache_classes()

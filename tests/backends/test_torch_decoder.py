@@ -10,7 +10,8 @@ import pytest
 import torch
 import transformers
 
-from squeezer.backends.torch_decoder import CHUNK, KVStore, TorchDecoder
+from squeezer.backends.decoder import CHUNK
+from squeezer.backends.torch_decoder import KVStore, TorchDecoder
 from squeezer.sources import ModelSource
 from tests.tiny_decoders import ARCHS, reference_generate
 

@@ -1,0 +1,235 @@
+"""The `Decoder` Protocol on onnxruntime: serves a graph written by `squeezer.compiler.decoder_graph`.
+
+No torch here, so a compiled decoder serves from the `onnx` extra alone.
+
+Cache layout, as in `torch_decoder`: each layer's keys and values live in one preallocated float32 array
+[rows, kv_heads, capacity, head_dim]; a sequence owns a row, its tokens at columns [0, length); live
+sequences fill rows 0..n-1 and a leaving one's row is refilled by moving the last row in. Rows grow by powers
+of two, columns by 256-token chunks up to the context, and the store shrinks once it holds four times what
+live sequences need.
+
+No cache is ever copied per step. GroupQueryAttention shares past and present when both are bound (IOBinding)
+to the same memory: it then writes each row's new keys at that row's own column `seqlens_k[row]` and reads
+only its columns [0, seqlens_k[row]], so a step binds `store[:n]` as both past and present and the op updates
+the store in place. Prefill binds the newcomers' rows `store[first:first + k]` (a contiguous slice, since rows
+lead) the same way: the prompts are right-padded to the longest, run in one forward as a "first prompt"
+(total_sequence_length = S), each with its own `seqlens_k` (length - 1). Verified against transformers
+(tests/backends/test_onnx_decoder.py): GQA's causal mask keeps every real token from seeing the padding that
+follows it, rotary positions start at 0 in each row, and a padding token's keys land in columns past the
+row's length, which no later step reads before overwriting them. So prompts admitted together cost one forward.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from squeezer.backends.decoder import cache_size
+from squeezer.backends.onnx_backend import (
+    default_spinning,
+    import_onnxruntime,
+    session_options,
+)
+
+FORMAT = 1  # the decoder.json format this module reads
+
+
+class KVCache:
+    """Every layer's keys then values, each a zero-filled numpy array [rows, kv_heads, capacity, head_dim].
+
+    Zero-filled, never empty: GQA reads only each row's own columns, but uninitialised memory could hold
+    NaN and a store is cheap to clear once.
+    """
+
+    def __init__(self, layers: int, kv_heads: int, head_dim: int) -> None:
+        self._layers, self._kv_heads, self._head_dim = layers, kv_heads, head_dim
+        self.arrays: list[np.ndarray] = []  # key_0, value_0, key_1, ...
+        self.rows = 0
+        self.capacity = 0
+
+    def fit(self, rows: int, length: int, max_length: int) -> bool:
+        """Make room for `rows` sequences of up to `length` tokens, with hysteresis; True when reallocated."""
+        size = cache_size(self.rows, self.capacity, rows, length, max_length)
+        if size is None:
+            return False
+        want_rows, want_cap = size
+        shape = (want_rows, self._kv_heads, want_cap, self._head_dim)
+        old: list[np.ndarray | None] = list(self.arrays) or [None] * (2 * self._layers)
+        keep_rows, keep_cols = min(want_rows, self.rows), min(want_cap, self.capacity)
+        self.arrays = []
+        for array in old:
+            new = np.zeros(shape, dtype=np.float32)
+            if array is not None:
+                new[:keep_rows, :, :keep_cols] = array[:keep_rows, :, :keep_cols]
+            self.arrays.append(new)
+        self.rows, self.capacity = want_rows, want_cap
+        return True
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy one sequence's cache to another row (compaction after a sequence leaves)."""
+        for array in self.arrays:
+            array[dst, :, :length] = array[src, :, :length]
+
+    def clear(self) -> None:
+        self.arrays, self.rows, self.capacity = [], 0, 0
+
+
+class OnnxDecoder:
+    """Decodes many sequences with one compiled decoder graph, each with a cache row (see the module doc)."""
+
+    def __init__(self, session: Any, meta: dict[str, Any], max_sequences: int = 16) -> None:
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"decoder.json has format {meta.get('format')!r}; this squeezer reads format {FORMAT}")
+        self._session = session
+        self._ort = import_onnxruntime()
+        self._layers = int(meta["num_layers"])
+        self._vocab = int(meta["vocab_size"])
+        self._max_length = int(meta["max_length"])
+        self._eos = frozenset(int(t) for t in meta["eos_token_ids"])
+        self._max_sequences = max_sequences
+        self._cache_names = [(f"past_{kind}_{i}", f"present_{kind}_{i}") for i in range(self._layers)
+                             for kind in ("key", "value")]
+        self._store = KVCache(self._layers, int(meta["kv_heads"]), int(meta["head_dim"]))
+        self._step_binding: Any = None
+        self._step_bound: tuple[int, int] | None = None  # (rows, capacity) the step binding's cache views cover
+        self._ids = itertools.count()
+        self._rows: list[int] = []  # handle of the sequence in each row
+        self._lengths: list[int] = []  # tokens cached in each row
+        self.meta = meta
+
+    @classmethod
+    def load(
+        cls, folder: Path | str, threads: int = 0, max_sequences: int = 16, spinning: bool | None = None
+    ) -> OnnxDecoder:
+        """Open `folder/decoder.onnx` with the serving session options of `onnx_backend` (threads, arena)."""
+        ort = import_onnxruntime()
+        folder = Path(folder)
+        meta = json.loads((folder / "decoder.json").read_text())
+        options = session_options(threads, default_spinning(threads) if spinning is None else spinning)
+        session = ort.InferenceSession(str(folder / "decoder.onnx"), options, providers=["CPUExecutionProvider"])
+        return cls(session, meta, max_sequences)
+
+    @property
+    def max_sequences(self) -> int:
+        return self._max_sequences
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self._eos
+
+    @property
+    def live(self) -> int:
+        return len(self._rows)
+
+    def prefill(self, prompt_ids: Sequence[int]) -> tuple[int, np.ndarray]:
+        [result] = self.prefill_many([prompt_ids])
+        return result
+
+    def prefill_many(self, prompts: Sequence[Sequence[int]]) -> list[tuple[int, np.ndarray]]:
+        """Prefill several prompts in one right-padded forward; [(handle, next-token logits)] in their order."""
+        lengths = [len(p) for p in prompts]
+        self._check_prompts(lengths)
+        first, count, width = len(self._rows), len(prompts), max(lengths)
+        self._fit(first + count, max([*lengths, *self._lengths]))
+        ids = np.zeros((count, width), dtype=np.int64)
+        for i, prompt in enumerate(prompts):
+            ids[i, : lengths[i]] = list(prompt)
+        binding = self._session.io_binding()
+        self._bind_cache(binding, first, count)
+        last = np.arange(count, dtype=np.int64) * width + np.array(lengths, dtype=np.int64) - 1
+        logits = self._run(binding, ids, np.array(lengths, dtype=np.int32) - 1, width, last)
+        handles = [next(self._ids) for _ in prompts]
+        self._rows.extend(handles)
+        self._lengths.extend(lengths)
+        return list(zip(handles, logits))
+
+    def _check_prompts(self, lengths: Sequence[int]) -> None:
+        if not lengths:
+            raise ValueError("prefill needs at least one prompt")
+        for length in lengths:
+            if not 0 < length < self._max_length:
+                raise ValueError(f"a prompt must have 1 to {self._max_length - 1} tokens, got {length}")
+        if len(self._rows) + len(lengths) > self._max_sequences:
+            raise RuntimeError(f"all {self._max_sequences} sequence slots are taken")
+
+    def step(self, handles: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
+        n = len(self._rows)
+        order = [self._row_of(h) for h in handles]
+        if len(set(order)) != n or len(tokens) != n:
+            raise ValueError(f"a step must feed one token to each of the {n} live sequences")
+        width = max(self._lengths) + 1
+        if width > self._max_length:
+            raise ValueError(f"a sequence reached the model's context of {self._max_length} tokens")
+        self._fit(n, width)
+        if self._step_bound != (n, self._store.capacity):  # cache views change only when rows or columns do
+            self._step_binding = self._session.io_binding()
+            self._bind_cache(self._step_binding, 0, n)
+            self._step_bound = (n, self._store.capacity)
+        ids = np.empty((n, 1), dtype=np.int64)
+        ids[order, 0] = tokens
+        seqlens = np.array(self._lengths, dtype=np.int32)  # total length after this token, minus one
+        logits = self._run(self._step_binding, ids, seqlens, width, np.arange(n, dtype=np.int64))
+        self._lengths = [length + 1 for length in self._lengths]
+        return logits if order == list(range(n)) else logits[order]
+
+    def _fit(self, rows: int, length: int) -> None:
+        if self._store.fit(rows, length, self._max_length):
+            self._step_bound = None  # the arrays moved: the step binding points at freed memory
+
+    def _bind_cache(self, binding: Any, first: int, count: int) -> None:
+        """Bind rows [first, first + count) of every layer's store as both past and present (shared buffer)."""
+        store = self._store
+        shape = [count, *store.arrays[0].shape[1:]]
+        offset = first * store.arrays[0][0].nbytes
+        for (past, present), array in zip(self._cache_names, store.arrays):
+            pointer = array.ctypes.data + offset
+            binding.bind_input(past, "cpu", 0, np.float32, shape, pointer)
+            binding.bind_output(present, "cpu", 0, np.float32, shape, pointer)
+
+    def _run(self, binding: Any, ids: np.ndarray, seqlens: np.ndarray, total: int, index: np.ndarray) -> np.ndarray:
+        """One forward with the cache already bound; returns logits [len(index), vocab] in a fresh array."""
+        logits = np.empty((len(index), self._vocab), dtype=np.float32)
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("seqlens_k", seqlens)
+        binding.bind_cpu_input("total_sequence_length", np.array(total, dtype=np.int32))
+        binding.bind_cpu_input("logits_index", index)
+        binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        self._session.run_with_iobinding(binding)
+        return logits
+
+    def _row_of(self, handle: int) -> int:
+        try:
+            return self._rows.index(handle)
+        except ValueError:
+            raise KeyError(f"no live sequence {handle}") from None
+
+    def release(self, handle: int) -> None:
+        row, last = self._row_of(handle), len(self._rows) - 1
+        if row != last:
+            self._store.move(last, row, self._lengths[last])
+            self._rows[row], self._lengths[row] = self._rows[last], self._lengths[last]
+        self._rows.pop()
+        self._lengths.pop()
+        if not self._rows:
+            self._store.clear()
+            self._step_binding, self._step_bound = None, None
+
+    def warmup(self) -> None:
+        handle, logits = self.prefill([0, 1, 2, 3])
+        self.step([handle], [int(logits.argmax())])
+        self.release(handle)
+
+    def close(self) -> None:
+        self._store.clear()
+        self._rows, self._lengths = [], []
+        self._step_binding, self._step_bound = None, None
+        self._session = None

@@ -1,0 +1,157 @@
+"""The compiled decoder graph: refusals, files, quantization packing, and logits against transformers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from squeezer.backends.decoder import context_length, eos_ids
+from squeezer.compiler.decoder_graph import (
+    DecoderWeights,
+    _Graph,
+    build_decoder,
+    unsupported_reason,
+)
+from squeezer.compiler.decoder_quant import (
+    dequantize_blockwise,
+    matmul_nbits,
+    quantize_blockwise,
+)
+
+PROMPTS = [[5, 9, 33, 101, 7], [44, 12], list(range(20, 57)), [250]]
+CONFIGS = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config, "mistral": transformers.MistralConfig}
+
+
+def tiny_causal_lm(arch: str, **overrides: Any) -> Any:
+    """A seeded tiny random `arch` model (grouped-query attention; Qwen2's q/k/v biases; tied head for Qwen2).
+
+    Large random weights (and biases) give peaked logits, so greedy comparisons have no near-ties.
+    """
+    settings: dict[str, Any] = {
+        "vocab_size": 300, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
+        "bos_token_id": 0, "eos_token_id": [1, 2], "tie_word_embeddings": arch == "qwen2",
+    }
+    config = CONFIGS[arch](**{**settings, **overrides})
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1 or name.endswith("bias"):
+                p.normal_(0.0, 0.5)
+    return model.eval()
+
+
+def run_graph(folder: Path, prompt: list[int]) -> np.ndarray:
+    """Logits at every position of one prompt, from the graph alone (empty past, as a first prompt)."""
+    import onnxruntime as ort
+
+    meta = json.loads((folder / "decoder.json").read_text())
+    session = ort.InferenceSession(str(folder / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    empty = np.zeros((1, meta["kv_heads"], 0, meta["head_dim"]), dtype=np.float32)
+    feeds: dict[str, np.ndarray] = {
+        "input_ids": np.array([prompt], dtype=np.int64),
+        "seqlens_k": np.array([len(prompt) - 1], dtype=np.int32),
+        "total_sequence_length": np.array(len(prompt), dtype=np.int32),
+        "logits_index": np.arange(len(prompt), dtype=np.int64),
+    }
+    for i in range(meta["num_layers"]):
+        feeds[f"past_key_{i}"] = feeds[f"past_value_{i}"] = empty
+    return session.run(["logits"], feeds)[0]
+
+
+def torch_logits(model: Any, prompt: list[int]) -> np.ndarray:
+    with torch.inference_mode():
+        return model(torch.tensor([prompt]), use_cache=False).logits[0].float().numpy()
+
+
+@pytest.mark.parametrize("arch", sorted(CONFIGS))
+def test_float_graph_matches_transformers_at_every_position(arch: str, tmp_path: Path) -> None:
+    model = tiny_causal_lm(arch)
+    build_decoder(model, tmp_path, DecoderWeights())
+    for prompt in PROMPTS:
+        assert np.allclose(run_graph(tmp_path, prompt), torch_logits(model, prompt), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scaling", [{"rope_type": "linear", "factor": 2.0},
+                                     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 64}])
+def test_static_rope_scalings_are_compiled_from_the_models_own_frequencies(scaling: dict, tmp_path: Path) -> None:
+    model = tiny_causal_lm("llama", rope_scaling=scaling)
+    build_decoder(model, tmp_path, DecoderWeights())
+    prompt = list(range(3, 120))
+    assert np.allclose(run_graph(tmp_path, prompt), torch_logits(model, prompt), atol=1e-4, rtol=1e-4)
+
+
+def test_files_and_facts(tiny_decoder_path: Callable[[str], Path], tmp_path: Path) -> None:
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_decoder_path("llama"), dtype=torch.float32)
+    weights = DecoderWeights(bits=4, block_size=16)
+    graph = build_decoder(model, tmp_path, weights)
+    assert graph == tmp_path / "decoder.onnx" and (tmp_path / "decoder.onnx.data").stat().st_size > 0
+    meta = json.loads((tmp_path / "decoder.json").read_text())
+    assert meta["max_length"] == context_length(model.config) == 256
+    assert set(meta["eos_token_ids"]) == eos_ids(model) and len(meta["eos_token_ids"]) == 2
+    facts = (meta["num_layers"], meta["kv_heads"], meta["head_dim"], meta["vocab_size"])
+    assert facts == (2, 2, 16, model.config.vocab_size)
+    assert meta["weights"] == {"bits": 4, "block_size": 16, "accuracy_level": 4, "quantize_lm_head": False}
+    build_decoder(model, tmp_path, weights)  # rebuilding in place rewrites the data file, never appends to it
+    assert (tmp_path / "decoder.onnx.data").stat().st_size < 2 * 1024 * 1024
+
+
+def test_unsupported_models_are_refused_with_a_reason(tmp_path: Path) -> None:
+    assert unsupported_reason(transformers.LlamaConfig()) is None
+    assert "gpt2" in unsupported_reason(transformers.GPT2Config())  # type: ignore[operator]
+    dynamic = transformers.LlamaConfig(rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    assert "dynamic" in unsupported_reason(dynamic)  # type: ignore[operator]
+    assert "gelu" in unsupported_reason(transformers.LlamaConfig(hidden_act="gelu"))  # type: ignore[operator]
+    gpt2 = transformers.AutoModelForCausalLM.from_config(
+        transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50, n_positions=32))
+    with pytest.raises(ValueError, match="gpt2"):
+        build_decoder(gpt2, tmp_path, DecoderWeights())
+    with pytest.raises(ValueError, match="bits"):
+        DecoderWeights(bits=3)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize(("k", "block"), [(64, 32), (80, 16), (200, 64)])  # whole, odd and padded block counts
+def test_matmul_nbits_packing_is_what_the_op_multiplies_by(bits: int, k: int, block: int) -> None:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(48, k)).astype(np.float32)
+    x = rng.normal(size=(3, k)).astype(np.float32)
+    packed, scales, zero = quantize_blockwise(weight, bits, block)
+    dequantized = dequantize_blockwise(packed, scales, zero, bits, k)
+    assert np.abs(dequantized - weight).max() <= scales.max() / 2 + 1e-6  # round to nearest within the block
+    graph = _Graph()
+    out = matmul_nbits(graph, "x", weight, "linear", bits, block, accuracy=0)
+    model = helper.make_model(
+        helper.make_graph(graph.nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, k])],
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], graph.initializers),
+        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
+    )
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.allclose(y, x @ dequantized.T, atol=1e-4)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantized_graph_computes_the_dequantized_model(bits: int, tmp_path: Path) -> None:
+    """With float compute (accuracy_level 0), an n-bit graph is exactly the model with dequantized weights."""
+    model = tiny_causal_lm("llama")
+    build_decoder(model, tmp_path, DecoderWeights(bits=bits, accuracy_level=0, quantize_lm_head=True))
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                w = module.weight.numpy()
+                packed = quantize_blockwise(w, bits, 32)
+                module.weight.copy_(torch.from_numpy(dequantize_blockwise(*packed, bits, w.shape[1])))
+    prompt = PROMPTS[2]
+    assert np.allclose(run_graph(tmp_path, prompt), torch_logits(model, prompt), atol=1e-3, rtol=1e-3)
