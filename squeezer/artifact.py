@@ -10,9 +10,12 @@ This module sits below both the compiler and the backend: it imports neither, no
 
 squeezer.json, format version 1 (keys in REQUIRED_KEYS must be present; the rest is the report):
   format, format_version       "squeezer-artifact", 1
-  model_id, task, head         what the artifact serves (head: a key of backends.base.HEAD_OUTPUTS)
+  model_id, task, head         what the artifact serves (head: a key of backends.base.HEAD_OUTPUTS, or
+                               "causal-lm" for text-generation)
   target, profile              "cpu" | "cuda"; "latency" | "throughput"
-  graph                        {file, inputs, outputs, dtype, recipe, opset}: the chosen graph
+  graph                        {file, inputs, outputs, dtype, recipe, opset}: the chosen graph; a causal
+                               LM's is decoder.onnx (kind "decoder"), beside decoder.json (cache layout, EOS),
+                               served by backends.onnx_decoder; dtype float32 | int8 | int4 (weights)
   files                        {relative path: sha256} for every file of the folder but this one
   source                       {path, gguf_file, content_hash}
   hardware, versions           hardware_fingerprint() and versions() where it was measured

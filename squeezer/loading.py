@@ -5,10 +5,11 @@ This runs in a worker thread at startup (or on /load), never on a request's path
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from squeezer.backends import BACKENDS, Backend
 from squeezer.backends.decoder import Decoder
@@ -16,6 +17,11 @@ from squeezer.config import BackendConfig, ModelConfig
 from squeezer.detect import detect_pooling, detect_task, max_length
 from squeezer.sources import ModelSource, SourceError
 from squeezer.tasks import TASKS, ModelInfo, Task
+
+if TYPE_CHECKING:
+    from squeezer.artifact import Artifact
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,19 +60,25 @@ class LoadedModel:
         self.backend.close()
 
 
-def torch_generator_facts(task_name: str) -> dict[str, Any]:
-    """What /info says of a model that generates on the float32 torch reference (one task each)."""
-    return {"task": task_name, "tasks": [task_name], "backend": "torch", "device": "cpu", "dtype": "float32"}
+def generator_facts(task_name: str, backend: str = "torch", dtype: str = "float32") -> dict[str, Any]:
+    """What /info says of a model that generates (one task each): the float32 torch reference by default."""
+    return {"task": task_name, "tasks": [task_name], "backend": backend, "device": "cpu", "dtype": dtype}
 
 
 @dataclass
 class GenerativeModel:
-    """A causal LM ready to generate: its tokenizer (with chat template) and its KV-cached decoder."""
+    """A causal LM ready to generate: its tokenizer (with chat template) and its KV-cached decoder.
+
+    `backend` and `dtype` say what runs it: the float32 torch reference, or a compiled artifact's
+    onnxruntime decoder and its weights (float32, int8 or int4).
+    """
 
     source: ModelSource
     info: ModelInfo
     decoder: Decoder
     task_name: str = "text-generation"
+    backend: str = "torch"
+    dtype: str = "float32"
 
     @property
     def model_id(self) -> str:
@@ -74,7 +86,7 @@ class GenerativeModel:
 
     def describe(self) -> dict[str, Any]:
         return {
-            **torch_generator_facts(self.task_name),
+            **generator_facts(self.task_name, self.backend, self.dtype),
             "max_total_tokens": self.decoder.max_length,
             "max_sequences": self.decoder.max_sequences,
             "chat_template": bool(getattr(self.info.tokenizer, "chat_template", None)),
@@ -98,7 +110,7 @@ class Seq2SeqModel:
         return self.source.model_id
 
     def describe(self) -> dict[str, Any]:
-        return {**torch_generator_facts(self.task_name), "max_input_tokens": self.info.max_length}
+        return {**generator_facts(self.task_name), "max_input_tokens": self.info.max_length}
 
     def close(self) -> None:
         self.generator.close()
@@ -120,6 +132,12 @@ def check_weights(source: ModelSource, model_config: ModelConfig) -> None:
     raise SourceError(f"{source.path} holds no weights (.safetensors)")
 
 
+# Tasks that accept a slow (Python) tokenizer: they only encode a prompt and decode tokens, and the models
+# they serve include Marian (opus-mt), whose SentencePiece vocabularies transformers cannot convert to a fast
+# tokenizer. The encoder tasks need the fast tokenizer's offsets and its speed on the event loop.
+SLOW_TOKENIZER_TASKS = frozenset({"text2text-generation", "summarization", "translation"})
+
+
 def load_info(source: ModelSource, model_config: ModelConfig) -> tuple[ModelInfo, str]:
     """Tokenizer, config and limits, plus the detected task (or the one the user chose)."""
     from transformers import AutoConfig, AutoTokenizer
@@ -129,9 +147,9 @@ def load_info(source: ModelSource, model_config: ModelConfig) -> tuple[ModelInfo
         kwargs["gguf_file"] = source.gguf_file
     config = AutoConfig.from_pretrained(str(source.path), **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(str(source.path), use_fast=True, **kwargs)
-    if not getattr(tokenizer, "is_fast", False):
-        raise SourceError(f"{source.path}: no fast (Rust) tokenizer could be built for this model")
     task = model_config.task or detect_task(source.path, config, gguf=bool(source.gguf_file))
+    if not getattr(tokenizer, "is_fast", False) and task not in SLOW_TOKENIZER_TASKS:
+        raise SourceError(f"{source.path}: no fast (Rust) tokenizer could be built for this model")
     pooling = detect_pooling(source.path)
     return ModelInfo(tokenizer, config, max_length(source.path, config, tokenizer), pooling), task
 
@@ -149,10 +167,10 @@ def load_model(
     `max_sequences` sizes a generative model's decoder (how many sequences decode together).
     """
     with _LOAD_LOCK:
-        if model_config.optimize and not source.artifact and not source.gguf_file:
+        if model_config.optimize and not source.artifact:
             source = compiled(source, model_config)
         if source.artifact:
-            return _load_artifact(source, model_config, backend_config)
+            return _load_artifact(source, model_config, backend_config, max_sequences)
         check_weights(source, model_config)
         info, task_name = load_info(source, model_config)
         loader = LOADERS.get(task_name, _load_encoder)
@@ -160,28 +178,60 @@ def load_model(
 
 
 def compiled(source: ModelSource, model_config: ModelConfig) -> ModelSource:
-    """`serve --optimize`: the model's artifact, built by the compiler or taken from its cache."""
+    """`serve --optimize`: the model's artifact, built by the compiler or taken from its cache.
+
+    A causal LM the decoder graph cannot express keeps serving on the torch reference (with a warning that
+    says why), since generation works there; any other failure fails the model's load.
+    """
     import hashlib
 
     from squeezer.compiler.cache import default_dir
     from squeezer.compiler.config import OptimizeConfig
     from squeezer.compiler.optimize import optimize
+    from squeezer.compiler.optimize_decoder import UnsupportedModelError
 
     config = OptimizeConfig(task=model_config.task, allow_pickle=model_config.allow_pickle, trust_remote_code=model_config.trust_remote_code)
-    out = default_dir() / "served" / hashlib.sha256(str(source.path).encode()).hexdigest()[:16]
-    report = optimize(source, out, config)
+    name = str(source.path / source.gguf_file) if source.gguf_file else str(source.path)
+    out = default_dir() / "served" / hashlib.sha256(name.encode()).hexdigest()[:16]
+    try:
+        report = optimize(source, out, config)
+    except UnsupportedModelError as exc:
+        log.warning("%s; serving it on the float32 torch reference instead", exc)
+        return source
     return ModelSource(source.model_id, Path(report.path), artifact=True)
 
 
-def _load_artifact(source: ModelSource, model_config: ModelConfig, backend_config: BackendConfig) -> LoadedModel:
-    """An artifact's task and head are fixed by its report; it always runs on ONNX Runtime."""
+def _load_artifact(source: ModelSource, model_config: ModelConfig, backend_config: BackendConfig, max_sequences: int = 16) -> Model:
+    """An artifact's task and head are fixed by its report; it always runs on ONNX Runtime (never torch)."""
     from squeezer.artifact import load_artifact
 
     artifact = load_artifact(source.path)
     config = ModelConfig(task=artifact.task, allow_pickle=False, trust_remote_code=model_config.trust_remote_code)
     info, task_name = load_info(source, config)
     onnx = BackendConfig(backend="onnxruntime", threads=backend_config.threads)
-    return _load_encoder(source, info, task_name, config, onnx, 0)
+    loader = ARTIFACT_LOADERS.get(task_name, _load_onnx_encoder)
+    return loader(source, artifact, info, task_name, config, onnx, max_sequences)
+
+
+def _load_onnx_encoder(
+    source: ModelSource, artifact: Artifact, info: ModelInfo, task_name: str, model_config: ModelConfig, backend_config: BackendConfig,
+    max_sequences: int,
+) -> LoadedModel:
+    return _load_encoder(source, info, task_name, model_config, backend_config, 0)
+
+
+def _load_onnx_decoder(
+    source: ModelSource, artifact: Artifact, info: ModelInfo, task_name: str, model_config: ModelConfig, backend_config: BackendConfig,
+    max_sequences: int,
+) -> GenerativeModel:
+    """A compiled causal LM: its decoder graph on onnxruntime, with the session settings it was timed with."""
+    from squeezer.backends.onnx_decoder import OnnxDecoder
+
+    spinning = artifact.report.get("session", {}).get("allow_spinning")
+    decoder = OnnxDecoder.load(artifact.path, backend_config.threads, max_sequences, spinning)
+    decoder.warmup()
+    info.max_length = decoder.max_length
+    return GenerativeModel(source, info, decoder, task_name, backend="onnxruntime", dtype=artifact.dtype)
 
 
 def _load_generator(
@@ -217,6 +267,11 @@ def _load_encoder(
     backend.warmup()
     return LoadedModel(source, task, info, backend)
 
+
+# Artifacts whose models load differently from encoder graphs (OnnxBackend), by task.
+ARTIFACT_LOADERS = {
+    "text-generation": _load_onnx_decoder,
+}
 
 # Tasks whose models load differently from the one-forward-per-input encoders.
 LOADERS = {

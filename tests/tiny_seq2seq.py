@@ -1,4 +1,7 @@
-"""Tiny random-weight encoder-decoders (T5 and BART) built at test time, with trained byte-level BPE tokenizers.
+"""Tiny random-weight encoder-decoders (T5, BART, Marian) built at test time, with tokenizers trained here.
+
+T5 and BART get byte-level BPE (fast) tokenizers; Marian gets what real opus-mt checkpoints ship, SentencePiece
+models (source.spm, target.spm) and a vocab.json, which only transformers' slow MarianTokenizer reads.
 
 The T5 one declares `task_specific_params` with the prefixes the real T5 checkpoints carry ("summarize: ",
 "translate English to French: "), so the tests cover the pipeline's prefix behaviour. Both tokenizers cap
@@ -13,13 +16,43 @@ from pathlib import Path
 
 from tests.tiny_decoders import CORPUS
 
-ARCHS = ("t5", "bart")
+ARCHS = ("t5", "bart", "marian")
 MAX_INPUT = 64
 SUMMARIZE_PREFIX = "summarize: "
 TRANSLATE_PREFIX = "translate English to French: "
 
 
+def _marian_tokenizer(folder: Path) -> object:
+    """SentencePiece trained on the corpus, the same model for both sides, as in opus-mt checkpoints."""
+    import json
+
+    import sentencepiece as spm
+    from transformers import MarianTokenizer
+
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(CORPUS * 3) + "\n")
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "spm"), vocab_size=100, hard_vocab_limit=False,
+                                   character_coverage=1.0, model_type="unigram", bos_id=-1, eos_id=1, unk_id=0,
+                                   pad_id=-1, minloglevel=2)
+    corpus.unlink()
+    model = (folder / "spm.model").read_bytes()
+    for name in ("source.spm", "target.spm"):
+        (folder / name).write_bytes(model)
+    proc = spm.SentencePieceProcessor(model_file=str(folder / "spm.model"))
+    vocab = {proc.id_to_piece(i): i for i in range(proc.get_piece_size())}
+    vocab["<pad>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    for name in ("spm.model", "spm.vocab"):
+        (folder / name).unlink()
+    tok = MarianTokenizer(str(folder / "source.spm"), str(folder / "target.spm"), str(folder / "vocab.json"),
+                          model_max_length=MAX_INPUT)
+    tok.save_pretrained(folder)
+    return tok
+
+
 def _tokenizer(arch: str, folder: Path) -> object:
+    if arch == "marian":
+        return _marian_tokenizer(folder)
     from tokenizers import ByteLevelBPETokenizer
     from tokenizers.processors import TemplateProcessing
     from transformers import PreTrainedTokenizerFast
@@ -64,6 +97,22 @@ def _config(arch: str, tok: object) -> object:
                 "translation_en_to_fr": {"prefix": TRANSLATE_PREFIX},
             },
         )
+    if arch == "marian":
+        return transformers.MarianConfig(
+            vocab_size=vocab,
+            d_model=64,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=128,
+            decoder_ffn_dim=128,
+            max_position_embeddings=MAX_INPUT,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            decoder_start_token_id=pad,
+            forced_eos_token_id=eos,
+        )
     return transformers.BartConfig(
         vocab_size=vocab,
         d_model=64,
@@ -83,7 +132,7 @@ def _config(arch: str, tok: object) -> object:
 
 
 def build(arch: str, folder: Path, pipeline_tag: str | None = None) -> Path:
-    """Write a tiny random `arch` encoder-decoder ("t5" or "bart") and its tokenizer into `folder`."""
+    """Write a tiny random `arch` encoder-decoder ("t5", "bart" or "marian") and its tokenizer into `folder`."""
     import torch
     import transformers
 

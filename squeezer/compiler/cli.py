@@ -20,10 +20,10 @@ from squeezer.flags import add_config_arguments, config_from_args
 
 def add_optimize_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `optimize` subcommand to a `parser.add_subparsers()` object; returns its parser."""
-    from squeezer.compiler.recipes import RECIPES
+    from squeezer.compiler.recipes import all_recipes
 
-    epilog = "recipes:\n" + "\n".join(
-        f"  {r.name:34s} {'/'.join(r.targets):9s} {r.sweep:8s} {r.note}" for r in RECIPES
+    epilog = "recipes (decoder-*: causal LMs, for text-generation):\n" + "\n".join(
+        f"  {r.name:34s} {'/'.join(r.targets):9s} {r.sweep:8s} {r.note}" for r in all_recipes()
     )
     parser = subparsers.add_parser(
         "optimize", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog,

@@ -55,19 +55,20 @@ class OptimizeConfig:
         return [n.strip() for n in self.recipes.split(",") if n.strip()] if self.recipes else None
 
     def unknown_recipes(self) -> list[str]:
-        known = {r.name for r in recipes.RECIPES}
+        known = {r.name for r in recipes.all_recipes()}
         return [n for n in self.recipe_names() or [] if n not in known]
 
     def __post_init__(self) -> None:
-        from squeezer.tasks import TASKS
+        from squeezer.tasks import GENERATION_TASKS, TASKS
 
-        _check(self.task is None or self.task in TASKS, "task",
-               f"unknown task {self.task!r}; choose one of {', '.join(sorted(TASKS))}")
+        tasks = (*TASKS, *GENERATION_TASKS)  # what the compiler can optimize
+        _check(self.task is None or self.task in tasks, "task",
+               f"unknown task {self.task!r}; choose one of {', '.join(sorted(tasks))}")
         _check(self.target in TARGETS, "target", f"must be one of {', '.join(TARGETS)}, got {self.target!r}")
         _check(self.profile in PROFILES, "profile", f"must be one of {', '.join(PROFILES)}, got {self.profile!r}")
         _check(self.sweep in SWEEPS, "sweep", f"must be one of {', '.join(SWEEPS)}, got {self.sweep!r}")
         _check(not self.unknown_recipes(), "recipes", f"unknown recipes {', '.join(self.unknown_recipes())}; "
-               f"known: {', '.join(r.name for r in recipes.RECIPES)}")
+               f"known: {', '.join(r.name for r in recipes.all_recipes())}")
         _check(
             self.max_accuracy_loss is None or 0 < self.max_accuracy_loss < 1,
             "max_accuracy_loss",

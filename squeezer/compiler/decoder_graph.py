@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from squeezer.backends.decoder import context_length, eos_ids
-from squeezer.compiler.decoder_quant import matmul_nbits
+from squeezer.compiler.decoder_quant import SCHEMES, matmul_nbits
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")  # inv_freq and scaling fixed at load: a cos/sin table
@@ -42,24 +42,32 @@ FORMAT = 1
 
 @dataclass(frozen=True)
 class DecoderWeights:
-    """How the blocks' linear layers are stored: the weights recipe, as data.
+    """How the linear layers are stored: the weights recipe, as data.
 
-    bits: 32 keeps float32 MatMuls; 8 or 4 is weight-only blockwise quantization (MatMulNBits).
+    bits: 32 keeps float32 MatMuls; 8 or 4 is weight-only blockwise quantization (MatMulNBits) of the blocks.
     accuracy_level: MatMulNBits' compute type; 4 quantizes activations to int8 per block, the fastest on
     AVX2/AVX-512 CPUs, 0 computes in float. quantize_lm_head: the lm head (vocab x hidden, the largest single
-    matrix of a small model) is kept float unless asked, since every logit goes through it.
+    matrix of a small model, read whole for every token) is kept float unless asked, since every logit goes
+    through it; when asked it gets `head_bits`. scheme: the grid (see `decoder_quant`); None is "best", per
+    matrix the better of min/max with float offsets and symmetric, which give back GGUF Q4_1 / Q8_0 exactly.
     """
 
     bits: int = 32
     block_size: int = 32
     accuracy_level: int = 4
     quantize_lm_head: bool = False
+    head_bits: int = 8
+    scheme: str | None = None
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8, 32):
             raise ValueError(f"decoder weights are 32 (float), 8 or 4 bits, not {self.bits}")
+        if self.head_bits not in (4, 8):
+            raise ValueError(f"a quantized lm head is 8 or 4 bits, not {self.head_bits}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError(f"MatMulNBits accuracy_level is 0 to 4, not {self.accuracy_level}")
+        if self.scheme not in (None, *SCHEMES):
+            raise ValueError(f"the quantization scheme is one of {', '.join(SCHEMES)} (or unset), not {self.scheme!r}")
 
 
 def unsupported_reason(config: Any) -> str | None:
@@ -120,11 +128,11 @@ class _Builder:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = float(config.rms_norm_eps)
 
-    def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None, name: str, quantize: bool) -> str:
-        """x @ weight.T (+ bias): float MatMul on the transposed weight, or MatMulNBits per the recipe."""
+    def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None, name: str, bits: int) -> str:
+        """x @ weight.T (+ bias): float MatMul on the transposed weight (bits 32), or MatMulNBits per the recipe."""
         w = self.weights
-        if quantize and w.bits != 32:
-            out = matmul_nbits(self.graph, x, weight, name, w.bits, w.block_size, w.accuracy_level)
+        if bits != 32:
+            out = matmul_nbits(self.graph, x, weight, name, bits, w.block_size, w.accuracy_level, w.scheme)
         else:
             self.graph.add_initializer(f"{name}.weight", weight.T)
             [out] = self.graph.add_node("MatMul", [x, f"{name}.weight"], [f"{name}/matmul"])
@@ -148,7 +156,7 @@ class _Builder:
         weight = np.concatenate([_np(p.weight) for p in projections])
         biases = [p.bias for p in projections]
         bias = np.concatenate([_np(b) for b in biases]) if all(b is not None for b in biases) else None
-        qkv = self.linear(x, weight, bias, f"{name}.qkv_proj", True)
+        qkv = self.linear(x, weight, bias, f"{name}.qkv_proj", self.weights.bits)
         out = f"{name}/gqa"
         self.graph.add_node(
             "GroupQueryAttention",
@@ -160,7 +168,7 @@ class _Builder:
             scale=float(getattr(attn, "scaling", self.head_dim**-0.5)),
         )
         o_bias = _np(attn.o_proj.bias) if attn.o_proj.bias is not None else None
-        return self.linear(out, _np(attn.o_proj.weight), o_bias, f"{name}.o_proj", True)
+        return self.linear(out, _np(attn.o_proj.weight), o_bias, f"{name}.o_proj", self.weights.bits)
 
     def mlp(self, i: int, x: str, layer: Any) -> str:
         mlp, name = layer.mlp, f"layers.{i}.mlp"
@@ -168,14 +176,14 @@ class _Builder:
         weight = np.concatenate([_np(mlp.gate_proj.weight), _np(mlp.up_proj.weight)])
         has_bias = mlp.gate_proj.bias is not None
         bias = np.concatenate([_np(mlp.gate_proj.bias), _np(mlp.up_proj.bias)]) if has_bias else None
-        gate_up = self.linear(x, weight, bias, f"{name}.gate_up_proj", True)
+        gate_up = self.linear(x, weight, bias, f"{name}.gate_up_proj", self.weights.bits)
         self.graph.add_initializer(f"{name}.split", np.array([inter, inter], dtype=np.int64))
         gate, up = self.graph.add_node("Split", [gate_up, f"{name}.split"], [f"{name}/gate", f"{name}/up"], axis=-1)
         [sig] = self.graph.add_node("Sigmoid", [gate], [f"{name}/sigmoid"])
         [silu] = self.graph.add_node("Mul", [gate, sig], [f"{name}/silu"])
         [act] = self.graph.add_node("Mul", [silu, up], [f"{name}/act"])
         down_bias = _np(mlp.down_proj.bias) if mlp.down_proj.bias is not None else None
-        return self.linear(act, _np(mlp.down_proj.weight), down_bias, f"{name}.down_proj", True)
+        return self.linear(act, _np(mlp.down_proj.weight), down_bias, f"{name}.down_proj", self.weights.bits)
 
     def norm(self, x: str, residual: str | None, weight: Any, name: str) -> tuple[str, str]:
         """(normed, new residual): RMSNorm of x, or of x + residual with the sum kept for the next skip."""
@@ -213,7 +221,7 @@ class _Builder:
         [picked] = graph.add_node("Gather", [flat, "logits_index"], ["norm/picked"], axis=0)
         head = _np(model.lm_head.weight)
         head_bias = _np(model.lm_head.bias) if getattr(model.lm_head, "bias", None) is not None else None
-        out = self.linear(picked, head, head_bias, "lm_head", self.weights.quantize_lm_head)
+        out = self.linear(picked, head, head_bias, "lm_head", self.weights.head_bits if self.weights.quantize_lm_head else 32)
         graph.add_node("Identity", [out], ["logits"])
 
         f32, cache = TensorProto.FLOAT, ["batch", self.kv_heads, "capacity", self.head_dim]

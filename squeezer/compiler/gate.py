@@ -51,6 +51,7 @@ DEFAULT_BUDGET: dict[str, float] = {
     "token-classification": 0.05,
     "question-answering": 0.1,
     "fill-mask": 0.1,
+    "text-generation": 0.1,  # next-token top-1 loss (squeezer.compiler.generation_gate)
 }
 
 TOLERANCES: dict[str, tuple[Bound, ...]] = {
@@ -59,6 +60,10 @@ TOLERANCES: dict[str, tuple[Bound, ...]] = {
     "token-classification": (Bound("entity_agreement", True, 1.0), Bound("token_label_agreement", True, 1.0)),
     "question-answering": (Bound("exact_span", True, 1.0),),
     "fill-mask": (Bound("top1_agreement", True, 1.0), Bound("topk_overlap", True, 2.0)),
+    # Next-token agreement and KL (teacher forced) measure the loss; greedy continuations diverge at any near-tie,
+    # so their looser bounds only catch a candidate that derails (broken cache, positions or weights).
+    "generation": (Bound("top1_agreement", True, 1.0), Bound("mean_kl", False, 0.5), Bound("greedy_prefix", True, 4.0),
+                   Bound("greedy_exact", True, 6.0)),
 }
 
 # Task -> (metric family, the task whose answers the metrics read). Embeddings are compared pooled.
@@ -70,6 +75,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "token-classification": ("token-classification", "token-classification"),
     "question-answering": ("question-answering", "question-answering"),
     "fill-mask": ("fill-mask", "fill-mask"),
+    "text-generation": ("generation", "text-generation"),  # judged by generation_gate.GenerationGate, not Gate
 }
 
 

@@ -4,16 +4,18 @@ Source in, artifact folder out, report inside. The steps: export the model to ON
 reference on the validation set, then for each recipe build the candidate, gate it, and time the
 survivors together with the reference; the fastest survivor becomes the artifact's graph. Results are
 cached under (model content hash, hardware fingerprint, versions, settings), so a second run is a copy.
+
+That is the encoder pipeline. `PIPELINES` maps a task to another one where its models compile differently:
+causal LMs (text-generation) go through `optimize_decoder`. Hashing, the cache, the staging folder and the
+sealed report are shared by all.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import shutil
 import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,6 @@ from typing import Any
 from squeezer.artifact import (
     GRAPH_FILE,
     content_hash,
-    copy_model_files,
     gpus,
     hardware_fingerprint,
     is_artifact,
@@ -37,7 +38,8 @@ from squeezer.compiler.build import BuildContext, Builder
 from squeezer.compiler.config import OptimizeConfig
 from squeezer.compiler.export import OPSET, Exported, ExportError, encode, export
 from squeezer.compiler.gate import Gate
-from squeezer.compiler.package import check_destination, staging
+from squeezer.compiler.optimize_decoder import DECODER, Pipeline, Progress
+from squeezer.compiler.package import check_destination, package_files, staging
 from squeezer.compiler.recipes import Recipe, recipes_for
 from squeezer.compiler.report import Report
 from squeezer.compiler.select import choose, speedups
@@ -46,7 +48,6 @@ from squeezer.loading import LoadedModel, check_weights, load_info
 from squeezer.sources import ModelSource, resolve
 from squeezer.tasks import TASKS, ModelInfo
 
-Progress = Callable[[str], None]
 log = logging.getLogger("squeezer.compiler")
 
 
@@ -63,13 +64,9 @@ def optimize(source: str | ModelSource, out_dir: str | Path, config: OptimizeCon
     model_config = ModelConfig(task=config.task, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
     check_weights(src, model_config)
     info, task = read_model(src, model_config)
-    if not TASKS[task].supports(info):
-        raise ValueError(f"{src.model_id}: this model cannot serve {task}")
-    target = resolve_target(config.target)
-    if config.validation_data:
-        examples = vd.from_file(config.validation_data, task)
-    else:
-        examples = vd.builtin(task, info.tokenizer.mask_token)
+    pipeline = PIPELINES.get(task, ENCODER)
+    examples = pipeline.examples(src, info, task, config)
+    target = pipeline.target(config.target)
     say(f"hashing {src.path}")
     parts = cache_parts(src, task, target, config, examples)
     key = cache.cache_key(parts)
@@ -80,7 +77,7 @@ def optimize(source: str | ModelSource, out_dir: str | Path, config: OptimizeCon
             say(f"cache hit: {hit}")
             reuse(hit, tmp, key)
         else:
-            data = compile_model(src, info, task, target, examples, config, tmp, say)
+            data = pipeline.compile(src, info, task, target, examples, config, tmp, say)
             data["source"]["content_hash"] = parts["model"]
             write_report(tmp, {**data, "cache": {"key": key, "hit": False}})
             if not config.no_cache:
@@ -89,6 +86,15 @@ def optimize(source: str | ModelSource, out_dir: str | Path, config: OptimizeCon
                 except OSError as exc:  # a full or read-only cache must not fail the optimization
                     log.warning("could not cache the artifact in %s: %s", cache_dir, exc)
     return Report(out, read_report(out))
+
+
+def encoder_examples(src: ModelSource, info: ModelInfo, task: str, config: OptimizeConfig) -> list[vd.Example]:
+    """The validation set of an encoder task (the model must be able to serve the task)."""
+    if not TASKS[task].supports(info):
+        raise ValueError(f"{src.model_id}: this model cannot serve {task}")
+    if config.validation_data:
+        return vd.from_file(config.validation_data, task)
+    return vd.builtin(task, info.tokenizer.mask_token)
 
 
 def read_model(src: ModelSource, model_config: ModelConfig) -> tuple[ModelInfo, str]:
@@ -123,10 +129,7 @@ def source_hash(src: ModelSource) -> str:
     return content_hash(src.path, [src.path / src.gguf_file]) if src.gguf_file else content_hash(src.path)
 
 
-def validation_hash(examples: list[vd.Example]) -> str:
-    from squeezer.artifact import canonical
-
-    return hashlib.sha256(canonical([[e.inputs, e.parameters] for e in examples])).hexdigest()[:16]
+validation_hash = vd.digest
 
 
 def reuse(hit: Path, tmp: Path, key: str) -> None:
@@ -228,15 +231,6 @@ def time_all(backends: dict[str, Backend], reference: Backend, candidates: list[
     return results["torch"].as_json()
 
 
-def package_files(src: ModelSource, info: ModelInfo, tmp: Path) -> None:
-    """Tokenizer and config beside the graph: copied as they are, or saved from the GGUF file's."""
-    if src.gguf_file:
-        info.tokenizer.save_pretrained(tmp)
-        info.config.save_pretrained(tmp)
-    else:
-        copy_model_files(src.path, tmp)
-
-
 def report_data(src: ModelSource, task: str, target: str, config: OptimizeConfig, exported: Exported, gate: Gate,
                 examples: list[vd.Example], candidates: list[dict[str, Any]], chosen: dict[str, Any],
                 ref_timing: dict[str, Any], spinning: bool) -> dict[str, Any]:
@@ -258,3 +252,8 @@ def report_data(src: ModelSource, task: str, target: str, config: OptimizeConfig
         "settings": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("cache_dir",)},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+ENCODER = Pipeline(encoder_examples, resolve_target, compile_model)
+# Task -> how its models are compiled; every task not listed is an encoder task (export, fuse, quantize).
+PIPELINES: dict[str, Pipeline] = {"text-generation": DECODER}

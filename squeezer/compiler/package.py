@@ -2,6 +2,7 @@
 
 An interrupted or failed optimize (Ctrl-C, an exception, SIGTERM through the CLI's handler) removes its
 staging folder and leaves DIR as it was: never a half-written artifact that a server could pick up.
+`package_files` puts the source's tokenizer and config beside the graph, whatever the model family.
 """
 
 from __future__ import annotations
@@ -12,8 +13,13 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from squeezer.artifact import is_artifact
+from squeezer.artifact import copy_model_files, is_artifact
+
+if TYPE_CHECKING:
+    from squeezer.sources import ModelSource
+    from squeezer.tasks import ModelInfo
 
 
 def check_destination(out: Path, source: Path) -> None:
@@ -53,3 +59,13 @@ def publish(tmp: Path, out: Path) -> None:
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def package_files(src: ModelSource, info: ModelInfo, tmp: Path) -> None:
+    """Tokenizer and config beside the graph: copied as they are, or saved from the GGUF file's (chat
+    template included), so the artifact serves without its source."""
+    if src.gguf_file:
+        info.tokenizer.save_pretrained(tmp)
+        info.config.save_pretrained(tmp)
+    else:
+        copy_model_files(src.path, tmp)

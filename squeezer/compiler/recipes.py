@@ -4,6 +4,9 @@ A recipe is a name and a tuple of steps applied to the exported fp32 graph; each
 dataclass whose fields are the choices (weight type, per-channel, ...). Building walks the steps through a
 table of builders (`squeezer.compiler.build.BUILDERS`), so a new variant is a new line in `RECIPES`, not a
 new code path, and the report can print exactly what each candidate was.
+
+Causal LMs have their own table, `DECODER_RECIPES`: one step each, a `DecoderWeights` (how the blocks' linear
+layers are stored), applied to the float32 model by `squeezer.compiler.decoder_graph.build_decoder`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
+
+from squeezer.compiler.decoder_graph import DecoderWeights
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,8 @@ class Float16:
     keep_io_types: bool = True
 
 
-Step = Fuse | DynamicInt8 | StaticInt8 | Float16
+Step = Fuse | DynamicInt8 | StaticInt8 | Float16 | DecoderWeights
+WEIGHT_DTYPES = {32: "float32", 8: "int8", 4: "int4"}  # DecoderWeights.bits -> the dtype a report names
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,9 @@ class Recipe:
 
     @property
     def dtype(self) -> str:
+        weights = [step for step in self.steps if isinstance(step, DecoderWeights)]
+        if weights:
+            return WEIGHT_DTYPES[weights[-1].bits]
         kinds = {type(step) for step in self.steps}
         if kinds & {DynamicInt8, StaticInt8}:
             return "int8"
@@ -117,12 +126,43 @@ RECIPES: tuple[Recipe, ...] = (
 )
 
 
-def recipes_for(target: str, sweep: str, names: list[str] | None = None) -> list[Recipe]:
+# Causal LMs (text-generation): weight-only quantization of the linear layers, each matrix on the grid that
+# reconstructs it best (a GGUF's Q4_1 / Q8_0 weights come back exactly, see decoder_quant). The lm head is
+# the largest matrix of a small model and is read whole for every token, so quantizing it (8 bits by
+# default) is where most of the speed is; the candidates with a float head show what it costs in accuracy.
+DECODER_RECIPES: tuple[Recipe, ...] = (
+    Recipe("decoder-fp32", (DecoderWeights(bits=32),), note="fused ONNX decoder, float32 weights"),
+    Recipe("decoder-int8-head8", (DecoderWeights(bits=8, quantize_lm_head=True),), note="int8 weight-only, int8 lm head"),
+    Recipe("decoder-int4-head8", (DecoderWeights(bits=4, quantize_lm_head=True),), note="int4 weight-only, int8 lm head"),
+    Recipe("decoder-int8", (DecoderWeights(bits=8),), sweep="full", note="int8 weight-only, float lm head"),
+    Recipe("decoder-int4", (DecoderWeights(bits=4),), sweep="full", note="int4 weight-only, float lm head"),
+    Recipe("decoder-int4-head4", (DecoderWeights(bits=4, quantize_lm_head=True, head_bits=4),), sweep="full",
+           note="int4 weight-only, int4 lm head"),
+)
+
+
+def tables() -> dict[str, tuple[Recipe, ...]]:
+    """Each model family's recipe table, read at call time so that a recipe added to a table is picked up."""
+    return {"encoder": RECIPES, "decoder": DECODER_RECIPES}
+
+
+def all_recipes() -> tuple[Recipe, ...]:
+    """Every recipe of every family (names are unique across the tables)."""
+    return tuple(r for table in tables().values() for r in table)
+
+
+def recipes_for(target: str, sweep: str, names: list[str] | None = None, family: str = "encoder") -> list[Recipe]:
     """The recipes a run tries: those named (in that order), else those for the target and sweep.
 
-    Reads the module's `RECIPES` at call time, so a recipe added to the table is picked up.
+    `family` picks the table: "encoder" (graphs exported from encoders) or "decoder" (causal LMs). A named
+    recipe of the other family is refused with the names that would fit.
     """
+    table = tables()[family]
     if names:
-        table = {r.name: r for r in RECIPES}
-        return [table[n] for n in names]
-    return [r for r in RECIPES if target in r.targets and (sweep == "full" or r.sweep == "default")]
+        by_name = {r.name: r for r in table}
+        foreign = [n for n in names if n not in by_name]
+        if foreign:
+            raise ValueError(f"--recipes: {', '.join(foreign)} cannot build a {family} model; its recipes are "
+                             f"{', '.join(by_name)}")
+        return [by_name[n] for n in names]
+    return [r for r in table if target in r.targets and (sweep == "full" or r.sweep == "default")]

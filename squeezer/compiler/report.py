@@ -63,9 +63,12 @@ def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
     return [fmt(header), line, *(fmt(r) for r in rows)]
 
 
+TIMING_EXTRAS = ("tokens_per_s",)  # timings shown besides the *_ms columns (decoders: generated tokens/s)
+
+
 def _timing_columns(data: dict[str, Any]) -> list[str]:
     for c in [data.get("reference", {}), *data.get("candidates", [])]:
-        keys = [k for k in c.get("timings", {}) if k.endswith("_ms")]
+        keys = [k for k in c.get("timings", {}) if k.endswith("_ms") or k in TIMING_EXTRAS]
         if keys:
             return keys
     return []

@@ -8,6 +8,7 @@ calibration data.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,13 @@ def builtin(task: str, mask_token: str | None = None) -> list[Example]:
     if task == "zero-shot-classification":
         return [Example(text, {"candidate_labels": list(ZERO_SHOT_LABELS)}) for text in TEXTS[3:27]]
     return [Example(text) for text in TEXTS]
+
+
+def digest(examples: list[Example]) -> str:
+    """A short hash of a validation set: part of the cache key, and named in the report."""
+    from squeezer.artifact import canonical
+
+    return hashlib.sha256(canonical([[e.inputs, e.parameters] for e in examples])).hexdigest()[:16]
 
 
 def calibration_texts() -> list[str]:

@@ -50,6 +50,8 @@ class GenerationParams:
             raise InputError(f"parameters.stop: at most {MAX_STOP_SEQUENCES} stop sequences, got {len(self.stop)}")
         if self.num_return_sequences > 1 and not self.sampling:
             raise InputError("parameters.num_return_sequences: more than 1 needs sampling (do_sample or a temperature)")
+        if self.sampling or self.repetition_penalty not in (None, 1.0):
+            _torch()  # refused here, before queueing, on a server without torch
 
     @classmethod
     def parse(cls, raw: Any) -> GenerationParams:
@@ -153,8 +155,15 @@ def chat_prompt_ids(tokenizer: Any, messages: Any) -> list[int]:
 
 
 def _torch() -> Any:
-    import torch
-
+    """torch, for sampling and logits processors (they follow transformers' generate exactly, seeded draws
+    included). Greedy decoding needs none of it, so a compiled decoder served without torch still answers."""
+    try:
+        import torch
+    except ImportError:
+        raise InputError(
+            "sampling and repetition_penalty need torch, which this server does not have (install the `torch` extra); "
+            "greedy decoding works without it"
+        ) from None
     return torch
 
 
@@ -162,13 +171,12 @@ class TokenChooser:
     """Picks one sequence's next tokens as transformers' `generate` does for the same parameters."""
 
     def __init__(self, params: GenerationParams, seed: int | None) -> None:
-        torch = _torch()
         self._penalty = params.repetition_penalty if params.repetition_penalty not in (None, 1.0) else None
         self.sampling = params.sampling
         self._temperature = params.temperature if self.sampling and params.temperature not in (None, 1.0) else None
         self._top_k = params.top_k if self.sampling and params.top_k else None
         self._top_p = params.top_p if self.sampling and params.top_p not in (None, 1.0) else None
-        self._generator = torch.Generator().manual_seed(seed) if self.sampling and seed is not None else None
+        self._generator = _torch().Generator().manual_seed(seed) if self.sampling and seed is not None else None
 
     @property
     def plain(self) -> bool:
@@ -206,17 +214,20 @@ class TokenChooser:
 
 
 def choose_tokens(choosers: Sequence[TokenChooser], logits: np.ndarray, histories: Sequence[Sequence[int]]) -> list[int]:
-    """Next token of each row of logits [n, vocab]; plain greedy rows share one argmax over the batch."""
-    torch = _torch()
-    scores = torch.from_numpy(logits)
+    """Next token of each row of logits [n, vocab]; plain greedy rows share one argmax over the batch.
+
+    numpy's argmax, like torch's, returns the first maximum, so greedy rows need no torch.
+    """
     tokens = [0] * len(choosers)
     plain = [i for i, chooser in enumerate(choosers) if chooser.plain]
     if plain:
-        for i, token in zip(plain, torch.argmax(scores[plain], dim=-1).tolist()):
+        for i, token in zip(plain, logits[plain].argmax(axis=-1).tolist()):
             tokens[i] = token
-    for i, chooser in enumerate(choosers):
-        if not chooser.plain:
-            tokens[i] = chooser.choose(scores[i : i + 1], histories[i])
+    processed = [i for i, chooser in enumerate(choosers) if not chooser.plain]
+    if processed:
+        scores = _torch().from_numpy(logits)
+        for i in processed:
+            tokens[i] = choosers[i].choose(scores[i : i + 1], histories[i])
     return tokens
 
 

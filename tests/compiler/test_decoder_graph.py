@@ -100,7 +100,8 @@ def test_files_and_facts(tiny_decoder_path: Callable[[str], Path], tmp_path: Pat
     assert set(meta["eos_token_ids"]) == eos_ids(model) and len(meta["eos_token_ids"]) == 2
     facts = (meta["num_layers"], meta["kv_heads"], meta["head_dim"], meta["vocab_size"])
     assert facts == (2, 2, 16, model.config.vocab_size)
-    assert meta["weights"] == {"bits": 4, "block_size": 16, "accuracy_level": 4, "quantize_lm_head": False}
+    assert meta["weights"] == {"bits": 4, "block_size": 16, "accuracy_level": 4, "quantize_lm_head": False,
+                               "head_bits": 8, "scheme": None}
     build_decoder(model, tmp_path, weights)  # rebuilding in place rewrites the data file, never appends to it
     assert (tmp_path / "decoder.onnx.data").stat().st_size < 2 * 1024 * 1024
 
@@ -119,27 +120,51 @@ def test_unsupported_models_are_refused_with_a_reason(tmp_path: Path) -> None:
         DecoderWeights(bits=3)
 
 
-@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize(("bits", "scheme"), [(4, "minmax"), (4, "asymmetric"), (8, "symmetric"), (8, "minmax")])
 @pytest.mark.parametrize(("k", "block"), [(64, 32), (80, 16), (200, 64)])  # whole, odd and padded block counts
-def test_matmul_nbits_packing_is_what_the_op_multiplies_by(bits: int, k: int, block: int) -> None:
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
+def test_matmul_nbits_packing_is_what_the_op_multiplies_by(bits: int, scheme: str, k: int, block: int) -> None:
     rng = np.random.default_rng(0)
     weight = rng.normal(size=(48, k)).astype(np.float32)
     x = rng.normal(size=(3, k)).astype(np.float32)
-    packed, scales, zero = quantize_blockwise(weight, bits, block)
-    dequantized = dequantize_blockwise(packed, scales, zero, bits, k)
-    assert np.abs(dequantized - weight).max() <= scales.max() / 2 + 1e-6  # round to nearest within the block
+    quantized = quantize_blockwise(weight, bits, block, scheme)
+    dequantized = dequantize_blockwise(quantized, bits, k)
+    assert np.abs(dequantized - weight).max() <= quantized.scales.max() / 2 + 1e-6  # round to nearest within the block
+    assert np.allclose(run_linear(weight, x, bits, block, scheme), x @ dequantized.T, atol=1e-4)
+
+
+def run_linear(weight: np.ndarray, x: np.ndarray, bits: int, block: int, scheme: str) -> np.ndarray:
+    """x @ W.T through the nodes `matmul_nbits` emits, on ONNX Runtime with float compute."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
     graph = _Graph()
-    out = matmul_nbits(graph, "x", weight, "linear", bits, block, accuracy=0)
+    out = matmul_nbits(graph, "x", weight, "linear", bits, block, accuracy=0, scheme=scheme)
     model = helper.make_model(
-        helper.make_graph(graph.nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, k])],
+        helper.make_graph(graph.nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
                           [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], graph.initializers),
         opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
     )
-    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    assert np.allclose(y, x @ dequantized.T, atol=1e-4)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_already_quantized_weights_come_back_exactly() -> None:
+    """GGUF Q4_1 blocks (min + d * q, q in 0..15) and Q8_0 blocks (d * q, |q| <= 127) are reproduced, not re-rounded."""
+    rng = np.random.default_rng(1)
+    n, k = 40, 128
+    mins = rng.normal(size=(n, k // 32, 1)).astype(np.float32)
+    steps = rng.uniform(0.01, 0.1, size=(n, k // 32, 1)).astype(np.float32)
+    levels = rng.integers(0, 16, size=(n, k // 32, 32))
+    levels[:, :, 0], levels[:, :, 1] = 0, 15  # Q4_1 maps each block's min to 0 and its max to 15
+    q4_1 = (mins + steps * levels).astype(np.float32).reshape(n, k)
+    q8_0 = (steps * rng.integers(-127, 128, size=(n, k // 32, 32))).astype(np.float32)
+    q8_0[:, :, 0] = steps[:, :, 0] * 127  # the block's largest magnitude sets d
+    q8_0 = q8_0.reshape(n, k)
+    x = rng.normal(size=(2, 3, k)).astype(np.float32)
+    for weight, bits, scheme in ((q4_1, 4, "minmax"), (q8_0, 8, "symmetric")):
+        assert np.allclose(dequantize_blockwise(quantize_blockwise(weight, bits, 32, scheme), bits, k), weight, atol=1e-6)
+        assert np.allclose(run_linear(weight, x, bits, 32, scheme), x @ weight.T, atol=1e-4)
+    rerounded = dequantize_blockwise(quantize_blockwise(q4_1, 4, 32, "asymmetric"), 4, k)
+    assert np.abs(rerounded - q4_1).max() > 1e-3  # an integer zero point alone cannot meet the block minimum
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -151,7 +176,8 @@ def test_quantized_graph_computes_the_dequantized_model(bits: int, tmp_path: Pat
         for name, module in model.named_modules():
             if isinstance(module, torch.nn.Linear):
                 w = module.weight.numpy()
-                packed = quantize_blockwise(w, bits, 32)
-                module.weight.copy_(torch.from_numpy(dequantize_blockwise(*packed, bits, w.shape[1])))
+                head = name == "lm_head"  # the head gets head_bits (8 by default) on its own grid
+                quantized = quantize_blockwise(w, 8 if head else bits, 32)
+                module.weight.copy_(torch.from_numpy(dequantize_blockwise(quantized, 8 if head else bits, w.shape[1])))
     prompt = PROMPTS[2]
     assert np.allclose(run_graph(tmp_path, prompt), torch_logits(model, prompt), atol=1e-3, rtol=1e-3)

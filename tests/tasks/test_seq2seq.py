@@ -56,7 +56,7 @@ def pipe(folder: Path, task: str) -> Any:
     return _PIPES[(folder, task)]
 
 
-@pytest.mark.parametrize("arch", ["t5", "bart"])
+@pytest.mark.parametrize("arch", ["t5", "bart", "marian"])
 @pytest.mark.parametrize("task", TASK_NAMES)
 def test_matches_pipeline(tiny_seq2seq_path, arch, task) -> None:
     folder = tiny_seq2seq_path(arch)
@@ -87,7 +87,7 @@ def test_t5_task_prefix_is_applied(tiny_seq2seq_path) -> None:
     assert prefixed != plain(TEXT, max_new_tokens=10, num_beams=1)[0]["generated_text"]
 
 
-@pytest.mark.parametrize("arch", ["t5", "bart"])
+@pytest.mark.parametrize("arch", ["t5", "bart", "marian"])
 def test_truncation(tiny_seq2seq_path, arch) -> None:
     folder = tiny_seq2seq_path(arch)
     cut, refused = serve(folder, "summarization", [(LONG, {"max_new_tokens": 6}), (LONG, {"max_new_tokens": 6, "truncate": False})])
