@@ -30,11 +30,13 @@ from typing import Any
 import numpy as np
 
 from squeezer.backends.decoder import cache_size
-from squeezer.backends.onnx_backend import (
-    default_spinning,
-    import_onnxruntime,
-    session_options,
-)
+from squeezer.backends.onnx_backend import import_onnxruntime, session_options
+
+# ONNX Runtime's threads spin between ops rather than sleep. An encoder batch is a few large ops, where
+# sleeping costs nothing; a decode step is ~100 small weight-only MatMuls of tens of microseconds each, and
+# waking a sleeping thread for every one of them cost a third of a single-request step here (SmolLM2 int4,
+# 2 threads: 80 -> 107 tokens/s with spinning). The spinning stops once the step loop goes idle.
+SPINNING = True
 
 FORMAT = 1  # the decoder.json format this module reads
 
@@ -110,7 +112,7 @@ class OnnxDecoder:
         ort = import_onnxruntime()
         folder = Path(folder)
         meta = json.loads((folder / "decoder.json").read_text())
-        options = session_options(threads, default_spinning(threads) if spinning is None else spinning)
+        options = session_options(threads, SPINNING if spinning is None else spinning)
         session = ort.InferenceSession(str(folder / "decoder.onnx"), options, providers=["CPUExecutionProvider"])
         return cls(session, meta, max_sequences)
 

@@ -26,12 +26,17 @@ from typing import TYPE_CHECKING, Any
 
 from squeezer.artifact import hardware_fingerprint, versions
 from squeezer.backends.decoder import Decoder
-from squeezer.backends.onnx_backend import default_spinning
+from squeezer.backends.onnx_decoder import SPINNING, OnnxDecoder
 from squeezer.compiler import decoder_timing
 from squeezer.compiler import generation_data as gd
 from squeezer.compiler import validation_data as vd
 from squeezer.compiler.config import OptimizeConfig
-from squeezer.compiler.decoder_graph import OPSET, DecoderWeights, build_decoder, unsupported_reason
+from squeezer.compiler.decoder_graph import (
+    OPSET,
+    DecoderWeights,
+    build_decoder,
+    unsupported_reason,
+)
 from squeezer.compiler.generation_gate import NEW_TOKENS, GenerationGate
 from squeezer.compiler.package import package_files
 from squeezer.compiler.recipes import Recipe, recipes_for
@@ -83,7 +88,9 @@ def decoder_target(target: str) -> str:
 
 def reference_decoder(src: ModelSource, config: OptimizeConfig) -> TorchDecoder:
     """The float32 torch decoder, as `squeezer serve` runs the model without an artifact."""
-    from squeezer.backends.torch_decoder import TorchDecoder  # lazy: torch is an optional extra
+    from squeezer.backends.torch_decoder import (
+        TorchDecoder,  # lazy: torch is an optional extra
+    )
 
     model_config = ModelConfig(task="text-generation", allow_pickle=config.allow_pickle,
                                trust_remote_code=config.trust_remote_code)
@@ -106,7 +113,7 @@ def compile_decoder(src: ModelSource, info: ModelInfo, task: str, target: str, e
         recipes = recipes_for(target, config.sweep, config.recipe_names(), "decoder")
         candidates = []
         for i, recipe in enumerate(recipes):
-            step_say = lambda msg, name=recipe.name, n=i: say(f"[{n + 1}/{len(recipes)}] {name}: {msg}")  # noqa: E731
+            step_say = lambda msg, name=recipe.name, n=i: say(f"[{n + 1}/{len(recipes)}] {name}: {msg}")
             record, decoder = evaluate(recipe, reference.model, gate, scratch / recipe.name, config.threads, step_say)
             candidates.append(record)
             if decoder is not None:
@@ -132,7 +139,6 @@ def compile_decoder(src: ModelSource, info: ModelInfo, task: str, target: str, e
 def evaluate(recipe: Recipe, model: Any, gate: GenerationGate, folder: Path, threads: int,
              say: Progress) -> tuple[dict[str, Any], Decoder | None]:
     """Build one candidate and gate it; returns its report record, and its decoder when it passed."""
-    from squeezer.backends.onnx_decoder import OnnxDecoder
 
     record: dict[str, Any] = {"name": recipe.name, "dtype": recipe.dtype, "recipe": recipe.describe(), "verdict": "failed",
                               "reasons": [], "metrics": {}, "timings": {}}
@@ -144,7 +150,7 @@ def evaluate(recipe: Recipe, model: Any, gate: GenerationGate, folder: Path, thr
         build_decoder(model, folder, weights)
         record.update(folder=folder.name, size_bytes=sum(f.stat().st_size for f in folder.iterdir()),
                       build_s=round(time.perf_counter() - start, 2))
-        decoder = OnnxDecoder.load(folder, threads, MAX_SEQUENCES, default_spinning(threads))
+        decoder = OnnxDecoder.load(folder, threads, MAX_SEQUENCES, SPINNING)
         say(f"gate on {len(gate.prompts)} prompts, {gate.positions} positions")
         verdict = gate.judge(decoder)
     except Exception as exc:  # a recipe that cannot be built or run is reported, not fatal
@@ -187,7 +193,7 @@ def report_data(src: ModelSource, task: str, target: str, config: OptimizeConfig
         "model_id": src.model_id, "task": task, "head": HEAD, "target": target, "profile": config.profile,
         "graph": {"file": GRAPH, "kind": "decoder", "inputs": ["input_ids", "seqlens_k", "total_sequence_length", "logits_index"],
                   "outputs": ["logits"], "dtype": chosen["dtype"], "recipe": chosen["name"], "opset": OPSET},
-        "session": {"allow_spinning": default_spinning(config.threads)},
+        "session": {"allow_spinning": SPINNING},
         "source": {"path": str(src.path), "gguf_file": src.gguf_file},
         "hardware": hardware_fingerprint(), "versions": versions(),
         "accuracy": {"budget": gate.budget, "bounds": gate.limits,
