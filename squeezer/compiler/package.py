@@ -1,7 +1,9 @@
 """Put an artifact in place atomically: build in a hidden folder next to DIR, rename at the end.
 
 An interrupted or failed optimize (Ctrl-C, an exception, SIGTERM through the CLI's handler) removes its
-staging folder and leaves DIR as it was: never a half-written artifact that a server could pick up.
+staging folder and leaves DIR as it was: never a half-written artifact that a server could pick up. A
+process killed outright (SIGKILL, a power cut) cannot clean up, so staging folders carry their owner's pid and
+the next optimize into the same DIR removes those whose owner is gone.
 `package_files` puts the source's tokenizer and config beside the graph, whatever the model family.
 """
 
@@ -36,12 +38,31 @@ def check_destination(out: Path, source: Path) -> None:
 def staging(out: Path) -> Iterator[Path]:
     """Yield an empty folder beside `out`; on success it becomes `out`, on any failure it is removed."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    remove_orphans(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
         publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_orphans(out: Path) -> None:
+    """Delete staging folders left beside `out` by optimize runs that were killed (their pid is gone)."""
+    for folder in out.parent.glob(f".{out.name}.partial-*"):
+        pid = folder.name.removeprefix(f".{out.name}.partial-").split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def publish(tmp: Path, out: Path) -> None:

@@ -118,6 +118,26 @@ def test_sigterm_during_cli_optimize_leaves_no_artifact(tiny_model, tmp_path: Pa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_killed_run_leaves_nothing_after_the_next_one(tiny_model, tmp_path: Path) -> None:
+    """SIGKILL cannot be caught: its staging folder stays until the next optimize into the same folder."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "squeezer.cli", "optimize", str(tiny_model("bert", "base")), "--out", str(out),
+           "--no-cache", "--recipes", "fp32,fp32-fused"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "[1/2]" in line:
+            proc.kill()
+            break
+    proc.wait(timeout=60)
+    left = [p.name for p in tmp_path.iterdir()]
+    assert left and all(name.startswith(f".out.partial-{proc.pid}-") for name in left)
+    alive = tmp_path / f".out.partial-{os.getpid()}-x"  # a running optimize's staging folder is left alone
+    alive.mkdir()
+    subprocess.run([*cmd[:-1], "fp32"], check=True, capture_output=True, cwd=Path(__file__).parents[2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "out"])
+
+
 def test_destination_checks(tiny_model, tmp_path: Path, tiny_artifact) -> None:
     folder = tiny_model("bert", "base")
     occupied = tmp_path / "occupied"
