@@ -304,6 +304,7 @@ class DecodeLoop:
                 return None
             admitted: list[DecodeRequest] = []
             widest = max((r.request.reservation for r in self._active), default=0)
+            prompt_tokens = 0
             while self._waiting:
                 request = self._waiting[0]
                 if request.cancelled:  # dropped unread: skip it
@@ -313,6 +314,9 @@ class DecodeLoop:
                 width = max(widest, request.reservation)
                 if rows > self._slots or rows * width > self._config.max_tokens_in_flight:
                     break
+                prompt_tokens += len(request.prompt_ids)
+                if admitted and prompt_tokens > self._config.max_prefill_tokens:
+                    break  # the rest join after the next step, in the next prefill
                 admitted.append(self._waiting.popleft())
                 widest = width
             return admitted

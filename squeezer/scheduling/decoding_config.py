@@ -22,6 +22,12 @@ class DecodingConfig:
         "KV-cache budget of the running batch, in tokens: sequences x the longest one's prompt + max new tokens "
         "(the cache holds that rectangle). Newcomers wait past it.",
     )
+    max_prefill_tokens: int = setting(
+        512,
+        "Most prompt tokens prefilled in one forward. A burst of newcomers past it is prefilled in several "
+        "forwards with decode steps between them, so the first of them start streaming sooner (a longer "
+        "prompt still runs, alone).",
+    )
     max_input_tokens: int = setting(1024, "Most prompt tokens in one generation request (422 beyond).")
     max_total_tokens: int = setting(2048, "Most prompt + new tokens in one generation request (422 beyond).")
     max_new_tokens: int = setting(1024, "Most new tokens one generation request may ask for (422 beyond).")
@@ -29,7 +35,7 @@ class DecodingConfig:
     max_waiting: int = setting(128, "Most generation requests waiting for a slot; beyond it requests get 429.")
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_sequences", "max_input_tokens", "max_new_tokens", "default_new_tokens", "max_waiting"):
+        for name in ("max_batch_sequences", "max_prefill_tokens", "max_input_tokens", "max_new_tokens", "default_new_tokens", "max_waiting"):
             _check(getattr(self, name) >= 1, name, "must be at least 1")
         _check(
             self.max_total_tokens > self.max_input_tokens,

@@ -141,6 +141,35 @@ async def test_requests_admitted_together_are_prefilled_in_one_forward_and_equal
     assert batches == [5]
 
 
+async def test_a_burst_is_prefilled_in_forwards_of_at_most_max_prefill_tokens(lm: Model, make_loop: MakeLoop) -> None:
+    """Prompts queued together are prefilled in groups within the budget, with steps between; answers unchanged."""
+    model, _ = lm
+    expected = [reference_generate(model, p, n) for p, n in zip(prompts(), NEW_TOKENS)]
+    events: list[Any] = []
+
+    class Recording(PacedDecoder):
+        def prefill_many(self, prompts: Sequence[Sequence[int]]) -> Any:
+            events.append([len(p) for p in prompts])
+            return super().prefill_many(prompts)
+
+        def step(self, handles: Sequence[int], tokens: Sequence[int]) -> Any:
+            if events and events[-1] != "step":
+                events.append("step")
+            return super().step(handles, tokens)
+
+    budget = max(len(p) for p in prompts()) + 2
+    loop = make_loop(lm, start=False, decoder=Recording(model), max_prefill_tokens=budget)
+    tasks = [asyncio.ensure_future(loop.generate(p, GenerationParams(max_new_tokens=n))) for p, n in zip(prompts(), NEW_TOKENS)]
+    await until(lambda: loop.waiting == 5)
+    loop.start()
+    results = await asyncio.gather(*tasks)
+    assert [r.token_ids for r in results] == expected
+    prefills = [e for e in events if e != "step"]  # TorchDecoder.prefill runs through prefill_many too
+    assert len(prefills) > 1 and all(sum(group) <= budget for group in prefills)
+    assert sorted(n for group in prefills for n in group) == sorted(len(p) for p in prompts())
+    assert events[1] == "step"  # the first group decodes before the second is prefilled
+
+
 async def test_seeded_sampling_is_reproducible_alone_and_in_company(llama: Model, make_loop: MakeLoop) -> None:
     model, _ = llama
     prompt, others = prompts()[0], prompts()[1:]
