@@ -8,6 +8,7 @@ as encoder backends' outputs do (`squeezer.backends.base`), so no backend type l
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -96,3 +97,93 @@ def eos_ids(model: Any) -> frozenset[int]:
     if eos is None:
         return frozenset()
     return frozenset([eos] if isinstance(eos, int) else eos)
+
+
+class SlotDecoder:
+    """The sequence bookkeeping every `Decoder` shares: which handle owns each cache row, and its length.
+
+    Live sequences fill rows 0..n-1 and a leaving sequence's row is refilled by moving the last row in, so a
+    subclass only says how its cache moves a row (`_move_row`) and empties (`_clear_cache`), and runs its
+    forwards; the limits, handle lookups, step validation and compaction are written once, here.
+    """
+
+    def __init__(self, max_sequences: int, max_length: int, eos: frozenset[int]) -> None:
+        self._max_sequences, self._max_length, self._eos = max_sequences, max_length, eos
+        self._ids = itertools.count()
+        self._rows: list[int] = []  # handle of the sequence in each row
+        self._lengths: list[int] = []  # tokens cached in each row
+
+    @property
+    def max_sequences(self) -> int:
+        return self._max_sequences
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self._eos
+
+    @property
+    def live(self) -> int:
+        return len(self._rows)
+
+    def prefill(self, prompt_ids: Sequence[int]) -> tuple[int, np.ndarray]:
+        [result] = self.prefill_many([prompt_ids])  # type: ignore[attr-defined]
+        return result  # type: ignore[no-any-return]
+
+    def _check_prompts(self, lengths: Sequence[int]) -> None:
+        if not lengths:
+            raise ValueError("prefill needs at least one prompt")
+        for length in lengths:
+            if not 0 < length < self._max_length:
+                raise ValueError(f"a prompt must have 1 to {self._max_length - 1} tokens, got {length}")
+        if len(self._rows) + len(lengths) > self._max_sequences:
+            raise RuntimeError(f"all {self._max_sequences} sequence slots are taken")
+
+    def _admit(self, lengths: Sequence[int]) -> list[int]:
+        """Give prefilled prompts (now in the rows after the live ones) their handles."""
+        handles = [next(self._ids) for _ in lengths]
+        self._rows.extend(handles)
+        self._lengths.extend(lengths)
+        return handles
+
+    def _step_order(self, handles: Sequence[int], tokens: Sequence[int]) -> tuple[list[int], int]:
+        """Each handle's row, and the width the step attends over; refuses a step that skips a sequence."""
+        n = len(self._rows)
+        order = [self._row_of(h) for h in handles]
+        if len(set(order)) != n or len(tokens) != n:
+            raise ValueError(f"a step must feed one token to each of the {n} live sequences")
+        width = max(self._lengths) + 1
+        if width > self._max_length:
+            raise ValueError(f"a sequence reached the model's context of {self._max_length} tokens")
+        return order, width
+
+    def _row_of(self, handle: int) -> int:
+        try:
+            return self._rows.index(handle)
+        except ValueError:
+            raise KeyError(f"no live sequence {handle}") from None
+
+    def release(self, handle: int) -> None:
+        """Free a sequence's row: the last row moves into it, so rows 0..n-1 stay the live ones."""
+        row, last = self._row_of(handle), len(self._rows) - 1
+        if row != last:
+            self._move_row(last, row, self._lengths[last])
+            self._rows[row], self._lengths[row] = self._rows[last], self._lengths[last]
+        self._rows.pop()
+        self._lengths.pop()
+        if not self._rows:
+            self._clear_cache()
+
+    def _move_row(self, src: int, dst: int, length: int) -> None:
+        raise NotImplementedError
+
+    def _clear_cache(self) -> None:
+        raise NotImplementedError
+
+    def warmup(self) -> None:
+        handle, logits = self.prefill([0, 1, 2, 3])
+        self.step([handle], [int(logits.argmax())])  # type: ignore[attr-defined]
+        self.release(handle)

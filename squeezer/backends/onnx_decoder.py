@@ -21,7 +21,6 @@ row's length, which no later step reads before overwriting them. So prompts admi
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from squeezer.backends.decoder import cache_size
+from squeezer.backends.decoder import SlotDecoder, cache_size
 from squeezer.backends.onnx_backend import import_onnxruntime, session_options
 
 # ONNX Runtime's threads spin between ops rather than sleep. An encoder batch is a few large ops, where
@@ -81,27 +80,22 @@ class KVCache:
         self.arrays, self.rows, self.capacity = [], 0, 0
 
 
-class OnnxDecoder:
+class OnnxDecoder(SlotDecoder):
     """Decodes many sequences with one compiled decoder graph, each with a cache row (see the module doc)."""
 
     def __init__(self, session: Any, meta: dict[str, Any], max_sequences: int = 16) -> None:
         if meta.get("format") != FORMAT:
             raise ValueError(f"decoder.json has format {meta.get('format')!r}; this squeezer reads format {FORMAT}")
+        super().__init__(max_sequences, int(meta["max_length"]), frozenset(int(t) for t in meta["eos_token_ids"]))
         self._session = session
         self._ort = import_onnxruntime()
         self._layers = int(meta["num_layers"])
         self._vocab = int(meta["vocab_size"])
-        self._max_length = int(meta["max_length"])
-        self._eos = frozenset(int(t) for t in meta["eos_token_ids"])
-        self._max_sequences = max_sequences
         self._cache_names = [(f"past_{kind}_{i}", f"present_{kind}_{i}") for i in range(self._layers)
                              for kind in ("key", "value")]
         self._store = KVCache(self._layers, int(meta["kv_heads"]), int(meta["head_dim"]))
         self._step_binding: Any = None
         self._step_bound: tuple[int, int] | None = None  # (rows, capacity) the step binding's cache views cover
-        self._ids = itertools.count()
-        self._rows: list[int] = []  # handle of the sequence in each row
-        self._lengths: list[int] = []  # tokens cached in each row
         self.meta = meta
 
     @classmethod
@@ -116,26 +110,6 @@ class OnnxDecoder:
         session = ort.InferenceSession(str(folder / "decoder.onnx"), options, providers=["CPUExecutionProvider"])
         return cls(session, meta, max_sequences)
 
-    @property
-    def max_sequences(self) -> int:
-        return self._max_sequences
-
-    @property
-    def max_length(self) -> int:
-        return self._max_length
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return self._eos
-
-    @property
-    def live(self) -> int:
-        return len(self._rows)
-
-    def prefill(self, prompt_ids: Sequence[int]) -> tuple[int, np.ndarray]:
-        [result] = self.prefill_many([prompt_ids])
-        return result
-
     def prefill_many(self, prompts: Sequence[Sequence[int]]) -> list[tuple[int, np.ndarray]]:
         """Prefill several prompts in one right-padded forward; [(handle, next-token logits)] in their order."""
         lengths = [len(p) for p in prompts]
@@ -149,28 +123,11 @@ class OnnxDecoder:
         self._bind_cache(binding, first, count)
         last = np.arange(count, dtype=np.int64) * width + np.array(lengths, dtype=np.int64) - 1
         logits = self._run(binding, ids, np.array(lengths, dtype=np.int32) - 1, width, last)
-        handles = [next(self._ids) for _ in prompts]
-        self._rows.extend(handles)
-        self._lengths.extend(lengths)
-        return list(zip(handles, logits))
-
-    def _check_prompts(self, lengths: Sequence[int]) -> None:
-        if not lengths:
-            raise ValueError("prefill needs at least one prompt")
-        for length in lengths:
-            if not 0 < length < self._max_length:
-                raise ValueError(f"a prompt must have 1 to {self._max_length - 1} tokens, got {length}")
-        if len(self._rows) + len(lengths) > self._max_sequences:
-            raise RuntimeError(f"all {self._max_sequences} sequence slots are taken")
+        return list(zip(self._admit(lengths), logits))
 
     def step(self, handles: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
         n = len(self._rows)
-        order = [self._row_of(h) for h in handles]
-        if len(set(order)) != n or len(tokens) != n:
-            raise ValueError(f"a step must feed one token to each of the {n} live sequences")
-        width = max(self._lengths) + 1
-        if width > self._max_length:
-            raise ValueError(f"a sequence reached the model's context of {self._max_length} tokens")
+        order, width = self._step_order(handles, tokens)
         self._fit(n, width)
         if self._step_bound != (n, self._store.capacity):  # cache views change only when rows or columns do
             self._step_binding = self._session.io_binding()
@@ -208,27 +165,12 @@ class OnnxDecoder:
         self._session.run_with_iobinding(binding)
         return logits
 
-    def _row_of(self, handle: int) -> int:
-        try:
-            return self._rows.index(handle)
-        except ValueError:
-            raise KeyError(f"no live sequence {handle}") from None
+    def _move_row(self, src: int, dst: int, length: int) -> None:
+        self._store.move(src, dst, length)
 
-    def release(self, handle: int) -> None:
-        row, last = self._row_of(handle), len(self._rows) - 1
-        if row != last:
-            self._store.move(last, row, self._lengths[last])
-            self._rows[row], self._lengths[row] = self._rows[last], self._lengths[last]
-        self._rows.pop()
-        self._lengths.pop()
-        if not self._rows:
-            self._store.clear()
-            self._step_binding, self._step_bound = None, None
-
-    def warmup(self) -> None:
-        handle, logits = self.prefill([0, 1, 2, 3])
-        self.step([handle], [int(logits.argmax())])
-        self.release(handle)
+    def _clear_cache(self) -> None:
+        self._store.clear()
+        self._step_binding, self._step_bound = None, None
 
     def close(self) -> None:
         self._store.clear()

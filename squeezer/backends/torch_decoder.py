@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from squeezer.backends.decoder import cache_size, context_length, eos_ids
+from squeezer.backends.decoder import SlotDecoder, cache_size, context_length, eos_ids
 from squeezer.backends.torch_backend import available_cores, import_torch
 from squeezer.config import ModelConfig
 from squeezer.sources import ModelSource, resolve
@@ -122,7 +122,7 @@ def _cache_classes() -> tuple[type, type]:
     return PrefillCache, StepCache
 
 
-class TorchDecoder:
+class TorchDecoder(SlotDecoder):
     """Decodes many sequences of one transformers causal LM, each with a cache row (see the module doc)."""
 
     def __init__(self, model: Any, max_sequences: int = 16) -> None:
@@ -132,16 +132,11 @@ class TorchDecoder:
             raise ValueError(f"{type(model).__name__} does not take position ids and a cache: it cannot be batch-decoded")
         self._torch = torch
         self.model = model.eval()
-        self._max_sequences = max_sequences
-        self._max_length = context_length(model.config)
-        self._eos = eos_ids(model)
+        super().__init__(max_sequences, context_length(model.config), eos_ids(model))
         self._keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self._float_mask = model.config._attn_implementation == "eager"  # eager adds the mask to the scores
         self._prefill_cache, self._step_cache = _cache_classes()
         self._store = KVStore(torch)
-        self._ids = itertools.count()
-        self._rows: list[int] = []  # handle of the sequence in each row
-        self._lengths: list[int] = []  # tokens cached in each row
 
     @classmethod
     def load(
@@ -170,26 +165,6 @@ class TorchDecoder:
         model = transformers.AutoModelForCausalLM.from_pretrained(str(source.path), **kwargs)
         return cls(model, max_sequences)
 
-    @property
-    def max_sequences(self) -> int:
-        return self._max_sequences
-
-    @property
-    def max_length(self) -> int:
-        return self._max_length
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return self._eos
-
-    @property
-    def live(self) -> int:
-        return len(self._rows)
-
-    def prefill(self, prompt_ids: Sequence[int]) -> tuple[int, np.ndarray]:
-        [result] = self.prefill_many([prompt_ids])
-        return result
-
     def prefill_many(self, prompts: Sequence[Sequence[int]]) -> list[tuple[int, np.ndarray]]:
         """Prefill several prompts in one right-padded forward; [(handle, next-token logits)] in their order."""
         torch, lengths = self._torch, [len(p) for p in prompts]
@@ -210,19 +185,7 @@ class TorchDecoder:
                 **self._keep_last(last),
             )
             logits = self._last_logits(out.logits, last).float().numpy()
-        handles = [next(self._ids) for _ in prompts]
-        self._rows.extend(handles)
-        self._lengths.extend(lengths)
-        return list(zip(handles, logits))
-
-    def _check_prompts(self, lengths: Sequence[int]) -> None:
-        if not lengths:
-            raise ValueError("prefill needs at least one prompt")
-        for length in lengths:
-            if not 0 < length < self._max_length:
-                raise ValueError(f"a prompt must have 1 to {self._max_length - 1} tokens, got {length}")
-        if len(self._rows) + len(lengths) > self._max_sequences:
-            raise RuntimeError(f"all {self._max_sequences} sequence slots are taken")
+        return list(zip(self._admit(lengths), logits))
 
     def _padded(self, prompts: Sequence[Sequence[int]], lengths: Sequence[int]) -> tuple[Any, Any]:
         """Right-padded ids and their mask: a real token is causal, so it never sees the padding after it."""
@@ -253,12 +216,7 @@ class TorchDecoder:
 
     def step(self, handles: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
         torch, n = self._torch, len(self._rows)
-        order = [self._row_of(h) for h in handles]
-        if len(set(order)) != n or len(tokens) != n:
-            raise ValueError(f"a step must feed one token to each of the {n} live sequences")
-        width = max(self._lengths) + 1
-        if width > self._max_length:
-            raise ValueError(f"a sequence reached the model's context of {self._max_length} tokens")
+        order, width = self._step_order(handles, tokens)
         with torch.inference_mode():
             self._store.fit(n, width, self._max_length)
             ids = torch.empty(n, dtype=torch.long)
@@ -293,27 +251,12 @@ class TorchDecoder:
         blocked = self._torch.finfo(self._torch.float32).min
         return self._torch.zeros(visible.shape).masked_fill(~visible, blocked)[:, None, None, :]
 
-    def _row_of(self, handle: int) -> int:
-        try:
-            return self._rows.index(handle)
-        except ValueError:
-            raise KeyError(f"no live sequence {handle}") from None
+    def _move_row(self, src: int, dst: int, length: int) -> None:
+        with self._torch.inference_mode():
+            self._store.move(src, dst, length)
 
-    def release(self, handle: int) -> None:
-        row, last = self._row_of(handle), len(self._rows) - 1
-        if row != last:
-            with self._torch.inference_mode():
-                self._store.move(last, row, self._lengths[last])
-            self._rows[row], self._lengths[row] = self._rows[last], self._lengths[last]
-        self._rows.pop()
-        self._lengths.pop()
-        if not self._rows:
-            self._store.clear()
-
-    def warmup(self) -> None:
-        handle, logits = self.prefill([0, 1, 2, 3])
-        self.step([handle], [int(logits.argmax())])
-        self.release(handle)
+    def _clear_cache(self) -> None:
+        self._store.clear()
 
     def close(self) -> None:
         self._store.clear()
