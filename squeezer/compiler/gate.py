@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -217,3 +217,35 @@ class Gate:
         metrics = METRICS[self.family](self.reference, candidate, self.model.info)
         failures = [v for b in self.bounds if (v := b.violation(metrics[b.metric], self.budget))]
         return Verdict({k: round(v, 6) for k, v in metrics.items()}, tuple(failures))
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+R = TypeVar("R", bound=Closable)
+
+
+def gate_candidate(record: dict[str, Any], build: Callable[[], R], judge: Callable[[R], Verdict],
+                   say: Callable[[str], None]) -> R | None:
+    """Build a candidate's runner and judge it, filling its report record; the runner only if it passed.
+
+    Shared by every model family: a candidate that cannot be built or run is reported as failed (never fatal
+    to the whole optimize), a rejected one lists the bounds it broke, and a runner not kept is closed.
+    """
+    runner = None
+    try:
+        runner = build()
+        verdict = judge(runner)
+    except Exception as exc:  # a recipe that cannot be built or run is reported, not fatal
+        record["reasons"] = [f"{type(exc).__name__}: {str(exc).strip()[:300]}"]
+        say(f"failed: {record['reasons'][0]}")
+        if runner is not None:
+            runner.close()
+        return None
+    record.update(metrics=verdict.metrics, verdict="passed" if verdict.passed else "rejected", reasons=list(verdict.failures))
+    say(f"{record['verdict']} ({', '.join(f'{k} {v:.4f}' for k, v in verdict.metrics.items())})")
+    if verdict.passed:
+        return runner
+    runner.close()
+    return None

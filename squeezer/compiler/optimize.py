@@ -37,7 +37,7 @@ from squeezer.compiler import validation_data as vd
 from squeezer.compiler.build import BuildContext, Builder
 from squeezer.compiler.config import OptimizeConfig
 from squeezer.compiler.export import OPSET, Exported, ExportError, encode, export
-from squeezer.compiler.gate import Gate
+from squeezer.compiler.gate import Gate, gate_candidate
 from squeezer.compiler.optimize_decoder import DECODER, Pipeline, Progress
 from squeezer.compiler.package import check_destination, package_files, staging
 from squeezer.compiler.recipes import Recipe, recipes_for
@@ -195,26 +195,16 @@ def evaluate(recipe: Recipe, builder: Builder, gate: Gate, head: str, target: st
     record: dict[str, Any] = {"name": recipe.name, "dtype": recipe.dtype, "recipe": recipe.describe(), "verdict": "failed",
                               "reasons": [], "metrics": {}, "timings": {}}
     start = time.perf_counter()
-    backend = None
-    try:
+
+    def build() -> Backend:
         built = builder.build(recipe)
         record.update(graph=built.path.name, size_bytes=built.path.stat().st_size, build_s=round(time.perf_counter() - start, 2),
                       fusions=built.fusions, kept_float=len(built.kept_float))
         backend = OnnxBackend.from_graph(built.path, head, target, threads, spinning, max_length, recipe.dtype)
         say(f"gate on {len(gate.plans)} inputs")
-        verdict = gate.judge(backend)
-    except Exception as exc:  # a recipe that cannot be built or run is reported, not fatal
-        record["reasons"] = [f"{type(exc).__name__}: {str(exc).strip()[:300]}"]
-        say(f"failed: {record['reasons'][0]}")
-        if backend is not None:
-            backend.close()
-        return record, None
-    record.update(metrics=verdict.metrics, verdict="passed" if verdict.passed else "rejected", reasons=list(verdict.failures))
-    say(f"{record['verdict']} ({', '.join(f'{k} {v:.4f}' for k, v in verdict.metrics.items())})")
-    if verdict.passed:
-        return record, backend
-    backend.close()
-    return record, None
+        return backend
+
+    return record, gate_candidate(record, build, gate.judge, say)
 
 
 def time_all(backends: dict[str, Backend], reference: Backend, candidates: list[dict[str, Any]], info: ModelInfo,

@@ -37,6 +37,7 @@ from squeezer.compiler.decoder_graph import (
     build_decoder,
     unsupported_reason,
 )
+from squeezer.compiler.gate import gate_candidate
 from squeezer.compiler.generation_gate import NEW_TOKENS, GenerationGate
 from squeezer.compiler.package import package_files
 from squeezer.compiler.recipes import Recipe, recipes_for
@@ -144,27 +145,17 @@ def evaluate(recipe: Recipe, model: Any, gate: GenerationGate, folder: Path, thr
                               "reasons": [], "metrics": {}, "timings": {}}
     [weights] = [step for step in recipe.steps if isinstance(step, DecoderWeights)]
     start = time.perf_counter()
-    decoder = None
-    try:
+
+    def build() -> OnnxDecoder:
         say("building the decoder graph")
         build_decoder(model, folder, weights)
         record.update(folder=folder.name, size_bytes=sum(f.stat().st_size for f in folder.iterdir()),
                       build_s=round(time.perf_counter() - start, 2))
         decoder = OnnxDecoder.load(folder, threads, MAX_SEQUENCES, SPINNING)
         say(f"gate on {len(gate.prompts)} prompts, {gate.positions} positions")
-        verdict = gate.judge(decoder)
-    except Exception as exc:  # a recipe that cannot be built or run is reported, not fatal
-        record["reasons"] = [f"{type(exc).__name__}: {str(exc).strip()[:300]}"]
-        say(f"failed: {record['reasons'][0]}")
-        if decoder is not None:
-            decoder.close()
-        return record, None
-    record.update(metrics=verdict.metrics, verdict="passed" if verdict.passed else "rejected", reasons=list(verdict.failures))
-    say(f"{record['verdict']} ({', '.join(f'{k} {v:.4f}' for k, v in verdict.metrics.items())})")
-    if verdict.passed:
-        return record, decoder
-    decoder.close()
-    return record, None
+        return decoder
+
+    return record, gate_candidate(record, build, gate.judge, say)
 
 
 def time_all(decoders: dict[str, Decoder], reference: Decoder, candidates: list[dict[str, Any]], info: ModelInfo,
