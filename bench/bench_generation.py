@@ -32,7 +32,7 @@ from pathlib import Path
 import httpx
 
 from bench import peers
-from squeezer.backends.torch_backend import available_cores
+from squeezer.artifact import available_cpus
 from tests.server import ServerProcess, free_port
 from tests.tiny_decoders import smollm2_gguf
 
@@ -120,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     args.naive_tokens = args.naive_tokens or args.new_tokens
     folder, name = smollm2_gguf()
-    threads = available_cores()
+    threads = available_cpus()
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
         flags = ["--optimize"] if args.optimize else []

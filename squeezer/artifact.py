@@ -200,6 +200,11 @@ class Artifact:
         return str(self.report["target"])
 
     @property
+    def profile(self) -> str:
+        """What the candidates were timed for: "latency" (one request alone) or "throughput" (under load)."""
+        return str(self.report.get("profile", "latency"))
+
+    @property
     def inputs(self) -> list[str]:
         return list(self.report["graph"]["inputs"])
 

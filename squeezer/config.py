@@ -68,7 +68,9 @@ class ModelConfig:
     optimize: bool = setting(False, "Compile each model with `squeezer optimize` (or reuse its cached artifact) before serving it.")
 
     def __post_init__(self) -> None:
-        from squeezer.tasks import ALL_TASKS  # tasks import nothing from config: no cycle
+        from squeezer.tasks import (
+            ALL_TASKS,  # tasks import nothing from config: no cycle
+        )
 
         _check(self.max_memory_mb >= 0, "max_memory_mb", "must be 0 (no budget) or a size in MiB")
         _check(
@@ -84,9 +86,15 @@ class BackendConfig:
 
     backend: str = setting("torch", "Backend for model folders (artifacts from `squeezer optimize` always use onnxruntime).", choices=("torch", "onnxruntime"))
     threads: int = setting(0, "Intra-op threads for the backend; 0 means the cores available to this process.")
+    instances: int = setting(
+        0,
+        "Batches run at once, each on its share of the threads (like Triton's instance count); 0 = auto: one per "
+        "core for a CPU artifact optimized for throughput, else 1 (the torch backend runs one).",
+    )
 
     def __post_init__(self) -> None:
         _check(self.threads >= 0, "threads", f"must be 0 (auto) or a positive count, got {self.threads}")
+        _check(self.instances >= 0, "instances", f"must be 0 (auto) or a positive count, got {self.instances}")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,13 @@ from squeezer.backends import split_outputs
 from squeezer.caches import LRUCache
 from squeezer.config import BackendConfig, BatchingConfig, CacheConfig, ModelConfig
 from squeezer.errors import ModelNotReadyError, UnknownModelError
-from squeezer.loading import GenerativeModel, LoadedModel, Model, Seq2SeqModel, load_model
+from squeezer.loading import (
+    GenerativeModel,
+    LoadedModel,
+    Model,
+    Seq2SeqModel,
+    load_model,
+)
 from squeezer.scheduling import Batcher, BatchStats
 from squeezer.scheduling.decoding import DecodeLoop, SequenceStats, StepStats
 from squeezer.scheduling.decoding_config import DecodingConfig
@@ -183,7 +189,8 @@ def _batcher(model: LoadedModel, batching: BatchingConfig, decoding: DecodingCon
         return split_outputs(head, backend.forward(batch), batch.lengths)
 
     pad_id = model.info.tokenizer.pad_token_id or 0
-    return Batcher(run_batch, pad_id, batching, hooks.bind("on_batch", model.model_id))
+    workers = backend.capabilities().instances
+    return Batcher(run_batch, pad_id, batching, hooks.bind("on_batch", model.model_id), workers=workers)
 
 
 def _decode_loop(model: GenerativeModel, batching: BatchingConfig, decoding: DecodingConfig, hooks: Hooks) -> DecodeLoop:

@@ -44,23 +44,34 @@ def result_headers(result: Result) -> dict[str, str]:
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, but cancel it (dropping its queued sequences) if the client disconnects first."""
-    task = asyncio.ensure_future(work)
+    """Await `work` in this task, but cancel it (dropping its queued sequences) if the client disconnects.
+
+    A watcher task reads the connection and cancels this task on `http.disconnect`. Awaiting the work
+    here, rather than in a task of its own raced against the watcher, saves a task and a wait per request:
+    at hundreds of requests a second, the event loop's bookkeeping is a real share of one core.
+    """
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
 
     async def watch() -> None:
+        nonlocal gone
         try:
             while (await request.receive())["type"] != "http.disconnect":
                 pass
         except Exception:  # nothing to watch on this connection: never report a disconnect
-            await asyncio.Event().wait()
+            return
+        gone = True
+        current.cancel()
 
     watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        if hasattr(current, "uncancel"):  # Python 3.11+: the cancellation was ours, and is answered here
+            current.uncancel()
+        raise ClientError("client disconnected", status=499) from None
     finally:
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise ClientError("client disconnected", status=499)
-    return task.result()

@@ -66,6 +66,7 @@ class Capabilities:
     dtype: str
     head: str
     max_length: int
+    instances: int = 1  # batches the backend may run at once, from as many threads
 
 
 class Backend(Protocol):

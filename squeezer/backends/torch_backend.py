@@ -6,11 +6,11 @@ against. torch is imported lazily so that serving a compiled artifact never need
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
+from squeezer.artifact import available_cpus
 from squeezer.backends.base import HEAD_OUTPUTS, Batch, Capabilities
 from squeezer.config import BackendConfig, ModelConfig
 from squeezer.sources import ModelSource
@@ -33,14 +33,6 @@ def import_torch() -> Any:
     return torch
 
 
-def available_cores() -> int:
-    """Cores this process may run on (affinity-aware), not the machine's total."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 class TorchBackend:
     """Runs a transformers model with torch.inference_mode on padded batches."""
 
@@ -51,7 +43,7 @@ class TorchBackend:
         self._torch = torch
         self._head = head
         self._max_length = max_length
-        torch.set_num_threads(config.threads or available_cores())
+        torch.set_num_threads(config.threads or available_cpus())
         auto = getattr(transformers, AUTO_CLASSES[head])
         kwargs: dict[str, Any] = {"trust_remote_code": model_config.trust_remote_code, "dtype": torch.float32}
         if source.gguf_file:

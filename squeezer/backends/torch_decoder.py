@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from squeezer.artifact import available_cpus
 from squeezer.backends.decoder import SlotDecoder, cache_size, context_length, eos_ids
-from squeezer.backends.torch_backend import available_cores, import_torch
+from squeezer.backends.torch_backend import import_torch
 from squeezer.config import ModelConfig
 from squeezer.sources import ModelSource, resolve
 
@@ -156,7 +157,7 @@ class TorchDecoder(SlotDecoder):
         model_config = model_config or ModelConfig()
         if not isinstance(source, ModelSource):
             source = resolve(str(source))
-        torch.set_num_threads(threads or available_cores())
+        torch.set_num_threads(threads or available_cpus())
         kwargs: dict[str, Any] = {"trust_remote_code": model_config.trust_remote_code, "dtype": torch.float32}
         if source.gguf_file:
             kwargs["gguf_file"] = source.gguf_file

@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from squeezer.backends.torch_backend import available_cores, import_torch
+from squeezer.artifact import available_cpus
+from squeezer.backends.torch_backend import import_torch
 from squeezer.config import ModelConfig
 from squeezer.sources import ModelSource
 from squeezer.tasks.seq2seq import Seq2SeqParams, task_params
@@ -21,7 +22,9 @@ def pipeline_generation_config(model: Any) -> Any:
     from transformers import GenerationConfig
 
     try:
-        from transformers.pipelines.text2text_generation import Text2TextGenerationPipeline
+        from transformers.pipelines.text2text_generation import (
+            Text2TextGenerationPipeline,
+        )
 
         default = copy.deepcopy(Text2TextGenerationPipeline._default_generation_config)
     except (ImportError, AttributeError):
@@ -60,7 +63,7 @@ class TorchSeq2Seq:
         torch = import_torch()
         import transformers
 
-        torch.set_num_threads(threads or available_cores())
+        torch.set_num_threads(threads or available_cpus())
         kwargs: dict[str, Any] = {
             "trust_remote_code": model_config.trust_remote_code,
             "dtype": torch.float32,

@@ -1,7 +1,7 @@
 """Dynamic batching for encoder models: concurrent requests' sequences share one forward pass.
 
 Requests put typed work items (a feature, its arrival time, its future) on a bounded per-model queue. A
-single worker thread takes what is waiting, groups it by length so similar lengths share a batch (less
+worker thread (one per backend instance, see `Capabilities.instances`) takes what is waiting, groups it by length so similar lengths share a batch (less
 padding), cuts it to the token budget and batch size, and runs it, so the event loop keeps accepting and
 tokenizing while the model computes. When the model is idle a request runs at once; only while it is busy
 does a batch wait (at most `max_wait_ms`) for company.
@@ -104,14 +104,22 @@ def take_batch(pending: list[WorkItem], config: BatchingConfig) -> list[WorkItem
 class Batcher:
     """Groups one model's work items into batches and runs them, one batch at a time, on its own thread."""
 
-    def __init__(self, run: RunBatch, pad_id: int, config: BatchingConfig, on_batch: Callable[[BatchStats], None] | None = None) -> None:
+    def __init__(
+        self,
+        run: RunBatch,
+        pad_id: int,
+        config: BatchingConfig,
+        on_batch: Callable[[BatchStats], None] | None = None,
+        workers: int = 1,
+    ) -> None:
         self._run = run
+        self._n_workers = workers
         self._pad_id = pad_id
         self._config = config
         self._on_batch = on_batch
         self._pending: list[WorkItem] = []  # shared with the worker: guarded by _ready
         self._ready = threading.Condition()
-        self._worker: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_batch_end = 0.0
         self._stopping = False
@@ -126,18 +134,20 @@ class Batcher:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._worker = threading.Thread(target=self._work, name="squeezer-forward", daemon=True)
-        self._worker.start()
+        for i in range(self._n_workers):
+            worker = threading.Thread(target=self._work, name=f"squeezer-forward-{i}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
 
     async def close(self) -> None:
         with self._ready:
             self._stopping = True
             dropped, self._pending = self._pending, []
-            self._ready.notify()
+            self._ready.notify_all()
         for item in dropped:
             item.future.cancel()
-        if self._worker:
-            await asyncio.to_thread(self._worker.join)
+        for worker in self._workers:
+            await asyncio.to_thread(worker.join)
 
     async def submit(self, features: Sequence[Feature]) -> Submitted:
         """Queue one request's sequences and wait for their outputs, in order.
@@ -154,8 +164,8 @@ class Batcher:
         with self._ready:
             self._pending.extend(items)
             self._ready.notify()
-        try:
-            done = await asyncio.gather(*(item.future for item in items))
+        try:  # one sequence (the usual request) needs no gathering future
+            done = [await items[0].future] if len(items) == 1 else await asyncio.gather(*(item.future for item in items))
         except asyncio.CancelledError:
             for item in items:
                 item.future.cancel()
@@ -172,11 +182,12 @@ class Batcher:
 
     def _work(self) -> None:
         """The worker thread: take a batch, run it, hand the results to the event loop, repeat."""
-        while (batch := self._next_batch()) is not None:
-            self._execute(batch)
+        while (taken := self._next_batch()) is not None:
+            self._execute(*taken)
 
-    def _next_batch(self) -> list[WorkItem] | None:
-        """Block until there is live work (None once closing), give it the wait window, then cut a batch."""
+    def _next_batch(self) -> tuple[list[WorkItem], int] | None:
+        """Block until there is live work (None once closing), give it the wait window, then cut a batch
+        and number it."""
         with self._ready:
             while True:
                 self._pending = [it for it in self._pending if not it.future.done()]  # cancelled: skipped
@@ -185,22 +196,26 @@ class Batcher:
                 if self._pending:
                     break
                 self._ready.wait()
-            if self._busy() and len(self._pending) < self._config.max_batch_size:
-                self._ready.wait(self._config.max_wait_ms / 1000)  # lets a small batch grow while the model is hot
+            batch = take_batch(self._pending, self._config)
+            if len(batch) == len(self._pending) < self._config.max_batch_size and self._busy():
+                # The batch would take everything waiting: give it the window to grow while the model is
+                # hot. A batch already bounded by the budget or by padding gains nothing from waiting.
+                self._ready.wait(self._config.max_wait_ms / 1000)
                 self._pending = [it for it in self._pending if not it.future.done()]
                 if self._stopping or not self._pending:
-                    return None if self._stopping else []
-            batch = take_batch(self._pending, self._config)
+                    return None if self._stopping else ([], 0)
+                batch = take_batch(self._pending, self._config)
             chosen = {id(it) for it in batch}
             self._pending = [it for it in self._pending if id(it) not in chosen]
             self._in_flight += 1
-            return batch
+            self._batches += 1
+            return batch, self._batches
 
     def _busy(self) -> bool:
         """The model has just finished a batch, so more requests are likely on their way."""
         return time.perf_counter() - self._last_batch_end < self._config.max_wait_ms / 1000
 
-    def _execute(self, batch: list[WorkItem]) -> None:
+    def _execute(self, batch: list[WorkItem], number: int) -> None:
         if not batch:
             return
         types = [it.feature.token_type_ids or [0] * it.length for it in batch]
@@ -212,10 +227,9 @@ class Batcher:
         except Exception as exc:  # a backend failure answers every request in the batch, never hangs them
             rows = exc
         self._last_batch_end = time.perf_counter()
-        self._batches += 1
         stats = BatchStats(len(batch), padded.input_ids.size, sum(padded.lengths), self._last_batch_end - start)
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._deliver, batch, rows, start, stats, self._batches)
+        self._loop.call_soon_threadsafe(self._deliver, batch, rows, start, stats, number)
 
     def _deliver(self, batch: list[WorkItem], rows: list[Outputs] | Exception, start: float, stats: BatchStats, number: int) -> None:
         """On the event loop: resolve each item's future (a cancelled one is left alone)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import time
 
@@ -64,6 +65,31 @@ def test_request_timeout_gives_504(start) -> None:
     response = httpx.post(srv.url + "/models/minilm", json={"inputs": LONG})
     assert response.status_code == 504 and "timed out" in response.json()["error"]
     assert httpx.get(srv.url + "/health").status_code == 200
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """One sample of a Prometheus text exposition, 0 when absent."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    match = re.search(rf"^{re.escape(name)}{{{re.escape(wanted)}}} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_a_client_that_leaves_has_its_queued_work_dropped(start) -> None:
+    srv = start(MINILM_SPEC, "--max-batch-size", "1")
+    body = {"options": {"use_cache": False}}
+
+    async def scenario() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
+            busy = [asyncio.ensure_future(client.post("/models/minilm", json={"inputs": f"{LONG} {i}", **body})) for i in range(12)]
+            await asyncio.sleep(0.05)  # the model is busy for a while with those
+            with pytest.raises(httpx.ReadTimeout):
+                await client.post("/models/minilm", json={"inputs": f"{LONG} leaving", **body}, timeout=0.05)
+            return list(await asyncio.gather(*busy))
+
+    assert [r.status_code for r in asyncio.run(scenario())] == [200] * 12
+    text = httpx.get(srv.url + "/metrics").text
+    assert metric(text, "squeezer_requests_total", route="/models/{model_path:path}", status="499") == 1
+    assert metric(text, "squeezer_batch_size_count", model="minilm") == 12  # the leaver's sequence never ran
 
 
 def test_unload_load_and_wait_for_model(start, tiny_model) -> None:

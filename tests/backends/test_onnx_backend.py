@@ -7,14 +7,27 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from squeezer.artifact import ArtifactError, available_cpus, is_artifact, load_artifact, report_checksum
+from squeezer.artifact import (
+    Artifact,
+    ArtifactError,
+    available_cpus,
+    is_artifact,
+    load_artifact,
+    report_checksum,
+)
 from squeezer.backends import BACKENDS, Batch
-from squeezer.backends.onnx_backend import OnnxBackend, default_spinning, session_options
+from squeezer.backends.onnx_backend import (
+    OnnxBackend,
+    default_spinning,
+    instances_for,
+    session_options,
+)
 from squeezer.compiler import validation_data as vd
 from squeezer.compiler.gate import Gate
 from squeezer.compiler.report import Report
@@ -80,6 +93,29 @@ def test_capabilities_and_session_tuning(artifacts) -> None:
     assert session_options(3, spinning=True).intra_op_num_threads == 3
     assert not default_spinning(0) and not default_spinning(available_cpus())  # no core left: no spinning
     assert default_spinning(1) == (available_cpus() > 1)
+
+
+def test_instances_default_by_profile_and_target() -> None:
+    def artifact(target: str, profile: str) -> Artifact:
+        return Artifact(Path("unused"), {"target": target, "profile": profile})
+
+    assert instances_for(BackendConfig(), artifact("cpu", "throughput")) == available_cpus()
+    assert instances_for(BackendConfig(threads=3), artifact("cpu", "throughput")) == 3
+    assert instances_for(BackendConfig(), artifact("cpu", "latency")) == 1
+    assert instances_for(BackendConfig(), artifact("cuda", "throughput")) == 1
+    assert instances_for(BackendConfig(instances=2), artifact("cpu", "latency")) == 2
+
+
+def test_instances_run_batches_at_once_with_the_same_answers(artifacts) -> None:
+    backend = serve(artifacts["base"].path, BackendConfig(threads=2, instances=2)).backend
+    assert backend.capabilities().instances == 2
+    batches = [Batch.pad([[101, *range(1000 + i, 1000 + i + n), 102] for n in (3, 9, 5)], None, 0) for i in range(8)]
+    alone = [backend.forward(b) for b in batches]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(backend.forward, batches))
+    for a, b in zip(alone, together):
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])
 
 
 def test_batches_with_and_without_segment_ids(artifacts) -> None:

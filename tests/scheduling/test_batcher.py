@@ -146,3 +146,18 @@ async def test_drain_finishes_queued_work_then_refuses_new() -> None:
     assert all(len(t.result().outputs) == 1 for t in waiting)
     with pytest.raises(ModelNotReadyError):
         await batcher.submit([feature(1)])
+
+
+async def test_workers_run_batches_at_once_and_keep_every_answer() -> None:
+    both_running = threading.Barrier(2, timeout=5)  # a batch returns only once another runs beside it
+
+    def model(batch: Batch) -> list[dict[str, np.ndarray]]:
+        both_running.wait()
+        return [{"sum": np.array(s)} for s in (batch.input_ids * batch.attention_mask).sum(axis=1)]
+
+    batcher = Batcher(model, 0, BatchingConfig(max_batch_size=1), workers=2)
+    batcher.start()
+    results = await asyncio.gather(*(batcher.submit([feature(n, value=2)]) for n in range(1, 9)))
+    assert [int(r.outputs[0]["sum"]) for r in results] == [2 * n for n in range(1, 9)]
+    await batcher.close()
+
