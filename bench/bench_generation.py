@@ -7,7 +7,8 @@
    from `squeezer optimize`, or `--optimize`): one client, then `--clients` concurrent streaming chat clients,
    each asking for `--new-tokens` tokens greedily (temperature 0, no stop).
 2. The peers on the same prompt and threads, when installed (bench/peers.py): llama.cpp on the same GGUF and
-   onnxruntime-genai int4.
+   onnxruntime-genai int4. They run in-process, so squeezer's engine also decodes that prompt in-process (no
+   HTTP, timed from the prompt to the last token, as llama.cpp is) beside its one-client HTTP figure.
 3. The out-of-the-box deployment: a FastAPI app calling `transformers.pipeline("text-generation")` per request,
    one at a time (bench/baseline_generation_app.py), with the KV cache and without it (the naive version).
    Requests there run one after another, so a few of them measure its throughput; `--baseline-requests` says how
@@ -81,6 +82,27 @@ async def drive(url: str, model: str, clients: int, new_tokens: int) -> dict[str
     }
 
 
+def in_process(spec: str, optimize: bool, question: str, new_tokens: int) -> float:
+    """Tokens/s of one greedy chat request through squeezer's engine without HTTP, prompt to last token."""
+    from squeezer.config import ModelConfig
+    from squeezer.engine import Engine
+
+    async def run() -> float:
+        engine = Engine.from_specs([spec], model_config=ModelConfig(optimize=optimize))
+        await engine.start()
+        params = {"max_new_tokens": new_tokens, "do_sample": False}
+        messages = [{"role": "user", "content": question}]
+        try:
+            await engine.generate("smollm2", messages=messages, parameters={**params, "max_new_tokens": 4})  # warm-up
+            start = time.perf_counter()
+            done = await engine.generate("smollm2", messages=messages, parameters=params)
+            return done.generations[0].generated_tokens / (time.perf_counter() - start)
+        finally:
+            await engine.close()
+
+    return asyncio.run(run())
+
+
 def baseline(gguf: Path, use_cache: bool, requests: int, new_tokens: int, logs: Path) -> dict[str, float]:
     """The pipeline app, one request at a time (it cannot do better): tokens/s and time per request."""
     port = free_port()
@@ -124,7 +146,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
         flags = ["--optimize"] if args.optimize else []
-        server = ServerProcess([f"smollm2={args.serve or folder / name}", "--log-level", "warning", *flags], logs)
+        spec = f"smollm2={args.serve or folder / name}"
+        server = ServerProcess([spec, "--log-level", "warning", *flags], logs)
         try:
             server.wait_ready(600)
             asyncio.run(drive(server.url, "smollm2", 2, 8))  # warm-up
@@ -132,6 +155,7 @@ def main() -> None:
             ours = asyncio.run(drive(server.url, "smollm2", args.clients, args.new_tokens))
         finally:
             server.stop()
+        engine_alone = in_process(spec, args.optimize, QUESTIONS[0], args.new_tokens)
         prompt = peers.chat_prompt(tokenizer(folder / name), QUESTIONS[0])
         llama = peers.llama_cpp(folder / name, prompt, args.new_tokens, threads)
         genai = peers.onnxruntime_genai(args.genai_model, prompt, args.new_tokens, args.peer_batch)
@@ -141,7 +165,8 @@ def main() -> None:
     print(f"squeezer, 1 client:   {single['tokens_per_s']:7.1f} tokens/s   time to first token {single['ttft_p50'] * 1000:.0f} ms")
     print(f"squeezer, {args.clients} clients: {ours['tokens_per_s']:7.1f} tokens/s aggregate; time to first token "
           f"p50 {ours['ttft_p50'] * 1000:.0f} ms, p99 {ours['ttft_p99'] * 1000:.0f} ms; {ours['stream_tokens_per_s']:.1f} tokens/s per stream")
-    print(f"llama.cpp, 1 request: {describe(llama, 'tokens_per_s')}   (same GGUF, {threads} threads)")
+    print(f"squeezer engine, 1 request in-process: {engine_alone:7.1f} tokens/s")
+    print(f"llama.cpp, 1 request in-process: {describe(llama, 'tokens_per_s')}   (same GGUF, {threads} threads)")
     print(f"onnxruntime-genai int4, 1 request: {describe(genai, 'tokens_per_s')}; "
           f"{args.peer_batch} batched: {describe(genai, 'batched_tokens_per_s')}")
     print(f"pipeline per request, with cache:    {cached['tokens_per_s']:7.1f} tokens/s ({cached['seconds_per_request']:.1f} s/request)")
