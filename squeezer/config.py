@@ -68,9 +68,7 @@ class ModelConfig:
     optimize: bool = setting(False, "Compile each model with `squeezer optimize` (or reuse its cached artifact) before serving it.")
 
     def __post_init__(self) -> None:
-        from squeezer.tasks import (
-            ALL_TASKS,  # tasks import nothing from config: no cycle
-        )
+        from squeezer.tasks import ALL_TASKS  # tasks import nothing from config: no cycle
 
         _check(self.max_memory_mb >= 0, "max_memory_mb", "must be 0 (no budget) or a size in MiB")
         _check(

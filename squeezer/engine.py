@@ -18,22 +18,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from squeezer.caches import LRUCache, approx_bytes, request_key
-from squeezer.completions import (
-    Completion,
-    Prompt,
-    Streaming,
-    complete,
-    make_prompt,
-    start_stream,
-)
-from squeezer.config import (
-    BackendConfig,
-    BatchingConfig,
-    CacheConfig,
-    LimitsConfig,
-    ModelConfig,
-)
+from squeezer.completions import Completion, Prompt, Streaming, complete, make_prompt, start_stream
+from squeezer.config import BackendConfig, BatchingConfig, CacheConfig, LimitsConfig, ModelConfig
 from squeezer.errors import ClientError, ModelNotReadyError
+from squeezer.interrupt import Interrupt
 from squeezer.loading import GenerativeModel, LoadedModel, Seq2SeqModel
 from squeezer.registry import Hooks, ModelEntry, ModelRegistry
 from squeezer.requests import Answer, answer, plan
@@ -250,29 +238,18 @@ class Engine:
     async def _within_deadline(self, work: Awaitable[T], started: float) -> T:
         """Wait for the model within the request timeout; past it, drop the work and answer 504.
 
-        A timer cancels this very task at the deadline (what `asyncio.timeout` does from Python 3.11),
-        rather than `wait_for`, which runs the work in a task of its own: one task fewer per request.
+        A timer cancels this very task at the deadline (see `squeezer.interrupt` for why not `wait_for`).
         """
         timeout = self.limits.request_timeout
         if not timeout:
             return await work
-        current = asyncio.current_task()
-        assert current is not None
-        expired = False
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            current.cancel()
-
-        timer = asyncio.get_running_loop().call_later(max(0.0, timeout - (time.perf_counter() - started)), expire)
+        interrupt = Interrupt()
+        timer = asyncio.get_running_loop().call_later(max(0.0, timeout - (time.perf_counter() - started)), interrupt.fire)
         try:
             return await work
         except asyncio.CancelledError:
-            if not expired:
+            if not interrupt.claim():
                 raise
-            if hasattr(current, "uncancel"):  # Python 3.11+: the cancellation was ours, and is answered here
-                current.uncancel()
             raise ClientError(f"request timed out after {timeout:g}s waiting for the model", status=504) from None
         finally:
             timer.cancel()

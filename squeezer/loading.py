@@ -238,9 +238,7 @@ def _load_onnx_decoder(
 def _load_generator(
     source: ModelSource, info: ModelInfo, task_name: str, model_config: ModelConfig, backend_config: BackendConfig, max_sequences: int
 ) -> GenerativeModel:
-    from squeezer.backends.torch_decoder import (
-        TorchDecoder,  # lazy: torch is an optional extra
-    )
+    from squeezer.backends.torch_decoder import TorchDecoder  # lazy: torch is an optional extra
 
     decoder = TorchDecoder.load(source, model_config, backend_config.threads, max_sequences)
     decoder.warmup()
@@ -251,9 +249,7 @@ def _load_generator(
 def _load_seq2seq(
     source: ModelSource, info: ModelInfo, task_name: str, model_config: ModelConfig, backend_config: BackendConfig, max_sequences: int
 ) -> Seq2SeqModel:
-    from squeezer.backends.torch_seq2seq import (
-        TorchSeq2Seq,  # lazy: torch is an optional extra
-    )
+    from squeezer.backends.torch_seq2seq import TorchSeq2Seq  # lazy: torch is an optional extra
 
     if not getattr(info.config, "is_encoder_decoder", False):
         raise SourceError(f"{source.model_id}: {task_name} needs an encoder-decoder model (T5, BART, Marian, ...)")

@@ -2,7 +2,8 @@
 
 It needs neither torch nor the compiler, so an artifact can be served from a small install
 (`pip install 'squeezer[onnx]'`). The compiler times and gates candidates through this very class
-(`OnnxBackend.from_graph`), so what the report measured is what serving runs, session options included.
+(`OnnxBackend.from_graph`), so what the report measured is what serving runs, session options included
+(a throughput artifact then serves as one single-threaded instance per core: see `instances_for`).
 
 Session options are chosen, not left at their defaults:
 - intra-op threads = the cores this process may really use (affinity and cgroup quota), or `--threads`,

@@ -22,9 +22,7 @@ def pipeline_generation_config(model: Any) -> Any:
     from transformers import GenerationConfig
 
     try:
-        from transformers.pipelines.text2text_generation import (
-            Text2TextGenerationPipeline,
-        )
+        from transformers.pipelines.text2text_generation import Text2TextGenerationPipeline
 
         default = copy.deepcopy(Text2TextGenerationPipeline._default_generation_config)
     except (ImportError, AttributeError):
