@@ -18,7 +18,17 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from squeezer.caches import LRUCache, approx_bytes, request_key
-from squeezer.completions import Completion, Prompt, Streaming, complete, make_prompt, start_stream
+from squeezer.completions import (
+    Completion,
+    Prompt,
+    Streaming,
+    complete,
+    complete_seq2seq,
+    make_prompt,
+    seq2seq_prompt,
+    start_seq2seq_stream,
+    start_stream,
+)
 from squeezer.config import BackendConfig, BatchingConfig, CacheConfig, LimitsConfig, ModelConfig
 from squeezer.errors import ClientError, ModelNotReadyError
 from squeezer.interrupt import Interrupt
@@ -273,7 +283,12 @@ class Engine:
         parameters: dict[str, Any] | None = None,
         wait_for_model: bool = False,
     ) -> Completion:
-        """Generate for a plain prompt or chat messages (through the model's chat template); waits for the end."""
+        """Generate for a plain prompt or chat messages (through the model's chat template); waits for the end.
+        An encoder-decoder model answers a prompt too, with its task prefix."""
+        encoder_decoder = await self._seq2seq_model(model_id, wait_for_model)
+        if encoder_decoder is not None:
+            model, scheduler = encoder_decoder
+            return await complete_seq2seq(model, scheduler, seq2seq_prompt(model, prompt, messages), GenerationParams.parse(parameters))
         return await complete(*await self._generation(model_id, prompt, messages, parameters, wait_for_model))
 
     async def stream(
@@ -285,7 +300,18 @@ class Engine:
         wait_for_model: bool = False,
     ) -> Streaming:
         """Start a streamed generation; closing its `events` early frees the sequence at the next step."""
+        encoder_decoder = await self._seq2seq_model(model_id, wait_for_model)
+        if encoder_decoder is not None:
+            model, scheduler = encoder_decoder
+            return start_seq2seq_stream(model, scheduler, seq2seq_prompt(model, prompt, messages), GenerationParams.parse(parameters))
         return await start_stream(*await self._generation(model_id, prompt, messages, parameters, wait_for_model))
+
+    async def _seq2seq_model(self, model_id: str, wait_for_model: bool) -> tuple[Seq2SeqModel, Seq2SeqScheduler] | None:
+        """The encoder-decoder model and its scheduler, or None for any other kind of model."""
+        entry = await self._registry().ready(model_id, wait_for_model)
+        if isinstance(entry.loaded, Seq2SeqModel) and isinstance(entry.scheduler, Seq2SeqScheduler):
+            return entry.loaded, entry.scheduler
+        return None
 
     async def close(self) -> None:
         """Finish queued work and free every model."""

@@ -20,7 +20,7 @@ from squeezer.api.body import parse_json_or_text, read_body
 from squeezer.api.responses import FastJSONResponse, result_headers, unless_disconnected
 from squeezer.engine import Engine
 from squeezer.errors import ClientError
-from squeezer.tasks import GENERATION_TASKS
+from squeezer.tasks import GENERATION_TASKS, SEQ2SEQ_TASKS
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -93,7 +93,9 @@ async def infer(model_path: str, request: Request) -> FastJSONResponse:
     wait_header = request.headers.get("x-wait-for-model", "").lower() in {"1", "true", "yes"}
     wait = option(options, "wait_for_model", False) or wait_header
     await engine.ready(model_id, wait)
-    if engine.task_of(model_id) in GENERATION_TASKS:
+    task_name = engine.task_of(model_id)
+    streamed = isinstance(payload, dict) and payload.get("stream") is True
+    if task_name in GENERATION_TASKS or (streamed and task_name in SEQ2SEQ_TASKS):  # TGI streams seq2seq models too
         return await generation(engine, request, model_id, inputs, parameters, payload, wait)
     run = engine.run(model_id, inputs, parameters, task=task, wait_for_model=wait, use_cache=option(options, "use_cache", True))
     result = await unless_disconnected(request, run)

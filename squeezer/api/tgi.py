@@ -19,6 +19,7 @@ from squeezer.api.responses import FastJSONResponse, unless_disconnected
 from squeezer.completions import Streaming
 from squeezer.engine import Engine
 from squeezer.errors import ClientError
+from squeezer.tasks import GENERATION_TASKS, SEQ2SEQ_TASKS
 from squeezer.tasks.generation import output_text
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -30,7 +31,7 @@ def generation_model(engine: Engine, body: dict[str, Any]) -> str:
         raise ClientError("model: expected a string", status=422)
     if model:
         return model
-    loaded = [m for m in engine.model_ids() if engine.task_of(m) == "text-generation"]
+    loaded = [m for m in engine.model_ids() if engine.task_of(m) in (*GENERATION_TASKS, *SEQ2SEQ_TASKS)]
     return (loaded or engine.model_ids())[0]
 
 

@@ -8,9 +8,11 @@ the prefix, which the task adds to the text), with the tokenizer's pad token whe
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 from squeezer.artifact import available_cpus
+from squeezer.backends.decoder import eos_ids
 from squeezer.backends.torch_backend import import_torch
 from squeezer.config import ModelConfig
 from squeezer.sources import ModelSource
@@ -46,6 +48,7 @@ class TorchSeq2Seq:
     def __init__(self, model: Any, tokenizer: Any, task: str) -> None:
         self._torch = import_torch()
         self.model = model
+        self.config = model.config
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (model.config.pad_token_id or 0)
         config = pipeline_generation_config(model)
         extra = task_params(model.config, task)
@@ -55,6 +58,11 @@ class TorchSeq2Seq:
         if config.pad_token_id is None and tokenizer.pad_token_id is not None:
             config.pad_token_id = tokenizer.pad_token_id
         self.generation_config = config
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """EOS tokens as `generate` reads them here: this generator's config first, the model's otherwise."""
+        return eos_ids(self)
 
     @classmethod
     def load(cls, source: ModelSource, model_config: ModelConfig, tokenizer: Any, task: str, threads: int = 0) -> TorchSeq2Seq:
@@ -70,8 +78,18 @@ class TorchSeq2Seq:
         model = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(source.path), **kwargs).eval()
         return cls(model, tokenizer, task)
 
-    def generate(self, input_ids: list[list[int]], params: Seq2SeqParams) -> list[list[int]]:
-        """Each input's generated tokens (decoder start token included, as the pipeline decodes them)."""
+    def generate(
+        self,
+        input_ids: list[list[int]],
+        params: Seq2SeqParams,
+        on_token: Callable[[int], None] | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> list[list[int]]:
+        """Each input's generated tokens (decoder start token included, as the pipeline decodes them).
+
+        For one streamed input, `on_token` sees each new token as it is chosen, and `stop` (polled after
+        every step) ends generation early, when its reader has gone.
+        """
         torch = self._torch
         longest = max(len(ids) for ids in input_ids)
         ids = torch.full((len(input_ids), longest), self.pad_id, dtype=torch.long)
@@ -81,9 +99,14 @@ class TorchSeq2Seq:
             mask[row, : len(seq)] = 1
         if params.seed is not None:
             torch.manual_seed(params.seed)
+        hooks: dict[str, Any] = {}
+        if on_token is not None:
+            hooks["streamer"] = _TokenStreamer(on_token)
+        if stop is not None:
+            hooks["stopping_criteria"] = _stopping(stop)
         with torch.inference_mode():
             out = self.model.generate(
-                input_ids=ids, attention_mask=mask, generation_config=self.generation_config, **params.generate_kwargs()
+                input_ids=ids, attention_mask=mask, generation_config=self.generation_config, **params.generate_kwargs(), **hooks
             )
         return out.tolist()
 
@@ -92,3 +115,32 @@ class TorchSeq2Seq:
 
     def close(self) -> None:
         self.model = None
+
+
+class _TokenStreamer:
+    """transformers' streamer interface: `put` gets the decoder's start ids first, then each new token."""
+
+    def __init__(self, on_token: Callable[[int], None]) -> None:
+        self._on_token = on_token
+        self._started = False
+
+    def put(self, value: Any) -> None:
+        if not self._started:  # the decoder start token(s), not generated
+            self._started = True
+            return
+        self._on_token(int(value.reshape(-1)[0]))
+
+    def end(self) -> None:
+        pass
+
+
+def _stopping(stop: Callable[[], bool]) -> Any:
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Stop(StoppingCriteria):  # type: ignore[misc]
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            torch = import_torch()
+            return torch.full((input_ids.shape[0],), stop(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Stop()])
+

@@ -46,6 +46,12 @@ class Seq2SeqScheduler:
 
     async def submit(self, job: Callable[[], T], size: int = 1) -> Ran:
         """Run `job` on the worker thread once the jobs before it are done."""
+        return await self.start_job(job, size)
+
+    def start_job(self, job: Callable[[], T], size: int = 1) -> asyncio.Future[Ran]:
+        """Queue `job` and return its future at once (a stream starts reading before the job ends); a full
+        queue or an unloading model raises here, before anything is queued. Cancelling the future takes a
+        job that has not started off the queue."""
         if self._closing:
             raise ModelNotReadyError("this model is being unloaded; retry to load it again")
         if self._waiting + size > self._max_queue:
@@ -57,13 +63,18 @@ class Seq2SeqScheduler:
             started.append(time.perf_counter())
             return job()
 
-        self._waiting += size
-        try:
+        async def run() -> Ran:
             value = await asyncio.get_running_loop().run_in_executor(self._executor, timed)
-        finally:
-            self._waiting -= size
-        begin = started[0] if started else queued
-        return Ran(value, begin - queued, time.perf_counter() - begin)
+            begin = started[0] if started else queued
+            return Ran(value, begin - queued, time.perf_counter() - begin)
+
+        self._waiting += size
+        task = asyncio.ensure_future(run())
+        task.add_done_callback(lambda _: self._release(size))  # runs even if cancelled before it started
+        return task
+
+    def _release(self, size: int) -> None:
+        self._waiting -= size
 
     async def drain(self) -> None:
         """Refuse new work, finish what is queued or running, then stop."""

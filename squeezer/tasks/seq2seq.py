@@ -92,9 +92,14 @@ def parse(task: str, inputs: Any, parameters: Any, info: ModelInfo) -> Seq2SeqRe
     """Validate and tokenize a request; inputs longer than the model's maximum are cut when `truncate`."""
     texts, batched = text_items(inputs)
     params = parse_params(Seq2SeqParams, flatten(parameters))
-    prefix = task_prefix(info.config, task)
-    encoded = [info.encode(prefix + text, truncate=params.truncate) for text in texts]
-    return Seq2SeqRequest(task, params, [list(enc["input_ids"]) for enc, _ in encoded], batched, any(cut for _, cut in encoded))
+    encoded = [encode_input(task, text, info, params.truncate) for text in texts]
+    return Seq2SeqRequest(task, params, [ids for ids, _ in encoded], batched, any(cut for _, cut in encoded))
+
+
+def encode_input(task: str, text: str, info: ModelInfo, truncate: bool) -> tuple[list[int], bool]:
+    """One input's token ids, after the task prefix, and whether it was cut to the model's maximum."""
+    enc, cut = info.encode(task_prefix(info.config, task) + text, truncate=truncate)
+    return list(enc["input_ids"]), cut
 
 
 def finish(request: Seq2SeqRequest, outputs: list[list[int]], tokenizer: Any) -> list[dict[str, str]]:
@@ -104,4 +109,4 @@ def finish(request: Seq2SeqRequest, outputs: list[list[int]], tokenizer: Any) ->
     return [{key: tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=clean)} for ids in outputs]
 
 
-__all__ = ["OUTPUT_KEYS", "SEQ2SEQ_TASKS", "Seq2SeqParams", "Seq2SeqRequest", "finish", "parse", "task_prefix"]
+__all__ = ["OUTPUT_KEYS", "SEQ2SEQ_TASKS", "Seq2SeqParams", "Seq2SeqRequest", "encode_input", "finish", "parse", "task_prefix"]

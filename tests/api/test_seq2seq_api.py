@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from huggingface_hub import InferenceClient
@@ -55,3 +57,31 @@ def test_text2text_over_http(s2s_server) -> None:
     assert long.status_code == 200 and long.headers.get("x-squeezer-truncated") == "true"
     bad = httpx.post(url, json={"inputs": TEXT, "parameters": {"num_beams": 0}}, timeout=60)
     assert bad.status_code == 422 and bad.json()["error"].startswith("parameters.num_beams")
+
+
+def test_tgi_generation_and_streaming_on_an_encoder_decoder(s2s_server) -> None:
+    from transformers import pipeline
+
+    proc, folders = s2s_server
+    p = pipeline("text2text-generation", model=str(folders["tiny/t2t"]))
+    pipelined = p(TEXT, max_new_tokens=7)[0]["generated_text"]  # the model's config asks for 4 beams
+    expected = p(TEXT, max_new_tokens=7, num_beams=1)[0]["generated_text"]  # TGI: one beam, greedy
+    assert pipelined != expected  # else this test could not tell the two apart
+    client = InferenceClient(model=f"{proc.url}/models/tiny/t2t")
+    assert client.text_generation(TEXT, max_new_tokens=7) == pipelined  # the Inference API route: the pipeline
+    assert "".join(client.text_generation(TEXT, max_new_tokens=7, stream=True)) == expected
+
+    body = {"model": "tiny/t2t", "inputs": TEXT, "parameters": {"max_new_tokens": 7}}
+    with httpx.stream("POST", f"{proc.url}/generate_stream", json=body, timeout=60) as response:
+        events = [json.loads(line[5:]) for line in response.iter_lines() if line.startswith("data:")]
+    assert [e["index"] for e in events] == list(range(1, 8))
+    assert events[-1]["generated_text"] == expected and events[-1]["details"]["finish_reason"] == "length"
+    assert all(e["generated_text"] is None for e in events[:-1])
+    whole = httpx.post(f"{proc.url}/generate", json={**body, "parameters": {"max_new_tokens": 7, "details": True}}, timeout=60).json()
+    assert whole["generated_text"] == expected
+    assert whole["details"]["generated_tokens"] == 7 and whole["details"]["finish_reason"] == "length"
+
+    refused = httpx.post(f"{proc.url}/generate", json={**body, "parameters": {"stop": ["x"]}}, timeout=60)
+    assert refused.status_code == 422 and "stop sequences" in refused.json()["error"]
+    chat = httpx.post(f"{proc.url}/v1/chat/completions", json={"model": "tiny/t2t", "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 400 and "no chat template" in chat.json()["error"]
