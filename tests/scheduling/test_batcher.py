@@ -129,7 +129,7 @@ async def test_backend_failure_answers_every_waiting_request() -> None:
 
 async def test_batch_stats_are_reported() -> None:
     seen: list[BatchStats] = []
-    batcher = Batcher(FakeModel(), 0, BatchingConfig(), on_batch=seen.append)
+    batcher = Batcher(FakeModel(), 0, BatchingConfig(max_padding_ratio=1.1), on_batch=seen.append)  # 20 padded for 19
     batcher.start()
     await batcher.submit([feature(9), feature(10)])
     assert seen and seen[0].size == 2 and seen[0].real_tokens == 19 and seen[0].padded_tokens == 20
