@@ -1,6 +1,6 @@
 """The optimization cache: a finished artifact kept under a key made of everything its result depends on
-(model content hash, hardware fingerprint, library versions, the optimize settings and validation data),
-so optimizing the same model again on the same machine is a copy."""
+(model content hash, hardware fingerprint, library versions, squeezer's own code, the optimize settings and
+validation data), so optimizing the same model again on the same machine is a copy."""
 
 from __future__ import annotations
 
@@ -16,6 +16,16 @@ from squeezer.artifact import ArtifactError, canonical, load_artifact
 
 def default_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "squeezer" / "optimize"
+
+
+def code_hash(root: Path = Path(__file__).parent.parent) -> str:
+    """A digest of squeezer's own Python sources: a changed recipe, graph builder, gate or session setting
+    must not be answered with an artifact an older version built (the package version alone does not move
+    between development commits)."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def cache_key(parts: dict[str, Any]) -> str:

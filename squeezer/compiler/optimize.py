@@ -122,7 +122,7 @@ def cache_parts(src: ModelSource, task: str, target: str, config: OptimizeConfig
     """Everything an optimization's result depends on; paths and cache settings are not among them."""
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("cache_dir", "no_cache", "validation_data")}
     return {"model": source_hash(src), "task": task, "target": target, "settings": settings, "hardware": hardware_fingerprint(),
-            "versions": versions(), "validation": validation_hash(examples)}
+            "versions": versions(), "code": cache.code_hash(), "validation": validation_hash(examples)}
 
 
 def source_hash(src: ModelSource) -> str:

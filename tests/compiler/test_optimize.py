@@ -14,6 +14,7 @@ import pytest
 
 from squeezer.artifact import FORMAT_VERSION, load_artifact
 from squeezer.cli import main
+from squeezer.compiler import cache as cache_module
 from squeezer.compiler.config import OptimizeConfig
 from squeezer.compiler.gate import Gate
 from squeezer.config import ConfigError
@@ -59,7 +60,7 @@ def test_throughput_profile_times_batches(tiny_model, tmp_path: Path) -> None:
     assert load_artifact(report.path).report["session"]["allow_spinning"] is False
 
 
-def test_second_run_is_served_from_the_cache(tiny_model, tmp_path: Path) -> None:
+def test_second_run_is_served_from_the_cache(tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder, cache = tiny_model("bert", "sequence-classification"), str(tmp_path / "cache")
     first = build_artifact(folder, tmp_path / "a", "sequence-classification", no_cache=False, cache_dir=cache)
     start = time.perf_counter()
@@ -71,6 +72,19 @@ def test_second_run_is_served_from_the_cache(tiny_model, tmp_path: Path) -> None
     other = build_artifact(folder, tmp_path / "c", "sequence-classification", no_cache=False, cache_dir=cache,
                            max_accuracy_loss=0.5)
     assert not other.cached  # a different budget is a different result
+    monkeypatch.setattr(cache_module, "code_hash", lambda: "another squeezer")
+    changed = build_artifact(folder, tmp_path / "d", "sequence-classification", no_cache=False, cache_dir=cache)
+    assert not changed.cached  # squeezer's own code changed: its artifacts may differ
+
+
+def test_code_hash_follows_every_source_file(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name / "sub").mkdir(parents=True)
+        (tmp_path / name / "x.py").write_text("x = 1\n")
+        (tmp_path / name / "sub" / "y.py").write_text("y = 2\n")
+    assert cache_module.code_hash(tmp_path / "a") == cache_module.code_hash(tmp_path / "b")
+    (tmp_path / "b" / "sub" / "y.py").write_text("y = 3\n")
+    assert cache_module.code_hash(tmp_path / "a") != cache_module.code_hash(tmp_path / "b")
 
 
 def test_interrupted_optimize_leaves_nothing_behind(tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
