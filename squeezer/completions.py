@@ -190,3 +190,7 @@ class Seq2SeqStream:
             self._stop.set()
             self._job.cancel()
 
+    def __del__(self) -> None:
+        if not self._done:  # dropped unread (a client gone): only the flag, `generate` polls it
+            self._stop.set()
+

@@ -224,9 +224,7 @@ class Engine:
         if task is not None and task != model.task_name:
             raise InputError(f"model {model.model_id} cannot serve {task}; it serves: {model.task_name}", status=400)
         request = seq2seq.parse(model.task_name, inputs, parameters, model.info)
-        limit = self.decoding_config.max_new_tokens
-        if request.params.max_new_tokens is not None and request.params.max_new_tokens > limit:
-            raise InputError(f"parameters.max_new_tokens: {request.params.max_new_tokens} exceeds the limit of {limit}")
+        self._check_new_tokens(request.params.max_new_tokens)
         tokenized = time.perf_counter()
         generator = model.generator
         job = scheduler.submit(lambda: generator.generate(request.input_ids, request.params), len(request.input_ids))
@@ -238,6 +236,13 @@ class Engine:
             self.results.put(key, result, approx_bytes(output))
         done = time.perf_counter()
         return Result(result, Timings(ran.queue_seconds, tokenized - started, ran.inference_seconds, done - started))
+
+    def _check_new_tokens(self, wanted: int | None) -> None:
+        """An encoder-decoder request may not ask for more new tokens than `--max-new-tokens` (decoders check
+        it in their loop, against the context length too)."""
+        limit = self.decoding_config.max_new_tokens
+        if wanted is not None and wanted > limit:
+            raise InputError(f"parameters.max_new_tokens: {wanted} exceeds the limit of {limit}")
 
     def _check_limits(self, inputs: Any) -> None:
         count = count_inputs(inputs)
@@ -288,7 +293,9 @@ class Engine:
         encoder_decoder = await self._seq2seq_model(model_id, wait_for_model)
         if encoder_decoder is not None:
             model, scheduler = encoder_decoder
-            return await complete_seq2seq(model, scheduler, seq2seq_prompt(model, prompt, messages), GenerationParams.parse(parameters))
+            params = GenerationParams.parse(parameters)
+            self._check_new_tokens(params.max_new_tokens)
+            return await complete_seq2seq(model, scheduler, seq2seq_prompt(model, prompt, messages), params)
         return await complete(*await self._generation(model_id, prompt, messages, parameters, wait_for_model))
 
     async def stream(
@@ -303,7 +310,9 @@ class Engine:
         encoder_decoder = await self._seq2seq_model(model_id, wait_for_model)
         if encoder_decoder is not None:
             model, scheduler = encoder_decoder
-            return start_seq2seq_stream(model, scheduler, seq2seq_prompt(model, prompt, messages), GenerationParams.parse(parameters))
+            params = GenerationParams.parse(parameters)
+            self._check_new_tokens(params.max_new_tokens)
+            return start_seq2seq_stream(model, scheduler, seq2seq_prompt(model, prompt, messages), params)
         return await start_stream(*await self._generation(model_id, prompt, messages, parameters, wait_for_model))
 
     async def _seq2seq_model(self, model_id: str, wait_for_model: bool) -> tuple[Seq2SeqModel, Seq2SeqScheduler] | None:
