@@ -26,7 +26,7 @@ from squeezer.compiler.gate import Gate
 from squeezer.compiler.optimize import read_model, reference_model, resolve_target, sample_feeds
 from squeezer.compiler.recipes import recipes_for
 from squeezer.compiler.report import render
-from squeezer.compiler.select import speedups
+from squeezer.compiler.select import record_timings
 from squeezer.config import ModelConfig
 from squeezer.sources import DEFAULT_MODEL_SPEC, resolve
 from squeezer.tasks import TASKS
@@ -65,14 +65,12 @@ def bench(spec: str, config: OptimizeConfig) -> dict[str, Any]:
         loads = timing.workloads(config.profile, info.tokenizer, info.max_length, "token_type_ids" in exported.inputs)
         results = timing.measure({"torch": reference.backend, **backends}, loads, config.profile, config.timing_rounds,
                                  progress=say)
-    for c in candidates:
-        c["timings"] = results[c["name"]].as_json()
-    speedups(candidates, results["torch"].score)
+    reference_timings = record_timings(candidates, results, results["torch"].score)
     fastest = min((c for c in candidates if c["verdict"] == "passed"), key=lambda c: c["timings"]["score"], default=None)
     return {"model_id": src.model_id, "task": task, "target": target, "profile": config.profile,
             "hardware": hardware_fingerprint(), "versions": versions(), "accuracy": {"budget": gate.budget, "bounds": gate.limits,
                                                   "validation": {"kind": "built-in", "examples": len(gate.plans)}},
-            "reference": {"timings": results["torch"].as_json()}, "candidates": candidates,
+            "reference": {"timings": reference_timings}, "candidates": candidates,
             "chosen": fastest["name"] if fastest else None}
 
 

@@ -96,16 +96,21 @@ def seq2seq_params(params: GenerationParams) -> Seq2SeqParams:
         num_beams=1,
         do_sample=sampling,
         temperature=params.temperature if sampling and params.temperature else None,
-        top_k=params.top_k or None if sampling else None,
+        top_k=(params.top_k or None) if sampling else None,
         top_p=params.top_p if sampling else None,
         repetition_penalty=params.repetition_penalty,
         seed=params.seed if sampling else None,
     )
 
 
+def seq2seq_finish(model: Seq2SeqModel, last: int) -> FinishReason:
+    """Why an encoder-decoder sequence ended, from its last token."""
+    return "eos_token" if last in model.generator.eos_token_ids else "length"
+
+
 def seq2seq_generation(model: Seq2SeqModel, prompt: Prompt, ids: list[int], seed: int | None) -> Generation:
     """A finished encoder-decoder sequence (`ids` without the decoder's start token)."""
-    reason: FinishReason = "eos_token" if ids and ids[-1] in model.generator.eos_token_ids else "length"
+    reason = seq2seq_finish(model, ids[-1]) if ids else "length"
     text = model.info.tokenizer.decode(ids, skip_special_tokens=True)
     return Generation(text, ids, reason, len(prompt.ids), len(ids), seed)
 
@@ -179,9 +184,7 @@ class Seq2SeqStream:
         delta = ""
         if last or not text.endswith("\ufffd"):  # a byte-level token may end inside a character: wait for it
             delta, self._sent = text[len(self._sent) :], text
-        reason: FinishReason | None = None
-        if last:
-            reason = "eos_token" if token in self._model.generator.eos_token_ids else "length"
+        reason = seq2seq_finish(self._model, token) if last else None
         return TokenEvent(token, delta, last, reason, len(self._prompt.ids), len(self._ids), self._seed)
 
     async def aclose(self) -> None:

@@ -43,6 +43,10 @@ from squeezer.tasks import InputError, seq2seq
 from squeezer.tasks.generation import GenerationParams
 
 T = TypeVar("T")
+# What a generation request runs on: a causal LM's decode loop, or an encoder-decoder's worker.
+Generating = (
+    tuple[GenerativeModel, DecodeLoop, Prompt, GenerationParams] | tuple[Seq2SeqModel, Seq2SeqScheduler, Prompt, GenerationParams]
+)
 
 
 @dataclass(frozen=True)
@@ -269,16 +273,19 @@ class Engine:
         finally:
             timer.cancel()
 
-    async def _generation(
-        self, model_id: str, prompt: Any, messages: Any, parameters: Any, wait_for_model: bool
-    ) -> tuple[GenerativeModel, DecodeLoop, Prompt, GenerationParams]:
-        """The generative model, its decode loop, and the request's validated prompt and parameters."""
+    async def _generation(self, model_id: str, prompt: Any, messages: Any, parameters: Any, wait_for_model: bool) -> Generating:
+        """The model, its scheduler, and the request's validated prompt and parameters: a causal LM with its
+        decode loop, or an encoder-decoder (which TGI serves too) with its worker and its task prefix."""
         entry: ModelEntry = await self._registry().ready(model_id, wait_for_model)
-        model, loop = entry.loaded, entry.scheduler
-        if not isinstance(model, GenerativeModel) or not isinstance(loop, DecodeLoop):
-            task = model.task_name if model else "unknown"
-            raise ClientError(f"model {model_id} does not generate text (it serves {task})", status=400)
-        return model, loop, make_prompt(model, prompt, messages), GenerationParams.parse(parameters)
+        model, scheduler = entry.loaded, entry.scheduler
+        if isinstance(model, GenerativeModel) and isinstance(scheduler, DecodeLoop):
+            return model, scheduler, make_prompt(model, prompt, messages), GenerationParams.parse(parameters)
+        if isinstance(model, Seq2SeqModel) and isinstance(scheduler, Seq2SeqScheduler):
+            params = GenerationParams.parse(parameters)
+            self._check_new_tokens(params.max_new_tokens)
+            return model, scheduler, seq2seq_prompt(model, prompt, messages), params
+        task = model.task_name if model else "unknown"
+        raise ClientError(f"model {model_id} does not generate text (it serves {task})", status=400)
 
     async def generate(
         self,
@@ -290,13 +297,10 @@ class Engine:
     ) -> Completion:
         """Generate for a plain prompt or chat messages (through the model's chat template); waits for the end.
         An encoder-decoder model answers a prompt too, with its task prefix."""
-        encoder_decoder = await self._seq2seq_model(model_id, wait_for_model)
-        if encoder_decoder is not None:
-            model, scheduler = encoder_decoder
-            params = GenerationParams.parse(parameters)
-            self._check_new_tokens(params.max_new_tokens)
-            return await complete_seq2seq(model, scheduler, seq2seq_prompt(model, prompt, messages), params)
-        return await complete(*await self._generation(model_id, prompt, messages, parameters, wait_for_model))
+        request = await self._generation(model_id, prompt, messages, parameters, wait_for_model)
+        if isinstance(request[0], Seq2SeqModel):
+            return await complete_seq2seq(*request)
+        return await complete(*request)
 
     async def stream(
         self,
@@ -307,20 +311,10 @@ class Engine:
         wait_for_model: bool = False,
     ) -> Streaming:
         """Start a streamed generation; closing its `events` early frees the sequence at the next step."""
-        encoder_decoder = await self._seq2seq_model(model_id, wait_for_model)
-        if encoder_decoder is not None:
-            model, scheduler = encoder_decoder
-            params = GenerationParams.parse(parameters)
-            self._check_new_tokens(params.max_new_tokens)
-            return start_seq2seq_stream(model, scheduler, seq2seq_prompt(model, prompt, messages), params)
-        return await start_stream(*await self._generation(model_id, prompt, messages, parameters, wait_for_model))
-
-    async def _seq2seq_model(self, model_id: str, wait_for_model: bool) -> tuple[Seq2SeqModel, Seq2SeqScheduler] | None:
-        """The encoder-decoder model and its scheduler, or None for any other kind of model."""
-        entry = await self._registry().ready(model_id, wait_for_model)
-        if isinstance(entry.loaded, Seq2SeqModel) and isinstance(entry.scheduler, Seq2SeqScheduler):
-            return entry.loaded, entry.scheduler
-        return None
+        request = await self._generation(model_id, prompt, messages, parameters, wait_for_model)
+        if isinstance(request[0], Seq2SeqModel):
+            return start_seq2seq_stream(*request)
+        return await start_stream(*request)
 
     async def close(self) -> None:
         """Finish queued work and free every model."""

@@ -17,13 +17,7 @@ from squeezer.backends import split_outputs
 from squeezer.caches import LRUCache
 from squeezer.config import BackendConfig, BatchingConfig, CacheConfig, ModelConfig
 from squeezer.errors import ModelNotReadyError, UnknownModelError
-from squeezer.loading import (
-    GenerativeModel,
-    LoadedModel,
-    Model,
-    Seq2SeqModel,
-    load_model,
-)
+from squeezer.loading import GenerativeModel, LoadedModel, Model, Seq2SeqModel, load_model
 from squeezer.scheduling import Batcher, BatchStats
 from squeezer.scheduling.decoding import DecodeLoop, SequenceStats, StepStats
 from squeezer.scheduling.decoding_config import DecodingConfig

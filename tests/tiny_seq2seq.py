@@ -97,38 +97,15 @@ def _config(arch: str, tok: object) -> object:
                 "translation_en_to_fr": {"prefix": TRANSLATE_PREFIX},
             },
         )
-    if arch == "marian":
-        return transformers.MarianConfig(
-            vocab_size=vocab,
-            d_model=64,
-            encoder_layers=2,
-            decoder_layers=2,
-            encoder_attention_heads=4,
-            decoder_attention_heads=4,
-            encoder_ffn_dim=128,
-            decoder_ffn_dim=128,
-            max_position_embeddings=MAX_INPUT,
-            pad_token_id=pad,
-            eos_token_id=eos,
-            decoder_start_token_id=pad,
-            forced_eos_token_id=eos,
-        )
-    return transformers.BartConfig(
-        vocab_size=vocab,
-        d_model=64,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
-        max_position_embeddings=MAX_INPUT,
-        bos_token_id=tok.bos_token_id,  # type: ignore[attr-defined]
-        pad_token_id=pad,
-        eos_token_id=eos,
-        decoder_start_token_id=eos,
-        forced_eos_token_id=eos,
+    # BART and Marian share one config layout: the same tiny sizes, EOS forced at the end.
+    sizes = dict(
+        vocab_size=vocab, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=MAX_INPUT,
+        pad_token_id=pad, eos_token_id=eos, forced_eos_token_id=eos,
     )
+    if arch == "marian":
+        return transformers.MarianConfig(**sizes, decoder_start_token_id=pad)
+    return transformers.BartConfig(**sizes, bos_token_id=tok.bos_token_id, decoder_start_token_id=eos)  # type: ignore[attr-defined]
 
 
 def build(arch: str, folder: Path, pipeline_tag: str | None = None) -> Path:

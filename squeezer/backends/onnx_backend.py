@@ -51,8 +51,8 @@ def instances_for(config: BackendConfig, artifact: Artifact) -> int:
     Under load, one single-threaded run per core beats one run split across the cores: a run on two
     threads waits at every op for the slower thread, and the server's own thread (parsing, tokenizing,
     answering) keeps preempting one of them. Measured on 2 cores with MiniLM int8 and server-like batches
-    (about 6 sentences, 8% padding): 244 sentences/s from two single-threaded runs against 189 from one
-    run on two threads. One request alone, though, finishes sooner on all the cores, so a latency
+    (about 6 sentences, 8% padding), 3 interleaved rounds: 226-231 sentences/s from two single-threaded runs
+    against 196-222 from one run on two threads. One request alone, though, finishes sooner on all the cores, so a latency
     artifact (and CUDA, where one run fills the device) keeps a single instance.
     """
     if config.instances:

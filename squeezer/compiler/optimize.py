@@ -42,7 +42,7 @@ from squeezer.compiler.optimize_decoder import DECODER, Pipeline, Progress
 from squeezer.compiler.package import check_destination, package_files, staging
 from squeezer.compiler.recipes import Recipe, recipes_for
 from squeezer.compiler.report import Report
-from squeezer.compiler.select import choose, speedups
+from squeezer.compiler.select import choose, record_timings
 from squeezer.config import BackendConfig, ModelConfig
 from squeezer.loading import LoadedModel, check_weights, load_info
 from squeezer.sources import ModelSource, resolve
@@ -122,14 +122,12 @@ def cache_parts(src: ModelSource, task: str, target: str, config: OptimizeConfig
     """Everything an optimization's result depends on; paths and cache settings are not among them."""
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("cache_dir", "no_cache", "validation_data")}
     return {"model": source_hash(src), "task": task, "target": target, "settings": settings, "hardware": hardware_fingerprint(),
-            "versions": versions(), "code": cache.code_hash(), "validation": validation_hash(examples)}
+            "versions": versions(), "code": cache.code_hash(), "validation": vd.digest(examples)}
 
 
 def source_hash(src: ModelSource) -> str:
     return content_hash(src.path, [src.path / src.gguf_file]) if src.gguf_file else content_hash(src.path)
 
-
-validation_hash = vd.digest
 
 
 def reuse(hit: Path, tmp: Path, key: str) -> None:
@@ -213,12 +211,7 @@ def time_all(backends: dict[str, Backend], reference: Backend, candidates: list[
     loads = timing.workloads(config.profile, info.tokenizer, info.max_length, "token_type_ids" in exported.inputs)
     say(f"timing {len(backends)} candidates and the reference ({config.profile}: {', '.join(w.name for w in loads)})")
     results = timing.measure({"torch": reference, **backends}, loads, config.profile, config.timing_rounds, progress=say)
-    by_name = {c["name"]: c for c in candidates}
-    for name, result in results.items():
-        if name in by_name:
-            by_name[name]["timings"] = result.as_json()
-    speedups(candidates, results["torch"].score)
-    return results["torch"].as_json()
+    return record_timings(candidates, results, results["torch"].score)
 
 
 def report_data(src: ModelSource, task: str, target: str, config: OptimizeConfig, exported: Exported, gate: Gate,
@@ -236,7 +229,7 @@ def report_data(src: ModelSource, task: str, target: str, config: OptimizeConfig
         "hardware": hardware_fingerprint(), "versions": versions(),
         "accuracy": {"budget": gate.budget, "bounds": gate.limits,
                      "validation": {"kind": "file" if config.validation_data else "built-in", "examples": len(examples),
-                                    "hash": validation_hash(examples)}},
+                                    "hash": vd.digest(examples)}},
         "reference": {"name": "torch", "timings": ref_timing},
         "candidates": candidates, "chosen": chosen["name"],
         "settings": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("cache_dir",)},

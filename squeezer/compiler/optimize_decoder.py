@@ -31,17 +31,12 @@ from squeezer.compiler import decoder_timing
 from squeezer.compiler import generation_data as gd
 from squeezer.compiler import validation_data as vd
 from squeezer.compiler.config import OptimizeConfig
-from squeezer.compiler.decoder_graph import (
-    OPSET,
-    DecoderWeights,
-    build_decoder,
-    unsupported_reason,
-)
+from squeezer.compiler.decoder_graph import OPSET, DecoderWeights, build_decoder, unsupported_reason
 from squeezer.compiler.gate import gate_candidate
 from squeezer.compiler.generation_gate import NEW_TOKENS, GenerationGate
 from squeezer.compiler.package import package_files
 from squeezer.compiler.recipes import Recipe, recipes_for
-from squeezer.compiler.select import choose, speedups
+from squeezer.compiler.select import choose, record_timings
 from squeezer.config import ModelConfig
 from squeezer.sources import ModelSource
 from squeezer.tasks import ModelInfo
@@ -89,9 +84,7 @@ def decoder_target(target: str) -> str:
 
 def reference_decoder(src: ModelSource, config: OptimizeConfig) -> TorchDecoder:
     """The float32 torch decoder, as `squeezer serve` runs the model without an artifact."""
-    from squeezer.backends.torch_decoder import (
-        TorchDecoder,  # lazy: torch is an optional extra
-    )
+    from squeezer.backends.torch_decoder import TorchDecoder  # lazy: torch is an optional extra
 
     model_config = ModelConfig(task="text-generation", allow_pickle=config.allow_pickle,
                                trust_remote_code=config.trust_remote_code)
@@ -166,12 +159,7 @@ def time_all(decoders: dict[str, Decoder], reference: Decoder, candidates: list[
         f"{decoder_timing.STEPS} steps after a {decoder_timing.PROMPT_TOKENS}-token prompt)")
     results = decoder_timing.measure({"torch": reference, **decoders}, info.tokenizer, config.profile,
                                      config.timing_rounds, progress=say)
-    by_name = {c["name"]: c for c in candidates}
-    for name, result in results.items():
-        if name in by_name:
-            by_name[name]["timings"] = result.as_json()
-    speedups(candidates, results["torch"].ms_per_token)
-    return results["torch"].as_json()
+    return record_timings(candidates, results, results["torch"].ms_per_token)
 
 
 def report_data(src: ModelSource, task: str, target: str, config: OptimizeConfig, gate: GenerationGate,

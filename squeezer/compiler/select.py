@@ -28,3 +28,15 @@ def speedups(candidates: list[dict[str, Any]], reference_score: float) -> None:
     for c in candidates:
         if c.get("timings"):
             c["speedup"] = round(reference_score / max(c["timings"]["score"], 1e-9), 2)
+
+
+def record_timings(candidates: list[dict[str, Any]], results: dict[str, Any], reference_score: float) -> dict[str, Any]:
+    """Store each timed candidate's timings (`results` by name, the PyTorch reference under "torch") and
+    speedup in its report record; returns the reference's timings. Shared by every model family."""
+    by_name = {c["name"]: c for c in candidates}
+    for name, result in results.items():
+        if name in by_name:
+            by_name[name]["timings"] = result.as_json()
+    speedups(candidates, reference_score)
+    return dict(results["torch"].as_json())
+

@@ -1,9 +1,9 @@
 """Dynamic batching for encoder models: concurrent requests' sequences share one forward pass.
 
 Requests put typed work items (a feature, its arrival time, its future) on a bounded per-model queue. A
-worker thread (one per backend instance, see `Capabilities.instances`) takes what is waiting, groups it by length so similar lengths share a batch (less
-padding), cuts it to the token budget and batch size, and runs it, so the event loop keeps accepting and
-tokenizing while the model computes. When the model is idle a request runs at once; only while it is busy
+worker thread (one per backend instance, see `Capabilities.instances`) takes what is waiting, groups it by
+length so similar lengths share a batch (less padding), cuts it to the token budget and batch size, and runs
+it, so the event loop keeps accepting and tokenizing while the model computes. When the model is idle a request runs at once; only while it is busy
 does a batch wait (at most `max_wait_ms`) for company.
 
 The worker forms its next batch itself, the moment the previous one returns, rather than handing control
@@ -102,7 +102,7 @@ def take_batch(pending: list[WorkItem], config: BatchingConfig) -> list[WorkItem
 
 
 class Batcher:
-    """Groups one model's work items into batches and runs them, one batch at a time, on its own thread."""
+    """Groups one model's work items into batches and runs them on its worker threads, one batch per worker."""
 
     def __init__(
         self,

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -116,16 +117,25 @@ def test_interrupted_rebuild_keeps_the_previous_artifact(tiny_model, tmp_path: P
     assert rebuilt.data["chosen"] == "fp32-fused" and [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
-def test_sigterm_during_cli_optimize_leaves_no_artifact(tiny_model, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "squeezer.cli", "optimize", str(tiny_model("bert", "base")), "--out", str(out),
-           "--no-cache", "--recipes", "fp32,fp32-fused,int8-dyn-s8-pc-keep33,int8-static-qdq-pc"]
+def optimize_cmd(model: Path, out: Path, recipes: str) -> list[str]:
+    return [sys.executable, "-m", "squeezer.cli", "optimize", str(model), "--out", str(out), "--no-cache", "--recipes", recipes]
+
+
+def interrupt_cli(cmd: list[str], progress: str, interrupt: Callable[[subprocess.Popen[str]], None]) -> subprocess.Popen[str]:
+    """Run an optimize command and `interrupt` it as soon as its progress shows `progress`."""
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
     assert proc.stderr is not None
     for line in proc.stderr:
-        if "[2/4]" in line:
-            proc.send_signal(signal.SIGTERM)
+        if progress in line:
+            interrupt(proc)
             break
+    return proc
+
+
+def test_sigterm_during_cli_optimize_leaves_no_artifact(tiny_model, tmp_path: Path) -> None:
+    cmd = optimize_cmd(tiny_model("bert", "base"), tmp_path / "out", "fp32,fp32-fused,int8-dyn-s8-pc-keep33,int8-static-qdq-pc")
+    proc = interrupt_cli(cmd, "[2/4]", lambda p: p.send_signal(signal.SIGTERM))
+    assert proc.stderr is not None
     rest = proc.stderr.read()
     assert proc.wait(timeout=120) == 130, rest
     assert "interrupted; nothing was written" in rest
@@ -134,21 +144,14 @@ def test_sigterm_during_cli_optimize_leaves_no_artifact(tiny_model, tmp_path: Pa
 
 def test_a_killed_run_leaves_nothing_after_the_next_one(tiny_model, tmp_path: Path) -> None:
     """SIGKILL cannot be caught: its staging folder stays until the next optimize into the same folder."""
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "squeezer.cli", "optimize", str(tiny_model("bert", "base")), "--out", str(out),
-           "--no-cache", "--recipes", "fp32,fp32-fused"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "[1/2]" in line:
-            proc.kill()
-            break
+    model, out = tiny_model("bert", "base"), tmp_path / "out"
+    proc = interrupt_cli(optimize_cmd(model, out, "fp32,fp32-fused"), "[1/2]", lambda p: p.kill())
     proc.wait(timeout=60)
     left = [p.name for p in tmp_path.iterdir()]
     assert left and all(name.startswith(f".out.partial-{proc.pid}-") for name in left)
     alive = tmp_path / f".out.partial-{os.getpid()}-x"  # a running optimize's staging folder is left alone
     alive.mkdir()
-    subprocess.run([*cmd[:-1], "fp32"], check=True, capture_output=True, cwd=Path(__file__).parents[2])
+    subprocess.run(optimize_cmd(model, out, "fp32"), check=True, capture_output=True, cwd=Path(__file__).parents[2])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "out"])
 
 
