@@ -15,6 +15,7 @@ from squeezer.backends import BACKENDS, Backend
 from squeezer.backends.decoder import Decoder
 from squeezer.config import BackendConfig, ModelConfig
 from squeezer.detect import detect_pooling, detect_task, max_length
+from squeezer.scheduling.decoding_config import DecodingConfig
 from squeezer.sources import ModelSource, SourceError
 from squeezer.tasks import TASKS, ModelInfo, Task
 
@@ -161,21 +162,21 @@ _LOAD_LOCK = threading.Lock()
 
 
 def load_model(
-    source: ModelSource, model_config: ModelConfig, backend_config: BackendConfig, max_sequences: int = 16
+    source: ModelSource, model_config: ModelConfig, backend_config: BackendConfig, decoding: DecodingConfig = DecodingConfig()
 ) -> Model:
     """Load a model (called in a worker thread): weights check, tokenizer and task, backend, warm-up.
 
-    `max_sequences` sizes a generative model's decoder (how many sequences decode together).
+    `decoding` sizes a generative model's decoder (how many sequences decode together, its prefix cache).
     """
     with _LOAD_LOCK:
         if model_config.optimize and not source.artifact:
             source = compiled(source, model_config)
         if source.artifact:
-            return _load_artifact(source, model_config, backend_config, max_sequences)
+            return _load_artifact(source, model_config, backend_config, decoding)
         check_weights(source, model_config)
         info, task_name = load_info(source, model_config)
         loader = LOADERS.get(task_name, _load_encoder)
-        return loader(source, info, task_name, model_config, backend_config, max_sequences)
+        return loader(source, info, task_name, model_config, backend_config, decoding)
 
 
 def compiled(source: ModelSource, model_config: ModelConfig) -> ModelSource:
@@ -202,7 +203,7 @@ def compiled(source: ModelSource, model_config: ModelConfig) -> ModelSource:
     return ModelSource(source.model_id, Path(report.path), artifact=True)
 
 
-def _load_artifact(source: ModelSource, model_config: ModelConfig, backend_config: BackendConfig, max_sequences: int = 16) -> Model:
+def _load_artifact(source: ModelSource, model_config: ModelConfig, backend_config: BackendConfig, decoding: DecodingConfig) -> Model:
     """An artifact's task and head are fixed by its report; it always runs on ONNX Runtime (never torch)."""
     from squeezer.artifact import load_artifact
 
@@ -211,43 +212,44 @@ def _load_artifact(source: ModelSource, model_config: ModelConfig, backend_confi
     info, task_name = load_info(source, config)
     onnx = BackendConfig(backend="onnxruntime", threads=backend_config.threads)
     loader = ARTIFACT_LOADERS.get(task_name, _load_onnx_encoder)
-    return loader(source, artifact, info, task_name, config, onnx, max_sequences)
+    return loader(source, artifact, info, task_name, config, onnx, decoding)
 
 
 def _load_onnx_encoder(
     source: ModelSource, artifact: Artifact, info: ModelInfo, task_name: str, model_config: ModelConfig, backend_config: BackendConfig,
-    max_sequences: int,
+    decoding: DecodingConfig,
 ) -> LoadedModel:
     return _load_encoder(source, info, task_name, model_config, backend_config, 0)
 
 
 def _load_onnx_decoder(
     source: ModelSource, artifact: Artifact, info: ModelInfo, task_name: str, model_config: ModelConfig, backend_config: BackendConfig,
-    max_sequences: int,
+    decoding: DecodingConfig,
 ) -> GenerativeModel:
     """A compiled causal LM: its decoder graph on onnxruntime, with the session settings it was timed with."""
     from squeezer.backends.onnx_decoder import OnnxDecoder
 
     spinning = artifact.report.get("session", {}).get("allow_spinning")
-    decoder = OnnxDecoder.load(artifact.path, backend_config.threads, max_sequences, spinning)
+    decoder = OnnxDecoder.load(artifact.path, backend_config.threads, decoding.max_batch_sequences, spinning,
+                               decoding.prefix_cache_mb << 20)
     decoder.warmup()
     info.max_length = decoder.max_length
     return GenerativeModel(source, info, decoder, task_name, backend="onnxruntime", dtype=artifact.dtype)
 
 
 def _load_generator(
-    source: ModelSource, info: ModelInfo, task_name: str, model_config: ModelConfig, backend_config: BackendConfig, max_sequences: int
+    source: ModelSource, info: ModelInfo, task_name: str, model_config: ModelConfig, backend_config: BackendConfig, decoding: DecodingConfig
 ) -> GenerativeModel:
     from squeezer.backends.torch_decoder import TorchDecoder  # lazy: torch is an optional extra
 
-    decoder = TorchDecoder.load(source, model_config, backend_config.threads, max_sequences)
+    decoder = TorchDecoder.load(source, model_config, backend_config.threads, decoding.max_batch_sequences)
     decoder.warmup()
     info.max_length = decoder.max_length
     return GenerativeModel(source, info, decoder, task_name)
 
 
 def _load_seq2seq(
-    source: ModelSource, info: ModelInfo, task_name: str, model_config: ModelConfig, backend_config: BackendConfig, max_sequences: int
+    source: ModelSource, info: ModelInfo, task_name: str, model_config: ModelConfig, backend_config: BackendConfig, decoding: DecodingConfig
 ) -> Seq2SeqModel:
     from squeezer.backends.torch_seq2seq import TorchSeq2Seq  # lazy: torch is an optional extra
 
@@ -259,7 +261,7 @@ def _load_seq2seq(
 
 
 def _load_encoder(
-    source: ModelSource, info: ModelInfo, task_name: str, model_config: ModelConfig, backend_config: BackendConfig, max_sequences: int
+    source: ModelSource, info: ModelInfo, task_name: str, model_config: ModelConfig, backend_config: BackendConfig, decoding: DecodingConfig
 ) -> LoadedModel:
     task = TASKS[task_name]
     if not task.supports(info):

@@ -113,7 +113,7 @@ class ModelRegistry:
         model_config, backend_config, _, cache_config = self._configs
         try:
             loaded = await asyncio.to_thread(
-                load_model, entry.source, model_config, backend_config, self._decoding.max_batch_sequences
+                load_model, entry.source, model_config, backend_config, self._decoding
             )
         except Exception as exc:  # a model that fails to load is reported, and the server stays up
             entry.state, entry.error = "failed", f"{exc.__class__.__name__}: {exc}"

@@ -59,8 +59,14 @@ class EngineCollector(Collector):
                 token_hits, token_misses = token_hits + cache.hits, token_misses + cache.misses
         hits.add_metric(["tokens"], token_hits)
         misses.add_metric(["tokens"], token_misses)
+        prefixes = [c for loop in self.engine.generation_loops().values() if (c := loop.prefix_cache) is not None]
+        hits.add_metric(["prefix"], sum(c.hits for c in prefixes))
+        misses.add_metric(["prefix"], sum(c.misses for c in prefixes))
         yield hits
         yield misses
+        reused = CounterMetricFamily("squeezer_prefix_cache_tokens", "Prompt tokens taken from the prefix cache, not prefilled")
+        reused.add_metric([], sum(c.tokens_reused for c in prefixes))
+        yield reused
 
 
 class Metrics:

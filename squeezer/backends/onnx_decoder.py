@@ -30,6 +30,7 @@ import numpy as np
 
 from squeezer.backends.decoder import SlotDecoder, cache_size
 from squeezer.backends.onnx_backend import import_onnxruntime, session_options
+from squeezer.backends.prefix_cache import Entry, PrefixCache
 
 # ONNX Runtime's threads spin between ops rather than sleep. An encoder batch is a few large ops, where
 # sleeping costs nothing; a decode step is ~100 small weight-only MatMuls of tens of microseconds each, and
@@ -76,6 +77,15 @@ class KVCache:
         for array in self.arrays:
             array[dst, :, :length] = array[src, :, :length]
 
+    def save(self, row: int, length: int) -> np.ndarray:
+        """A copy of one row's first `length` columns of every array: [layers x 2, kv_heads, length, head_dim]."""
+        return np.stack([array[row, :, :length] for array in self.arrays])
+
+    def load(self, row: int, kv: np.ndarray, length: int) -> None:
+        """Write the first `length` columns of a saved `kv` into a row (its later columns are overwritten next)."""
+        for array, saved in zip(self.arrays, kv):
+            array[row, :, :length] = saved[:, :length]
+
     def clear(self) -> None:
         self.arrays, self.rows, self.capacity = [], 0, 0
 
@@ -83,7 +93,7 @@ class KVCache:
 class OnnxDecoder(SlotDecoder):
     """Decodes many sequences with one compiled decoder graph, each with a cache row (see the module doc)."""
 
-    def __init__(self, session: Any, meta: dict[str, Any], max_sequences: int = 16) -> None:
+    def __init__(self, session: Any, meta: dict[str, Any], max_sequences: int = 16, prefix_cache_bytes: int = 0) -> None:
         if meta.get("format") != FORMAT:
             raise ValueError(f"decoder.json has format {meta.get('format')!r}; this squeezer reads format {FORMAT}")
         super().__init__(max_sequences, int(meta["max_length"]), frozenset(int(t) for t in meta["eos_token_ids"]))
@@ -96,34 +106,76 @@ class OnnxDecoder(SlotDecoder):
         self._store = KVCache(self._layers, int(meta["kv_heads"]), int(meta["head_dim"]))
         self._step_binding: Any = None
         self._step_bound: tuple[int, int] | None = None  # (rows, capacity) the step binding's cache views cover
+        self._prefixes = PrefixCache(prefix_cache_bytes)
+        self._history: dict[int, list[int]] = {}  # each live sequence's cached tokens, for the prefix cache
         self.meta = meta
 
     @classmethod
     def load(
-        cls, folder: Path | str, threads: int = 0, max_sequences: int = 16, spinning: bool | None = None
+        cls, folder: Path | str, threads: int = 0, max_sequences: int = 16, spinning: bool | None = None,
+        prefix_cache_bytes: int = 0,
     ) -> OnnxDecoder:
-        """Open `folder/decoder.onnx` with the serving session options of `onnx_backend` (threads, arena)."""
+        """Open `folder/decoder.onnx` with the serving session options of `onnx_backend` (threads, arena).
+
+        `prefix_cache_bytes` bounds the prefix cache (`squeezer.backends.prefix_cache`); 0, the default, keeps
+        none, so the compiler's gate and timings always measure whole prefills.
+        """
         ort = import_onnxruntime()
         folder = Path(folder)
         meta = json.loads((folder / "decoder.json").read_text())
         options = session_options(threads, SPINNING if spinning is None else spinning)
         session = ort.InferenceSession(str(folder / "decoder.onnx"), options, providers=["CPUExecutionProvider"])
-        return cls(session, meta, max_sequences)
+        return cls(session, meta, max_sequences, prefix_cache_bytes)
 
     def prefill_many(self, prompts: Sequence[Sequence[int]]) -> list[tuple[int, np.ndarray]]:
-        """Prefill several prompts in one right-padded forward; [(handle, next-token logits)] in their order."""
+        """Prefill several prompts; [(handle, next-token logits)] in their order.
+
+        Prompts with no cached beginning run from scratch, right-padded in one forward; each of the others
+        continues from the prefix cache (see `_continue`). Their rows follow the live ones in that order.
+        """
         lengths = [len(p) for p in prompts]
         self._check_prompts(lengths)
-        first, count, width = len(self._rows), len(prompts), max(lengths)
-        self._fit(first + count, max([*lengths, *self._lengths]))
+        first = len(self._rows)
+        self._fit(first + len(prompts), max([*lengths, *self._lengths]))
+        found = [(i, *self._prefixes.lookup(p)) for i, p in enumerate(prompts)]
+        resumed = [(i, entry, shared) for i, entry, shared in found if entry is not None]
+        fresh = [i for i, entry, _ in found if entry is None]
+        logits = self._from_scratch(first, [prompts[i] for i in fresh])
+        for row, (i, entry, shared) in enumerate(resumed, start=first + len(fresh)):
+            logits.append(self._continue(row, prompts[i], entry, shared))
+        order = fresh + [i for i, _, _ in resumed]
+        handles = self._admit([lengths[i] for i in order])
+        for i, handle in zip(order, handles):
+            self._history[handle] = list(prompts[i])
+        by_prompt = {i: (handle, row) for i, handle, row in zip(order, handles, logits)}
+        return [by_prompt[i] for i in range(len(prompts))]
+
+    def _from_scratch(self, first: int, prompts: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Prefill prompts into rows [first, first + len(prompts)) in one right-padded "first prompt" forward."""
+        if not prompts:
+            return []
+        lengths = [len(p) for p in prompts]
+        count, width = len(prompts), max(lengths)
         ids = np.zeros((count, width), dtype=np.int64)
         for i, prompt in enumerate(prompts):
             ids[i, : lengths[i]] = list(prompt)
         binding = self._session.io_binding()
         self._bind_cache(binding, first, count)
         last = np.arange(count, dtype=np.int64) * width + np.array(lengths, dtype=np.int64) - 1
-        logits = self._run(binding, ids, np.array(lengths, dtype=np.int32) - 1, width, last)
-        return list(zip(self._admit(lengths), logits))
+        return list(self._run(binding, ids, np.array(lengths, dtype=np.int32) - 1, width, last))
+
+    def _continue(self, row: int, prompt: Sequence[int], entry: Entry, shared: int) -> np.ndarray:
+        """Prefill a prompt whose first `shared` tokens are cached: copy their keys in, run only the rest.
+
+        One row per forward: GroupQueryAttention takes several new tokens after a cached past only for a
+        batch of one (and a row's past is its seqlens_k + 1 minus the tokens it is fed).
+        """
+        self._store.load(row, entry.kv, shared)
+        ids = np.array([prompt[shared:]], dtype=np.int64)
+        binding = self._session.io_binding()
+        self._bind_cache(binding, row, 1)
+        last = np.array([ids.shape[1] - 1], dtype=np.int64)
+        return self._run(binding, ids, np.array([len(prompt) - 1], dtype=np.int32), len(prompt), last)[0]
 
     def step(self, handles: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
         n = len(self._rows)
@@ -138,6 +190,8 @@ class OnnxDecoder(SlotDecoder):
         seqlens = np.array(self._lengths, dtype=np.int32)  # total length after this token, minus one
         logits = self._run(self._step_binding, ids, seqlens, width, np.arange(n, dtype=np.int64))
         self._lengths = [length + 1 for length in self._lengths]
+        for handle, token in zip(handles, tokens):
+            self._history[handle].append(token)
         return logits if order == list(range(n)) else logits[order]
 
     def _fit(self, rows: int, length: int) -> None:
@@ -165,6 +219,19 @@ class OnnxDecoder(SlotDecoder):
         self._session.run_with_iobinding(binding)
         return logits
 
+    @property
+    def prefix_cache(self) -> PrefixCache:
+        """The prefix cache, for its counters (hits, tokens reused) and size."""
+        return self._prefixes
+
+    def release(self, handle: int) -> None:
+        """Free a sequence's row, keeping its tokens' keys and values in the prefix cache first."""
+        tokens = self._history.pop(handle, None)
+        if tokens and self._prefixes.budget_bytes:
+            row = self._row_of(handle)
+            self._prefixes.add(tokens, self._store.save(row, self._lengths[row]))
+        super().release(handle)
+
     def _move_row(self, src: int, dst: int, length: int) -> None:
         self._store.move(src, dst, length)
 
@@ -174,6 +241,8 @@ class OnnxDecoder(SlotDecoder):
 
     def close(self) -> None:
         self._store.clear()
+        self._prefixes.clear()
+        self._history.clear()
         self._rows, self._lengths = [], []
         self._step_binding, self._step_bound = None, None
         self._session = None

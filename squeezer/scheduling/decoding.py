@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from squeezer.backends.decoder import Decoder
+from squeezer.backends.prefix_cache import PrefixCache
 from squeezer.errors import ModelNotReadyError, QueueFullError
 from squeezer.scheduling.decoding_config import DecodingConfig
 from squeezer.tasks.base import InputError
@@ -184,6 +185,11 @@ class DecodeLoop:
     def occupancy(self) -> float:
         """Share of the batch's slots in use."""
         return len(self._active) / self._slots
+
+    @property
+    def prefix_cache(self) -> PrefixCache | None:
+        """The decoder's prefix cache when it keeps one (compiled decoders do), for its counters."""
+        return getattr(self._decoder, "prefix_cache", None)
 
     @property
     def tokens_in_flight(self) -> int:

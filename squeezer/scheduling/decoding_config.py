@@ -33,10 +33,17 @@ class DecodingConfig:
     max_new_tokens: int = setting(1024, "Most new tokens one generation request may ask for (422 beyond).")
     default_new_tokens: int = setting(100, "New tokens generated when a request does not set max_new_tokens.")
     max_waiting: int = setting(128, "Most generation requests waiting for a slot; beyond it requests get 429.")
+    prefix_cache_mb: int = setting(
+        256,
+        "Memory (MiB) for the keys and values of finished sequences, reused by later prompts that begin the same "
+        "way (chat template and system prompt, earlier turns of a conversation): only the rest is prefilled. "
+        "Compiled (ONNX) decoders; 0 turns it off.",
+    )
 
     def __post_init__(self) -> None:
         for name in ("max_batch_sequences", "max_prefill_tokens", "max_input_tokens", "max_new_tokens", "default_new_tokens", "max_waiting"):
             _check(getattr(self, name) >= 1, name, "must be at least 1")
+        _check(self.prefix_cache_mb >= 0, "prefix_cache_mb", "must be at least 0 (0 turns the prefix cache off)")
         _check(
             self.max_total_tokens > self.max_input_tokens,
             "max_total_tokens",

@@ -10,7 +10,7 @@ import sys
 import httpx
 import pytest
 
-from tests.server import ServerProcess
+from tests.server import ServerProcess, metric
 from tests.tiny_decoders import reference_generate
 
 PROMPT = "Hello there, how are"
@@ -65,8 +65,12 @@ def test_served_artifact_generates_what_torch_generates(artifact, reference, tmp
         generated = httpx.post(srv.url + "/generate", json=body, timeout=60).json()
         many = [httpx.post(srv.url + "/models/m", json={"inputs": p, "parameters": {"max_new_tokens": 6}}, timeout=60).json()
                 for p in (PROMPT, "Another one")]
+        metrics = httpx.get(srv.url + "/metrics").text
     finally:
         srv.stop()
+    # the chat asked twice, and PROMPT after /generate, begin as cached sequences did: the prefix cache served them
+    assert metric(metrics, "squeezer_cache_hits_total", cache="prefix") >= 2
+    assert metric(metrics, "squeezer_prefix_cache_tokens_total") > len(CHAT[0]["content"].split())
     assert chat.choices[0].message.content == reference(10, messages=CHAT) == streamed_text
     assert generated["generated_text"] == reference(10, prompt=PROMPT)
     assert generated["details"]["generated_tokens"] <= 10

