@@ -98,11 +98,19 @@ class _Graph:
     def __init__(self) -> None:
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
+        self._shared: set[str] = set()
 
     def add_initializer(self, name: str, array: np.ndarray) -> str:
         from onnx import numpy_helper
 
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def add_shared(self, name: str, array: np.ndarray) -> str:
+        """An initializer that every node naming it shares: added the first time, reused after."""
+        if name not in self._shared:
+            self._shared.add(name)
+            self.add_initializer(name, array)
         return name
 
     def add_node(self, op: str, inputs: list[str], outputs: list[str], domain: str = "", **attrs: Any) -> list[str]:

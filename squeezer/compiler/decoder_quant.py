@@ -133,9 +133,11 @@ def matmul_nbits(graph: Any, x: str, weight: np.ndarray, name: str, bits: int, b
                  scheme: str | None = None) -> str:
     """Emit `x @ weight.T` as a MatMulNBits node (plus the offsets' block-sum product); returns the output name.
 
-    `graph` is the builder's (initializers, nodes) sink: anything with `add_initializer(name, array)` and
-    `add_node(op, inputs, outputs, domain, **attrs)`. The offsets term costs K x blocks + blocks x N
-    multiply-adds, about 1/block_size of the main product.
+    `graph` is the builder's (initializers, nodes) sink: anything with `add_initializer(name, array)`,
+    `add_shared(name, array)` (one initializer for every user of the name) and `add_node(op, inputs,
+    outputs, domain, **attrs)`. The offsets term costs K x blocks + blocks x N multiply-adds, about
+    1/block_size of the main product. Its block-summing matrix depends only on K and the block size, so
+    every layer shares one (a copy per projection made SmolLM2's artifact and its memory 12 MB larger).
     """
     n, k = weight.shape
     quantized = quantize_blockwise(weight, bits, block_size, scheme)
@@ -153,9 +155,9 @@ def matmul_nbits(graph: Any, x: str, weight: np.ndarray, name: str, bits: int, b
         return out
     blocks = k // block_size
     summing = np.repeat(np.eye(blocks, dtype=np.float32), block_size, axis=0)  # [K, blocks]: x -> block sums
-    graph.add_initializer(f"{name}.block_sum", summing)
+    block_sum = graph.add_shared(f"block_sum.{k}x{block_size}", summing)
     graph.add_initializer(f"{name}.offsets", np.ascontiguousarray(quantized.offsets.T))  # [blocks, N]
-    [sums] = graph.add_node("MatMul", [x, f"{name}.block_sum"], [f"{name}/block_sums"])
+    [sums] = graph.add_node("MatMul", [x, block_sum], [f"{name}/block_sums"])
     [shift] = graph.add_node("MatMul", [sums, f"{name}.offsets"], [f"{name}/offset"])
     [out] = graph.add_node("Add", [out, shift], [f"{name}/out_offset"])
     return out

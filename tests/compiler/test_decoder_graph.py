@@ -132,6 +132,16 @@ def test_matmul_nbits_packing_is_what_the_op_multiplies_by(bits: int, scheme: st
     assert np.allclose(run_linear(weight, x, bits, block, scheme), x @ dequantized.T, atol=1e-4)
 
 
+def test_projections_with_the_same_input_width_share_one_block_sum_matrix() -> None:
+    rng = np.random.default_rng(0)
+    graph = _Graph()
+    for name, (n, k) in {"a": (48, 64), "b": (16, 64), "c": (48, 96)}.items():
+        matmul_nbits(graph, "x", rng.normal(size=(n, k)).astype(np.float32), name, 4, 32, accuracy=0, scheme="minmax")
+    names = [init.name for init in graph.initializers]
+    assert sorted(n for n in names if n.startswith("block_sum")) == ["block_sum.64x32", "block_sum.96x32"]
+    assert len(names) == len(set(names))
+
+
 def run_linear(weight: np.ndarray, x: np.ndarray, bits: int, block: int, scheme: str) -> np.ndarray:
     """x @ W.T through the nodes `matmul_nbits` emits, on ONNX Runtime with float compute."""
     import onnxruntime as ort
