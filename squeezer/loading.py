@@ -91,6 +91,7 @@ class GenerativeModel:
             **generator_facts(self.task_name, self.backend, self.dtype),
             "max_total_tokens": self.decoder.max_length,
             "max_sequences": self.decoder.max_sequences,
+            "prefix_cache_mb": cache.budget_bytes >> 20 if (cache := self.decoder.prefix_cache) is not None else 0,
             "chat_template": bool(getattr(self.info.tokenizer, "chat_template", None)),
         }
 
@@ -219,7 +220,7 @@ def _load_onnx_encoder(
     source: ModelSource, artifact: Artifact, info: ModelInfo, task_name: str, model_config: ModelConfig, backend_config: BackendConfig,
     decoding: DecodingConfig,
 ) -> LoadedModel:
-    return _load_encoder(source, info, task_name, model_config, backend_config, 0)
+    return _load_encoder(source, info, task_name, model_config, backend_config, decoding)
 
 
 def _load_onnx_decoder(

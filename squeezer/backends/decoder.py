@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from squeezer.backends.prefix_cache import PrefixCache
+
 CHUNK = 256  # cache columns are allocated in chunks of this many tokens
 SHRINK = 4  # a cache store shrinks once it holds this many times what live sequences need
 
@@ -39,6 +41,10 @@ class Decoder(Protocol):
     @property
     def live(self) -> int:
         """Sequences currently holding a cache."""
+
+    @property
+    def prefix_cache(self) -> PrefixCache | None:
+        """The cache of finished sequences that later prompts may begin from, when this decoder keeps one."""
 
     def prefill(self, prompt_ids: Sequence[int]) -> tuple[int, np.ndarray]:
         """Run a prompt, keep its cache, and return (handle, next-token logits [vocab])."""
@@ -128,6 +134,10 @@ class SlotDecoder:
     @property
     def live(self) -> int:
         return len(self._rows)
+
+    @property
+    def prefix_cache(self) -> PrefixCache | None:
+        return None
 
     def prefill(self, prompt_ids: Sequence[int]) -> tuple[int, np.ndarray]:
         [result] = self.prefill_many([prompt_ids])  # type: ignore[attr-defined]

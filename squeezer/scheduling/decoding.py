@@ -189,7 +189,7 @@ class DecodeLoop:
     @property
     def prefix_cache(self) -> PrefixCache | None:
         """The decoder's prefix cache when it keeps one (compiled decoders do), for its counters."""
-        return getattr(self._decoder, "prefix_cache", None)
+        return self._decoder.prefix_cache
 
     @property
     def tokens_in_flight(self) -> int:

@@ -78,6 +78,7 @@ def test_artifact_loads_on_onnxruntime_and_decodes_like_torch(llama_artifact: Re
         facts = model.describe()
         assert facts["backend"] == "onnxruntime" and facts["dtype"] == llama_artifact.chosen["dtype"]
         assert facts["chat_template"] and facts["max_sequences"] == 4 and facts["max_total_tokens"] == 256
+        assert facts["prefix_cache_mb"] == DecodingConfig().prefix_cache_mb
         if llama_artifact.chosen["dtype"] == "float32":
             ids = model.info.tokenizer.apply_chat_template([{"role": "user", "content": "Hi there"}], add_generation_prompt=True)
             reference = TorchDecoder.load(tiny_decoder_path("llama"))
