@@ -55,10 +55,16 @@ def chosen_model(engine: Engine, body: dict[str, Any], path_model: str | None) -
     raise ClientError(f"model {model!r} is not served here; served models: {', '.join(engine.model_ids())}", status=404)
 
 
-def usage(completion: Completion) -> dict[str, int]:
-    generated = sum(g.generated_tokens for g in completion.generations)
-    prompt = len(completion.prompt.ids)
-    return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+def usage(prompt: int, generated: int, cached: int) -> dict[str, Any]:
+    """OpenAI's usage object; `prompt_tokens_details.cached_tokens` counts prompt tokens from the prefix cache."""
+    return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def completion_usage(completion: Completion) -> dict[str, Any]:
+    generations = completion.generations
+    return usage(len(completion.prompt.ids), sum(g.generated_tokens for g in generations),
+                 max(g.cached_tokens for g in generations))
 
 
 def chat_object(completion: Completion, request_id: str) -> dict[str, Any]:
@@ -72,7 +78,7 @@ def chat_object(completion: Completion, request_id: str) -> dict[str, Any]:
         for i, g in enumerate(completion.generations)
     ]
     return {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": completion.model_id,
-            "choices": choices, "usage": usage(completion)}
+            "choices": choices, "usage": completion_usage(completion)}
 
 
 def text_object(completion: Completion, request_id: str, echo: bool) -> dict[str, Any]:
@@ -82,7 +88,7 @@ def text_object(completion: Completion, request_id: str, echo: bool) -> dict[str
         for i, g in enumerate(completion.generations)
     ]
     return {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": completion.model_id,
-            "choices": choices, "usage": usage(completion)}
+            "choices": choices, "usage": completion_usage(completion)}
 
 
 async def chat_chunks(streaming: Streaming, request_id: str, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
@@ -119,9 +125,7 @@ async def _deltas(streaming: Streaming, base: dict[str, Any], shape: Any, includ
     tail = strip_stop(pending, streaming.params.stop)
     yield {**base, "choices": [{"index": 0, **shape(tail), "finish_reason": OPENAI_FINISH[last.finish_reason or "length"]}]}
     if include_usage:
-        prompt = last.prompt_tokens
-        yield {**base, "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": last.generated_tokens,
-                                                "total_tokens": prompt + last.generated_tokens}}
+        yield {**base, "choices": [], "usage": usage(last.prompt_tokens, last.generated_tokens, last.cached_tokens)}
 
 
 async def _completions(request: Request, path_model: str | None, chat: bool) -> Any:

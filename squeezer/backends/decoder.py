@@ -46,6 +46,9 @@ class Decoder(Protocol):
     def prefix_cache(self) -> PrefixCache | None:
         """The cache of finished sequences that later prompts may begin from, when this decoder keeps one."""
 
+    def cached_tokens(self, handle: int) -> int:
+        """How many of a live sequence's prompt tokens came from the prefix cache rather than a prefill."""
+
     def prefill(self, prompt_ids: Sequence[int]) -> tuple[int, np.ndarray]:
         """Run a prompt, keep its cache, and return (handle, next-token logits [vocab])."""
 
@@ -118,6 +121,7 @@ class SlotDecoder:
         self._ids = itertools.count()
         self._rows: list[int] = []  # handle of the sequence in each row
         self._lengths: list[int] = []  # tokens cached in each row
+        self._reused: dict[int, int] = {}  # handle -> prompt tokens taken from a prefix cache (when any)
 
     @property
     def max_sequences(self) -> int:
@@ -138,6 +142,10 @@ class SlotDecoder:
     @property
     def prefix_cache(self) -> PrefixCache | None:
         return None
+
+    def cached_tokens(self, handle: int) -> int:
+        self._row_of(handle)  # a KeyError for a handle that is not live
+        return self._reused.get(handle, 0)
 
     def prefill(self, prompt_ids: Sequence[int]) -> tuple[int, np.ndarray]:
         [result] = self.prefill_many([prompt_ids])  # type: ignore[attr-defined]
@@ -179,6 +187,7 @@ class SlotDecoder:
     def release(self, handle: int) -> None:
         """Free a sequence's row: the last row moves into it, so rows 0..n-1 stay the live ones."""
         row, last = self._row_of(handle), len(self._rows) - 1
+        self._reused.pop(handle, None)
         if row != last:
             self._move_row(last, row, self._lengths[last])
             self._rows[row], self._lengths[row] = self._rows[last], self._lengths[last]

@@ -147,6 +147,8 @@ class OnnxDecoder(SlotDecoder):
         handles = self._admit([lengths[i] for i in order])
         for i, handle in zip(order, handles):
             self._history[handle] = list(prompts[i])
+        for (_, _, shared), handle in zip(resumed, handles[len(fresh):]):
+            self._reused[handle] = shared
         by_prompt = {i: (handle, row) for i, handle, row in zip(order, handles, logits)}
         return [by_prompt[i] for i in range(len(prompts))]
 
@@ -218,6 +220,11 @@ class OnnxDecoder(SlotDecoder):
         binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
         self._session.run_with_iobinding(binding)
         return logits
+
+    def warmup(self) -> None:
+        """The shared warm-up, leaving the prefix cache empty and its counters at zero."""
+        super().warmup()
+        self._prefixes = PrefixCache(self._prefixes.budget_bytes)
 
     @property
     def prefix_cache(self) -> PrefixCache:

@@ -93,6 +93,7 @@ class _Running:
     text: SequenceText
     history: list[int]  # prompt then generated tokens (the repetition penalty reads them)
     admitted: float
+    cached_tokens: int  # prompt tokens the decoder took from its prefix cache
     first_token_at: float = 0.0
 
 
@@ -263,7 +264,8 @@ class DecodeLoop:
         events = [event async for event in TokenStream(request, self._cancel)]
         text, tokens, last = "".join(e.text for e in events), [e.token_id for e in events], events[-1]
         assert last.finish_reason is not None  # a stream ends with its last event
-        return Generation(text, tokens, last.finish_reason, last.prompt_tokens, last.generated_tokens, last.seed)
+        return Generation(text, tokens, last.finish_reason, last.prompt_tokens, last.generated_tokens, last.seed,
+                          last.cached_tokens)
 
     def _cancel(self, request: DecodeRequest) -> None:
         request.cancelled = True
@@ -366,6 +368,7 @@ class DecodeLoop:
             SequenceText(self._tokenizer, request.prompt_ids, request.params, self._eos, request.max_new_tokens),
             list(request.prompt_ids),
             admitted,
+            self._decoder.cached_tokens(handle),
         )
         self._active.append(run)
         return run
@@ -400,7 +403,7 @@ class DecodeLoop:
         run.history.append(token)
         delta, finish = run.text.add(token)
         prompt_tokens, seed = len(run.request.prompt_ids), run.request.seed
-        return TokenEvent(token, delta, finish is not None, finish, prompt_tokens, run.text.generated, seed)
+        return TokenEvent(token, delta, finish is not None, finish, prompt_tokens, run.text.generated, seed, run.cached_tokens)
 
     def _leave(self, run: _Running, reason: FinishReason | None) -> None:
         """Take a sequence out of the batch and free its cache; report it to the metrics hook."""

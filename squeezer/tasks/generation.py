@@ -98,6 +98,7 @@ class TokenEvent:
     prompt_tokens: int
     generated_tokens: int
     seed: int | None  # the sampling seed (None when greedy), as TGI's details report it
+    cached_tokens: int = 0  # prompt tokens taken from the prefix cache (OpenAI's usage reports them)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class Generation:
     prompt_tokens: int
     generated_tokens: int
     seed: int | None
+    cached_tokens: int = 0  # prompt tokens taken from the prefix cache
 
 
 def output_text(prompt: str, generated: str, params: GenerationParams) -> str:

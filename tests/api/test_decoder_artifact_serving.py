@@ -59,7 +59,8 @@ def test_served_artifact_generates_what_torch_generates(artifact, reference, tmp
         assert info["backend"] == "onnxruntime" and info["dtype"] == "float32" and info["task"] == "text-generation"
         client = OpenAI(base_url=srv.url + "/v1", api_key="unused")
         chat = client.chat.completions.create(model="m", messages=CHAT, max_tokens=10, temperature=0)
-        streamed = client.chat.completions.create(model="m", messages=CHAT, max_tokens=10, temperature=0, stream=True)
+        streamed = list(client.chat.completions.create(model="m", messages=CHAT, max_tokens=10, temperature=0, stream=True,
+                                                       stream_options={"include_usage": True}))
         streamed_text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
         body = {"model": "m", "inputs": PROMPT, "parameters": {"max_new_tokens": 10, "details": True}}
         generated = httpx.post(srv.url + "/generate", json=body, timeout=60).json()
@@ -72,6 +73,10 @@ def test_served_artifact_generates_what_torch_generates(artifact, reference, tmp
     assert metric(metrics, "squeezer_cache_hits_total", cache="prefix") >= 2
     assert metric(metrics, "squeezer_prefix_cache_tokens_total") > len(CHAT[0]["content"].split())
     assert chat.choices[0].message.content == reference(10, messages=CHAT) == streamed_text
+    # the first chat prefilled its whole prompt; the same chat again took all but its last token from the cache
+    assert chat.usage.prompt_tokens_details.cached_tokens == 0
+    again = streamed[-1].usage
+    assert again.prompt_tokens == chat.usage.prompt_tokens and again.prompt_tokens_details.cached_tokens == again.prompt_tokens - 1
     assert generated["generated_text"] == reference(10, prompt=PROMPT)
     assert generated["details"]["generated_tokens"] <= 10
     assert many == [[{"generated_text": reference(6, prompt=p)}] for p in (PROMPT, "Another one")]

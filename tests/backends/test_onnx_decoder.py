@@ -148,6 +148,7 @@ def test_prompts_continuing_cached_sequences_decode_as_generate(pair: tuple[Any,
     cache = decoder.prefix_cache
     assert (cache.hits, cache.misses, cache.tokens_reused) == (3, 2, 20 + len(first) + 3 + len(first) - 1)  # misses: first, PROMPTS[0]
     handles, tokens = [h for h, _ in results], [int(logits.argmax()) for _, logits in results]
+    assert [decoder.cached_tokens(h) for h in handles] == [20, len(first) + 3, 0, len(first) - 1]
     outputs = [[token] for token in tokens]
     try:
         for prompt, (_, logits) in zip(prompts, results):
