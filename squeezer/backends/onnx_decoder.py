@@ -17,6 +17,12 @@ lead) the same way: the prompts are right-padded to the longest, run in one forw
 (tests/backends/test_onnx_decoder.py): GQA's causal mask keeps every real token from seeing the padding that
 follows it, rotary positions start at 0 in each row, and a padding token's keys land in columns past the
 row's length, which no later step reads before overwriting them. So prompts admitted together cost one forward.
+
+Prefix caching (`squeezer.backends.prefix_cache`): a leaving sequence's tokens and cache columns are copied
+out; a later prompt that begins the same way has that beginning copied into its row and runs only the rest,
+as a "subsequent prompt" (total_sequence_length = the whole length, seqlens_k = length - 1, the new tokens
+fed): GQA writes their keys after the copied ones and attends causally over both. ORT accepts that only for
+a batch of one, so each such prompt is its own forward (still shorter than its share of a batched prefill).
 """
 
 from __future__ import annotations
