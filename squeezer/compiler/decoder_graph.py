@@ -50,6 +50,8 @@ class DecoderWeights:
     matrix of a small model, read whole for every token) is kept float unless asked, since every logit goes
     through it; when asked it gets `head_bits`. scheme: the grid (see `decoder_quant`); None is "best", per
     matrix the better of min/max with float offsets and symmetric, which give back GGUF Q4_1 / Q8_0 exactly.
+    fold_offsets: min/max offsets ride inside each MatMulNBits as extra digit columns instead of exact
+    float products of their own (one node instead of four; see `decoder_quant`).
     """
 
     bits: int = 32
@@ -58,6 +60,7 @@ class DecoderWeights:
     quantize_lm_head: bool = False
     head_bits: int = 8
     scheme: str | None = None
+    fold_offsets: bool = False
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8, 32):
@@ -140,7 +143,7 @@ class _Builder:
         """x @ weight.T (+ bias): float MatMul on the transposed weight (bits 32), or MatMulNBits per the recipe."""
         w = self.weights
         if bits != 32:
-            out = matmul_nbits(self.graph, x, weight, name, bits, w.block_size, w.accuracy_level, w.scheme)
+            out = matmul_nbits(self.graph, x, weight, name, bits, w.block_size, w.accuracy_level, w.scheme, w.fold_offsets)
         else:
             self.graph.add_initializer(f"{name}.weight", weight.T)
             [out] = self.graph.add_node("MatMul", [x, f"{name}.weight"], [f"{name}/matmul"])

@@ -23,6 +23,13 @@ file's Q4_1 blocks and its Q8_0 embeddings each land on their own grid without t
   (SmolLM2's tied embeddings / lm head): exact for such weights and the usual int8 choice for float ones.
 - "asymmetric": [min(w, 0), max(w, 0)] onto the levels with an integer zero point and no offsets (zero is
   exact); kept for comparison, it is what the earlier recipes built.
+
+Offsets as nodes or folded (`fold_offsets`): the exact offset product is two small float MatMuls and an Add
+per matrix, which read 4 bytes per block and cost a node each: 28% of a SmolLM2 single-request step. Folded,
+the offsets become extra columns of the same MatMulNBits, fed the block sums: x' = [x | sums | sums] and
+W' = [W | offsets in two 4-bit digits] (one digit of 8 bits), each digit a block of its own, so one node does
+it all. Two digits carry the offsets to within about a thousandth of a weight step (SmolLM2: max error 0.0015 of
+the largest scale), far below the int8 activation rounding MatMulNBits does anyway; the gate judges it.
 """
 
 from __future__ import annotations
@@ -43,6 +50,21 @@ class Quantized:
     scales: np.ndarray  # float32 [N, blocks]
     zero: np.ndarray  # uint8 [N, blocks] (8 bits) or [N, ceil(blocks / 2)] (4 bits, packed)
     offsets: np.ndarray | None  # float32 [N, blocks]: added as w = (q - zero) * scale + offset
+
+
+def unpack_zero(zero: np.ndarray, bits: int, blocks: int) -> np.ndarray:
+    """Zero points [N, blocks] as one uint8 each (4-bit ones are stored two per byte)."""
+    if bits == 8:
+        return zero
+    return np.stack([zero & 0x0F, zero >> 4], axis=-1).reshape(len(zero), -1)[:, :blocks]
+
+
+def pack_zero(zero: np.ndarray, bits: int) -> np.ndarray:
+    if bits == 8:
+        return np.ascontiguousarray(zero)
+    if zero.shape[1] % 2:
+        zero = np.concatenate([zero, np.zeros((len(zero), 1), dtype=np.uint8)], axis=1)
+    return np.ascontiguousarray(zero[:, 0::2] | (zero[:, 1::2] << 4))
 
 
 def quantize_blockwise(weight: np.ndarray, bits: int, block_size: int, scheme: str | None = None) -> Quantized:
@@ -69,13 +91,9 @@ def quantize_blockwise(weight: np.ndarray, bits: int, block_size: int, scheme: s
     w[:, :k] = weight
     w = w.reshape(n, blocks, block_size)
     q, scales, zero, offsets = _GRIDS[scheme](w, (1 << bits) - 1)
-    zero = zero.astype(np.uint8)
     if bits == 4:
         q = q[:, :, 0::2] | (q[:, :, 1::2] << 4)
-        if blocks % 2:
-            zero = np.concatenate([zero, np.zeros((n, 1), dtype=np.uint8)], axis=1)
-        zero = zero[:, 0::2] | (zero[:, 1::2] << 4)
-    return Quantized(np.ascontiguousarray(q), scales.astype(np.float32), np.ascontiguousarray(zero), offsets)
+    return Quantized(np.ascontiguousarray(q), scales.astype(np.float32), pack_zero(zero.astype(np.uint8), bits), offsets)
 
 
 Grid = tuple[np.ndarray, np.ndarray, np.ndarray, "np.ndarray | None"]
@@ -117,20 +135,40 @@ _GRIDS = {"minmax": _minmax, "symmetric": _symmetric, "asymmetric": _asymmetric}
 def dequantize_blockwise(quantized: Quantized, bits: int, k: int) -> np.ndarray:
     """The float weight [N, K] a packed one stands for (what the emitted nodes multiply by): for tests and checks."""
     n, blocks = quantized.scales.shape
-    packed, zero = quantized.packed, quantized.zero
-    if bits == 4:
-        q = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, blocks, -1)
-        zero = np.stack([zero & 0x0F, zero >> 4], axis=-1).reshape(n, -1)[:, :blocks]
-    else:
-        q = packed
+    packed, zero = quantized.packed, unpack_zero(quantized.zero, bits, blocks)
+    q = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, blocks, -1) if bits == 4 else packed
     w = (q.astype(np.float32) - zero[:, :, None].astype(np.float32)) * quantized.scales[:, :, None]
     if quantized.offsets is not None:
         w = w + quantized.offsets[:, :, None]
     return w.reshape(n, -1)[:, :k]
 
 
+OFFSET_DIGITS = {4: 2, 8: 1}  # digits that carry folded offsets, by weight bits
+
+
+def fold_offsets(quantized: Quantized, bits: int, block_size: int) -> tuple[Quantized, int]:
+    """The matrix with its offsets appended as digit columns (see the module doc), and how many columns that adds.
+
+    Each digit spans the block sums padded to whole blocks; digit i quantizes what the earlier ones left.
+    """
+    assert quantized.offsets is not None
+    n, blocks = quantized.scales.shape
+    width = -(-blocks // block_size) * block_size
+    rest = np.zeros((n, width), dtype=np.float32)
+    rest[:, :blocks] = quantized.offsets
+    parts = [quantized]
+    for _ in range(OFFSET_DIGITS[bits]):
+        digit = quantize_blockwise(rest, bits, block_size, "asymmetric")
+        rest = rest - dequantize_blockwise(digit, bits, width)
+        parts.append(digit)
+    zero = np.concatenate([unpack_zero(p.zero, bits, p.scales.shape[1]) for p in parts], axis=1)
+    folded = Quantized(np.concatenate([p.packed for p in parts], axis=1), np.concatenate([p.scales for p in parts], axis=1),
+                       pack_zero(zero, bits), None)
+    return folded, width * OFFSET_DIGITS[bits]
+
+
 def matmul_nbits(graph: Any, x: str, weight: np.ndarray, name: str, bits: int, block_size: int, accuracy: int,
-                 scheme: str | None = None) -> str:
+                 scheme: str | None = None, fold: bool = False) -> str:
     """Emit `x @ weight.T` as a MatMulNBits node (plus the offsets' block-sum product); returns the output name.
 
     `graph` is the builder's (initializers, nodes) sink: anything with `add_initializer(name, array)`,
@@ -138,9 +176,21 @@ def matmul_nbits(graph: Any, x: str, weight: np.ndarray, name: str, bits: int, b
     outputs, domain, **attrs)`. The offsets term costs K x blocks + blocks x N multiply-adds, about
     1/block_size of the main product. Its block-summing matrix depends only on K and the block size, so
     every layer shares one (a copy per projection made SmolLM2's artifact and its memory 12 MB larger).
+    `fold` puts the offsets inside the MatMulNBits instead (see the module doc).
     """
     n, k = weight.shape
     quantized = quantize_blockwise(weight, bits, block_size, scheme)
+    blocks = k // block_size
+    summing = np.repeat(np.eye(blocks, dtype=np.float32), block_size, axis=0)  # [K, blocks]: x -> block sums
+    if quantized.offsets is not None and fold:
+        quantized, extra = fold_offsets(quantized, bits, block_size)
+        digits = np.zeros((k, extra), dtype=np.float32)
+        for start in range(0, extra, extra // OFFSET_DIGITS[bits]):
+            digits[:, start:start + blocks] = summing
+        block_sums = graph.add_shared(f"block_sum_digits.{k}x{block_size}x{bits}", digits)
+        [sums] = graph.add_node("MatMul", [x, block_sums], [f"{name}/block_sums"])
+        [x] = graph.add_node("Concat", [x, sums], [f"{name}/with_sums"], axis=-1)
+        k += extra
     graph.add_initializer(f"{name}.qweight", quantized.packed)
     graph.add_initializer(f"{name}.scales", quantized.scales)
     graph.add_initializer(f"{name}.zero_points", quantized.zero)
@@ -153,8 +203,6 @@ def matmul_nbits(graph: Any, x: str, weight: np.ndarray, name: str, bits: int, b
     )
     if quantized.offsets is None:
         return out
-    blocks = k // block_size
-    summing = np.repeat(np.eye(blocks, dtype=np.float32), block_size, axis=0)  # [K, blocks]: x -> block sums
     block_sum = graph.add_shared(f"block_sum.{k}x{block_size}", summing)
     graph.add_initializer(f"{name}.offsets", np.ascontiguousarray(quantized.offsets.T))  # [blocks, N]
     [sums] = graph.add_node("MatMul", [x, block_sum], [f"{name}/block_sums"])

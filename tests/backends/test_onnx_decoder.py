@@ -237,14 +237,14 @@ def test_growing_the_store_mid_decode_keeps_every_cache(tmp_path: Path) -> None:
     assert decoder._store.capacity == 2 * CHUNK
 
 
-@pytest.mark.parametrize("bits", [8, 4])
-def test_quantized_graphs_decode_close_to_the_float_one(bits: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("bits", "fold"), [(8, False), (4, False), (4, True)])
+def test_quantized_graphs_decode_close_to_the_float_one(bits: int, fold: bool, tmp_path: Path) -> None:
     """Random tiny weights are a harsh case for quantization; int8 must still mostly agree on the top token."""
     model = tiny_causal_lm("llama")
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(0.3)  # tamer logits than the exactness tests need: fewer near-ties to flip
-    build_decoder(model, tmp_path, DecoderWeights(bits=bits, quantize_lm_head=True))
+    build_decoder(model, tmp_path, DecoderWeights(bits=bits, quantize_lm_head=True, fold_offsets=fold))
     decoder = OnnxDecoder.load(tmp_path)
     agree = total = 0
     for prompt in PROMPTS:
@@ -292,10 +292,11 @@ def test_smollm2_float_graph_decodes_exactly_as_generate(smollm2: tuple[Any, lis
 
 
 @pytest.mark.slow
-def test_smollm2_int4_graph_mostly_agrees_with_the_float_model(smollm2: tuple[Any, list[list[int]], Path]) -> None:
+@pytest.mark.parametrize("fold", [False, True])
+def test_smollm2_int4_graph_mostly_agrees_with_the_float_model(smollm2: tuple[Any, list[list[int]], Path], fold: bool) -> None:
     model, prompts, folder = smollm2
-    build_decoder(model, folder / "int4", DecoderWeights(bits=4, quantize_lm_head=True))
-    decoder = OnnxDecoder.load(folder / "int4")
+    build_decoder(model, folder / f"int4-{fold}", DecoderWeights(bits=4, quantize_lm_head=True, fold_offsets=fold))
+    decoder = OnnxDecoder.load(folder / f"int4-{fold}")
     agree = total = 0
     for prompt in prompts:
         expected = reference_generate(model, prompt, 32)

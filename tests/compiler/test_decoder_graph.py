@@ -101,7 +101,7 @@ def test_files_and_facts(tiny_decoder_path: Callable[[str], Path], tmp_path: Pat
     facts = (meta["num_layers"], meta["kv_heads"], meta["head_dim"], meta["vocab_size"])
     assert facts == (2, 2, 16, model.config.vocab_size)
     assert meta["weights"] == {"bits": 4, "block_size": 16, "accuracy_level": 4, "quantize_lm_head": False,
-                               "head_bits": 8, "scheme": None}
+                               "head_bits": 8, "scheme": None, "fold_offsets": False}
     build_decoder(model, tmp_path, weights)  # rebuilding in place rewrites the data file, never appends to it
     assert (tmp_path / "decoder.onnx.data").stat().st_size < 2 * 1024 * 1024
 
@@ -142,13 +142,35 @@ def test_projections_with_the_same_input_width_share_one_block_sum_matrix() -> N
     assert len(names) == len(set(names))
 
 
-def run_linear(weight: np.ndarray, x: np.ndarray, bits: int, block: int, scheme: str) -> np.ndarray:
+@pytest.mark.parametrize(("bits", "k", "block"), [(4, 128, 32), (4, 96, 16), (8, 128, 32)])
+def test_folded_offsets_ride_in_the_matmul_to_a_thousandth_of_a_step(bits: int, k: int, block: int) -> None:
+    """min/max offsets as digit columns of the one MatMulNBits: no float product or Add of their own, and the
+    product within ~1/1000 of a weight step of the exact one (the digits' leftover, times the block sums)."""
+    rng = np.random.default_rng(2)
+    weight = rng.normal(size=(40, k)).astype(np.float32)  # blocks straddle zero, as trained weights do
+    x = rng.normal(size=(2, 3, k)).astype(np.float32)
+    quantized = quantize_blockwise(weight, bits, block, "minmax")
+    exact = x @ dequantize_blockwise(quantized, bits, k).T
+    graph = _Graph()
+    matmul_nbits(graph, "x", weight, "linear", bits, block, accuracy=0, scheme="minmax", fold=True)
+    assert [node.op_type for node in graph.nodes] == ["MatMul", "Concat", "MatMulNBits"]
+    folded = run_linear(weight, x, bits, block, "minmax", fold=True)
+    sums = np.abs(x.reshape(2, 3, k // block, block).sum(axis=-1)).sum(axis=-1)  # what the leftover multiplies
+    step = quantized.scales.max()
+    assert np.all(np.abs(folded - exact) <= sums[..., None] * step / 400 + 1e-4)  # offsets within a step, to ~1/450 of it
+    assert not np.allclose(folded, exact, atol=1e-7)  # it is an approximation, so the check above means something
+    unfolded = _Graph()  # a grid without offsets is the same graph either way
+    matmul_nbits(unfolded, "x", weight, "linear", bits, block, accuracy=0, scheme="symmetric", fold=True)
+    assert [node.op_type for node in unfolded.nodes] == ["MatMulNBits"]
+
+
+def run_linear(weight: np.ndarray, x: np.ndarray, bits: int, block: int, scheme: str, fold: bool = False) -> np.ndarray:
     """x @ W.T through the nodes `matmul_nbits` emits, on ONNX Runtime with float compute."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
     graph = _Graph()
-    out = matmul_nbits(graph, "x", weight, "linear", bits, block, accuracy=0, scheme=scheme)
+    out = matmul_nbits(graph, "x", weight, "linear", bits, block, accuracy=0, scheme=scheme, fold=fold)
     model = helper.make_model(
         helper.make_graph(graph.nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
                           [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], graph.initializers),
