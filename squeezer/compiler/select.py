@@ -39,4 +39,3 @@ def record_timings(candidates: list[dict[str, Any]], results: dict[str, Any], re
             by_name[name]["timings"] = result.as_json()
     speedups(candidates, reference_score)
     return dict(results["torch"].as_json())
-

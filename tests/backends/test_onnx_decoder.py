@@ -15,7 +15,7 @@ from squeezer.backends.decoder import CHUNK
 from squeezer.backends.onnx_decoder import KVCache, OnnxDecoder
 from squeezer.compiler.decoder_graph import DecoderWeights, build_decoder
 from tests.compiler.test_decoder_graph import tiny_causal_lm
-from tests.tiny_decoders import reference_generate
+from tests.tiny_decoders import continue_greedily, reference_generate
 
 PROMPTS = [[5, 9, 33, 101, 7], [44, 12], list(range(20, 57)), [250]]
 
@@ -77,19 +77,9 @@ def test_prompts_prefilled_together_decode_exactly_as_generate(pair: tuple[Any, 
     model, decoder = pair
     steps = 24
     results = decoder.prefill_many(PROMPTS)
-    handles = [handle for handle, _ in results]
-    tokens = [int(logits.argmax()) for _, logits in results]
-    outputs = [[token] for token in tokens]
-    try:
-        for prompt, (_, logits) in zip(PROMPTS, results):
-            assert close(logits, full_logits(model, prompt))
-        for _ in range(steps - 1):
-            tokens = [int(row.argmax()) for row in decoder.step(handles, tokens)]
-            for out, token in zip(outputs, tokens):
-                out.append(token)
-    finally:
-        for handle in handles:
-            decoder.release(handle)
+    outputs = continue_greedily(decoder, results, steps)
+    for prompt, (_, logits) in zip(PROMPTS, results):
+        assert close(logits, full_logits(model, prompt))
     for prompt, out in zip(PROMPTS, outputs):
         expected = reference_generate(model, prompt, steps)  # may end early, at an EOS token
         assert out[: len(expected)] == expected
@@ -147,19 +137,10 @@ def test_prompts_continuing_cached_sequences_decode_as_generate(pair: tuple[Any,
     results = decoder.prefill_many(prompts)
     cache = decoder.prefix_cache
     assert (cache.hits, cache.misses, cache.tokens_reused) == (3, 2, 20 + len(first) + 3 + len(first) - 1)  # misses: first, PROMPTS[0]
-    handles, tokens = [h for h, _ in results], [int(logits.argmax()) for _, logits in results]
-    assert [decoder.cached_tokens(h) for h in handles] == [20, len(first) + 3, 0, len(first) - 1]
-    outputs = [[token] for token in tokens]
-    try:
-        for prompt, (_, logits) in zip(prompts, results):
-            assert close(logits, full_logits(model, prompt))
-        for _ in range(11):
-            tokens = [int(row.argmax()) for row in decoder.step(handles, tokens)]
-            for out, token in zip(outputs, tokens):
-                out.append(token)
-    finally:
-        for handle in handles:
-            decoder.release(handle)
+    assert [decoder.cached_tokens(h) for h, _ in results] == [20, len(first) + 3, 0, len(first) - 1]
+    outputs = continue_greedily(decoder, results, 12)
+    for prompt, (_, logits) in zip(prompts, results):
+        assert close(logits, full_logits(model, prompt))
     for prompt, out in zip(prompts, outputs):
         expected = reference_generate(model, prompt, len(out))  # may end early, at an EOS token
         assert out[: len(expected)] == expected

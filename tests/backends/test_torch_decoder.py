@@ -13,7 +13,7 @@ import transformers
 from squeezer.backends.decoder import CHUNK
 from squeezer.backends.torch_decoder import KVStore, TorchDecoder
 from squeezer.sources import ModelSource
-from tests.tiny_decoders import ARCHS, reference_generate
+from tests.tiny_decoders import ARCHS, continue_greedily, reference_generate
 
 PROMPTS = [[5, 9, 33, 101, 7], [44, 12], list(range(20, 57)), [300]]
 
@@ -134,19 +134,9 @@ def test_prompts_prefilled_together_decode_exactly_as_generate(decoder: TorchDec
     """Different lengths in one right-padded prefill: each row's greedy tokens are still generate's."""
     steps = 24
     results = decoder.prefill_many(PROMPTS)
-    handles = [handle for handle, _ in results]
-    tokens = [int(logits.argmax()) for _, logits in results]
-    outputs = [[token] for token in tokens]
-    try:
-        for prompt, (_, logits) in zip(PROMPTS, results):
-            assert torch.allclose(torch.from_numpy(logits), full_logits(decoder.model, prompt), atol=1e-4)
-        for _ in range(steps - 1):
-            tokens = [int(row.argmax()) for row in decoder.step(handles, tokens)]
-            for out, token in zip(outputs, tokens):
-                out.append(token)
-    finally:
-        for handle in handles:
-            decoder.release(handle)
+    outputs = continue_greedily(decoder, results, steps)
+    for prompt, (_, logits) in zip(PROMPTS, results):
+        assert torch.allclose(torch.from_numpy(logits), full_logits(decoder.model, prompt), atol=1e-4)
     for prompt, out in zip(PROMPTS, outputs):
         expected = reference_generate(decoder.model, prompt, steps)
         assert out[: len(expected)] == expected
