@@ -25,6 +25,7 @@ Outputs:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,14 @@ from typing import Any
 import numpy as np
 
 from squeezer.backends.decoder import context_length, eos_ids
+from squeezer.compiler.decoder_int8 import matmul_int8
 from squeezer.compiler.decoder_quant import SCHEMES, matmul_nbits
+from squeezer.compiler.smoothing import smooth
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")  # inv_freq and scaling fixed at load: a cos/sin table
 OPSET = 21
+PROJECTIONS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head")  # the graph's linear layers
 FORMAT = 1
 
 
@@ -52,6 +56,11 @@ class DecoderWeights:
     matrix the better of min/max with float offsets and symmetric, which give back GGUF Q4_1 / Q8_0 exactly.
     fold_offsets: min/max offsets ride inside each MatMulNBits as extra digit columns instead of exact
     float products of their own (one node instead of four; see `decoder_quant`).
+    int8_activations: 8-bit linear layers (and the head, when quantized) as DynamicQuantizeMatMul, int8
+    weights per channel times activations quantized per run (`decoder_int8`): the fastest with many
+    sequences in a step. smoothing: the SmoothQuant strengths tried per layer (`smoothing`); () smooths
+    nothing. row_scaled: the projections (of `PROJECTIONS`) whose input rows are each scaled to one range
+    before being quantized together.
     """
 
     bits: int = 32
@@ -61,8 +70,20 @@ class DecoderWeights:
     head_bits: int = 8
     scheme: str | None = None
     fold_offsets: bool = False
+    int8_activations: bool = False
+    smoothing: tuple[float, ...] = ()
+    row_scaled: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.int8_activations and (self.bits != 8 or self.head_bits != 8):
+            raise ValueError("int8_activations needs 8-bit weights: set bits=8 (and head_bits=8)")
+        if (self.smoothing or self.row_scaled) and not self.int8_activations:
+            raise ValueError("smoothing and row_scaled shape int8 activations: set int8_activations=True")
+        if any(not 0.0 <= alpha <= 1.0 for alpha in self.smoothing):
+            raise ValueError(f"SmoothQuant strengths are between 0 and 1, not {self.smoothing}")
+        unknown = set(self.row_scaled) - set(PROJECTIONS)
+        if unknown:
+            raise ValueError(f"row_scaled names projections among {', '.join(PROJECTIONS)}, not {', '.join(sorted(unknown))}")
         if self.bits not in (4, 8, 32):
             raise ValueError(f"decoder weights are 32 (float), 8 or 4 bits, not {self.bits}")
         if self.head_bits not in (4, 8):
@@ -142,7 +163,9 @@ class _Builder:
     def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None, name: str, bits: int) -> str:
         """x @ weight.T (+ bias): float MatMul on the transposed weight (bits 32), or MatMulNBits per the recipe."""
         w = self.weights
-        if bits != 32:
+        if bits != 32 and w.int8_activations:
+            out = matmul_int8(self.graph, x, weight, name, name.rsplit(".", 1)[-1] in w.row_scaled)
+        elif bits != 32:
             out = matmul_nbits(self.graph, x, weight, name, bits, w.block_size, w.accuracy_level, w.scheme, w.fold_offsets)
         else:
             self.graph.add_initializer(f"{name}.weight", weight.T)
@@ -252,9 +275,11 @@ class _Builder:
         return helper.make_model(proto, opset_imports=opsets, producer_name="squeezer")
 
 
-def build_decoder(model: Any, out_dir: Path, weights: DecoderWeights = DecoderWeights()) -> Path:
+def build_decoder(model: Any, out_dir: Path, weights: DecoderWeights = DecoderWeights(),
+                  calibration: Sequence[Sequence[int]] = ()) -> Path:
     """Write `decoder.onnx`, its external data and `decoder.json` for `model` into `out_dir`; returns the graph.
 
+    `calibration` (prompt token ids) is what a recipe with `smoothing` measures activations on.
     Raises ValueError (with `unsupported_reason`'s words) for a model the graph cannot express.
     """
     import onnx
@@ -262,6 +287,11 @@ def build_decoder(model: Any, out_dir: Path, weights: DecoderWeights = DecoderWe
     reason = unsupported_reason(model.config)
     if reason:
         raise ValueError(reason)
+    alphas: dict[str, float] = {}
+    if weights.smoothing:
+        if not calibration:
+            raise ValueError("a recipe with smoothing needs calibration prompts to measure activations on")
+        model, alphas = smooth(model, calibration, weights.smoothing, weights.row_scaled)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     builder = _Builder(model, weights)
@@ -288,6 +318,7 @@ def build_decoder(model: Any, out_dir: Path, weights: DecoderWeights = DecoderWe
         "past": ["past_key_{}", "past_value_{}"],
         "present": ["present_key_{}", "present_value_{}"],
         "weights": asdict(weights),
+        "smoothing": alphas,
     }
     (out_dir / "decoder.json").write_text(json.dumps(meta, indent=2) + "\n")
     return graph_path

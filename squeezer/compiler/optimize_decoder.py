@@ -104,11 +104,14 @@ def compile_decoder(src: ModelSource, info: ModelInfo, task: str, target: str, e
         prompts = gd.encode(info.tokenizer, examples, reference.max_length - NEW_TOKENS - 1)
         say(f"running the PyTorch reference on {len(prompts)} prompts ({NEW_TOKENS} tokens each)")
         gate = GenerationGate(reference, prompts, NEW_TOKENS, config.max_accuracy_loss)
+        calibration = gd.encode(info.tokenizer, [vd.Example(t) for t in vd.calibration_texts()],
+                                reference.max_length)
         recipes = recipes_for(target, config.sweep, config.recipe_names(), "decoder")
         candidates = []
         for i, recipe in enumerate(recipes):
             step_say = lambda msg, name=recipe.name, n=i: say(f"[{n + 1}/{len(recipes)}] {name}: {msg}")
-            record, decoder = evaluate(recipe, reference.model, gate, scratch / recipe.name, config.threads, step_say)
+            record, decoder = evaluate(recipe, reference.model, gate, calibration, scratch / recipe.name, config.threads,
+                                       step_say)
             candidates.append(record)
             if decoder is not None:
                 decoders[recipe.name] = decoder
@@ -130,9 +133,12 @@ def compile_decoder(src: ModelSource, info: ModelInfo, task: str, target: str, e
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def evaluate(recipe: Recipe, model: Any, gate: GenerationGate, folder: Path, threads: int,
-             say: Progress) -> tuple[dict[str, Any], Decoder | None]:
-    """Build one candidate and gate it; returns its report record, and its decoder when it passed."""
+def evaluate(recipe: Recipe, model: Any, gate: GenerationGate, calibration: list[list[int]], folder: Path,
+             threads: int, say: Progress) -> tuple[dict[str, Any], Decoder | None]:
+    """Build one candidate and gate it; returns its report record, and its decoder when it passed.
+
+    `calibration` (prompts disjoint from the gate's) is what a smoothing recipe measures activations on.
+    """
 
     record: dict[str, Any] = {"name": recipe.name, "dtype": recipe.dtype, "recipe": recipe.describe(), "verdict": "failed",
                               "reasons": [], "metrics": {}, "timings": {}}
@@ -141,7 +147,7 @@ def evaluate(recipe: Recipe, model: Any, gate: GenerationGate, folder: Path, thr
 
     def build() -> OnnxDecoder:
         say("building the decoder graph")
-        build_decoder(model, folder, weights)
+        build_decoder(model, folder, weights, calibration)
         record.update(folder=folder.name, size_bytes=sum(f.stat().st_size for f in folder.iterdir()),
                       build_s=round(time.perf_counter() - start, 2))
         decoder = OnnxDecoder.load(folder, threads, MAX_SEQUENCES, SPINNING)

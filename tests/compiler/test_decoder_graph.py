@@ -101,7 +101,9 @@ def test_files_and_facts(tiny_decoder_path: Callable[[str], Path], tmp_path: Pat
     facts = (meta["num_layers"], meta["kv_heads"], meta["head_dim"], meta["vocab_size"])
     assert facts == (2, 2, 16, model.config.vocab_size)
     assert meta["weights"] == {"bits": 4, "block_size": 16, "accuracy_level": 4, "quantize_lm_head": False,
-                               "head_bits": 8, "scheme": None, "fold_offsets": False}
+                               "head_bits": 8, "scheme": None, "fold_offsets": False, "int8_activations": False,
+                               "smoothing": [], "row_scaled": []}
+    assert meta["smoothing"] == {}
     build_decoder(model, tmp_path, weights)  # rebuilding in place rewrites the data file, never appends to it
     assert (tmp_path / "decoder.onnx.data").stat().st_size < 2 * 1024 * 1024
 

@@ -20,7 +20,7 @@ from squeezer.config import BackendConfig, ModelConfig
 from squeezer.scheduling.decoding_config import DecodingConfig
 from squeezer.sources import ModelSource
 
-RECIPES = "decoder-fp32,decoder-int8-head8,decoder-int4-head8"
+RECIPES = "decoder-fp32,decoder-int8-head8,decoder-int4-head8,decoder-w8a8-smooth"
 
 
 def build(folder: Path, out: Path, **settings) -> Report:
@@ -48,7 +48,7 @@ def test_artifact_is_self_contained(llama_artifact: Report) -> None:
 def test_report_lists_candidates_with_numbers_and_verdicts(llama_artifact: Report) -> None:
     report = llama_artifact
     assert [c["name"] for c in report.candidates] == RECIPES.split(",")
-    assert [c["dtype"] for c in report.candidates] == ["float32", "int8", "int4"]
+    assert [c["dtype"] for c in report.candidates] == ["float32", "int8", "int4", "int8"]
     for c in report.candidates:
         assert c["verdict"] in ("chosen", "passed", "rejected")
         assert {"top1_agreement", "mean_kl", "greedy_exact", "greedy_prefix"} <= set(c["metrics"])
@@ -155,6 +155,7 @@ def test_serve_optimize_keeps_an_unsupported_model_on_torch(tiny_decoder_path, t
 def test_encoder_recipes_are_refused_for_a_decoder(tiny_decoder_path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="fp32 cannot build a decoder model"):
         build(tiny_decoder_path("llama"), tmp_path / "out", recipes="fp32")
-    assert [r.name for r in recipes_for("cpu", "default", family="decoder")] == [*RECIPES.split(","), "decoder-int4-head8-folded"]
+    assert [r.name for r in recipes_for("cpu", "default", family="decoder")] == [
+        "decoder-fp32", "decoder-int8-head8", "decoder-int4-head8", "decoder-int4-head8-folded", "decoder-w8a8-smooth"]
     assert len(recipes_for("cpu", "full", family="decoder")) == len(DECODER_RECIPES)
     assert OptimizeConfig(task="text-generation", recipes="decoder-int4").recipe_names() == ["decoder-int4"]
