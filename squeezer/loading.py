@@ -193,9 +193,11 @@ def compiled(source: ModelSource, model_config: ModelConfig) -> ModelSource:
     from squeezer.compiler.optimize import optimize
     from squeezer.compiler.optimize_decoder import UnsupportedModelError
 
-    config = OptimizeConfig(task=model_config.task, allow_pickle=model_config.allow_pickle, trust_remote_code=model_config.trust_remote_code)
+    config = OptimizeConfig(task=model_config.task, profile=model_config.optimize_profile,
+                            allow_pickle=model_config.allow_pickle, trust_remote_code=model_config.trust_remote_code)
     name = str(source.path / source.gguf_file) if source.gguf_file else str(source.path)
-    out = default_dir() / "served" / hashlib.sha256(name.encode()).hexdigest()[:16]
+    key = f"{name}\0{config.profile}"  # one served artifact per source and profile
+    out = default_dir() / "served" / hashlib.sha256(key.encode()).hexdigest()[:16]
     try:
         report = optimize(source, out, config)
     except UnsupportedModelError as exc:

@@ -13,6 +13,8 @@ def test_invalid_values_say_which_setting_to_change() -> None:
         ServerConfig(port=70000)
     with pytest.raises(ConfigError, match=r"--task \(SQUEEZER_TASK\): unknown task 'translate-poems'"):
         ModelConfig(task="translate-poems")
+    with pytest.raises(ConfigError, match=r"--optimize-profile \(SQUEEZER_OPTIMIZE_PROFILE\): must be latency or throughput"):
+        ModelConfig(optimize_profile="fast")
     with pytest.raises(ConfigError, match="--max-batch-size"):
         BatchingConfig(max_batch_size=0)
     with pytest.raises(ConfigError, match="--threads"):

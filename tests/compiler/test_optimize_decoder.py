@@ -152,6 +152,19 @@ def test_serve_optimize_keeps_an_unsupported_model_on_torch(tiny_decoder_path, t
         model.close()
 
 
+def test_serve_optimize_compiles_for_the_profile_asked(tiny_decoder_path, tmp_path: Path, monkeypatch) -> None:
+    from squeezer.loading import compiled
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    source = ModelSource("l", tiny_decoder_path("llama"))
+    profiles = {p: compiled(source, ModelConfig(optimize=True, optimize_profile=p)).path for p in ("throughput", "latency")}
+    assert profiles["throughput"] != profiles["latency"]
+    for profile, path in profiles.items():
+        report = load_artifact(path).report
+        assert report["profile"] == profile
+        assert "decoder-w8a8-smooth" in [c["name"] for c in report["candidates"]]
+
+
 def test_encoder_recipes_are_refused_for_a_decoder(tiny_decoder_path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="fp32 cannot build a decoder model"):
         build(tiny_decoder_path("llama"), tmp_path / "out", recipes="fp32")
