@@ -160,6 +160,7 @@ class DecodeLoop:
         self._eos = decoder.eos_token_ids
         self._waiting: deque[DecodeRequest] = deque()
         self._active: list[_Running] = []
+        self._admitting = 0  # taken off the queue, not yet active: being prefilled on the worker
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -219,9 +220,14 @@ class DecodeLoop:
     async def drain(self) -> None:
         """Refuse new requests, finish the accepted ones, then stop (for unload and shutdown)."""
         self._draining = True
-        while self._waiting or self._active:
+        while self._busy():
             await asyncio.sleep(0.01)
         await self.close()
+
+    def _busy(self) -> bool:
+        """Whether any accepted request is unfinished: waiting, being prefilled, or decoding."""
+        with self._wake:  # the worker moves requests from one to the next under this lock (or while admitting)
+            return bool(self._waiting or self._admitting or self._active)
 
     async def stream(self, prompt_ids: Sequence[int], params: GenerationParams) -> TokenStream:
         """Queue one sequence and return its token events; limits and a full queue raise here, before any token."""
@@ -294,7 +300,10 @@ class DecodeLoop:
             if newcomers is None:
                 break
             try:
-                self._prefill_all(newcomers)
+                try:
+                    self._prefill_all(newcomers)
+                finally:
+                    self._admitting = 0  # each newcomer is now active, answered or failed
                 if self._active:
                     self._step()
             except Exception as exc:  # a failed step (or a bug) fails the requests, never hangs them
@@ -327,6 +336,7 @@ class DecodeLoop:
                     break  # the rest join after the next step, in the next prefill
                 admitted.append(self._waiting.popleft())
                 widest = width
+            self._admitting = len(admitted)
             return admitted
 
     def _drop_cancelled(self) -> None:

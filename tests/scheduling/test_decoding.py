@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -363,6 +364,33 @@ async def test_drain_finishes_accepted_requests(llama: Model, make_loop: MakeLoo
     await asyncio.sleep(0)
     await loop.drain()
     assert all(t.done() and t.result().generated_tokens > 0 for t in tasks)
+
+
+class HeldPrefill(TorchDecoder):
+    """Prefills only once `release` is set, and says when one has begun (`entered`)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def prefill_many(self, prompts: Sequence[Sequence[int]]) -> Any:
+        self.entered.set()
+        self.release.wait(30)
+        return super().prefill_many(prompts)
+
+
+async def test_drain_waits_for_requests_being_prefilled(llama: Model, make_loop: MakeLoop) -> None:
+    """Taken off the queue but not yet decoding: drain must not take them for gone and fail them."""
+    decoder = HeldPrefill(llama[0])
+    loop = make_loop(llama, decoder=decoder)
+    tasks = [asyncio.ensure_future(loop.generate(p, GenerationParams(max_new_tokens=5))) for p in prompts(3)]
+    assert await asyncio.to_thread(decoder.entered.wait, 30)
+    drain = asyncio.ensure_future(loop.drain())
+    await asyncio.sleep(0.05)
+    assert not drain.done()  # nothing waits and nothing decodes yet, but three requests are accepted
+    decoder.release.set()
+    await drain
+    assert all(t.result().generated_tokens == 5 for t in tasks)
 
 
 async def test_metrics_hooks_and_counters(llama: Model, make_loop: MakeLoop) -> None:
