@@ -7,7 +7,7 @@ embeddings and the cache, while each block here is a handful of fused contrib op
 comes from on a CPU:
 
     SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization   RMSNorm (and the residual add)
-    MatMul or MatMulNBits (q, k and v packed in one)                   one weight read per block input
+    MatMul, MatMulNBits or DynamicQuantizeMatMul (q, k, v packed)      one weight read per block input
     com.microsoft.GroupQueryAttention (do_rotary=1)                    rotary, KV cache write, attention
     MatMul(o_proj); packed gate/up MatMul, SiLU gate, down MatMul      the MLP
 
@@ -161,7 +161,8 @@ class _Builder:
         self.eps = float(config.rms_norm_eps)
 
     def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None, name: str, bits: int) -> str:
-        """x @ weight.T (+ bias): float MatMul on the transposed weight (bits 32), or MatMulNBits per the recipe."""
+        """x @ weight.T (+ bias): float MatMul on the transposed weight (bits 32), else DynamicQuantizeMatMul
+        (int8 activations) or MatMulNBits (weight-only), per the recipe."""
         w = self.weights
         if bits != 32 and w.int8_activations:
             out = matmul_int8(self.graph, x, weight, name, name.rsplit(".", 1)[-1] in w.row_scaled)
