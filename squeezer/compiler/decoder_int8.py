@@ -14,6 +14,10 @@ prompt, some delimiters) carry far larger values still in the MLP's down project
 projections named `row_scaled`, each row is divided by its own largest magnitude before the op and the
 output multiplied back, so one such token no longer sets the scale of every other row in the batch.
 
+The speed assumes VNNI (AVX-512 VNNI or AVX-VNNI, as here). Without it, onnxruntime's AVX2 u8 x s8 kernel
+adds pairs of products in 16 bits, which can saturate with full-range weights; the gate, which runs on the
+machine the artifact is built for, then judges what that costs.
+
 Rows still share one activation scale otherwise, so a sequence's logits depend slightly on what else is in
 its batch (as with any per-tensor dynamic quantization); the generation gate decodes its prompts batched, so
 it judges that too.
