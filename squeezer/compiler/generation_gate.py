@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from squeezer.backends.decoder import Decoder
+from squeezer.backends.prefix_cache import common_prefix
 from squeezer.compiler.gate import DEFAULT_BUDGET, FAMILIES, TOLERANCES, Verdict
 
 TASK = "text-generation"
@@ -119,15 +120,6 @@ def kl_divergence(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     """KL(reference || candidate) of the softmax of each row of logits [positions, vocab], in float64."""
     ref, cand = _log_softmax(reference), _log_softmax(candidate)
     return np.maximum((np.exp(ref) * (ref - cand)).sum(axis=-1), 0.0)
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def generation_metrics(reference: Sequence[Continuation], forced: Sequence[np.ndarray],

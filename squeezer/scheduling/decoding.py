@@ -300,16 +300,15 @@ class DecodeLoop:
             if newcomers is None:
                 break
             try:
-                try:
-                    self._prefill_all(newcomers)
-                finally:
-                    self._admitting = 0  # each newcomer is now active, answered or failed
+                self._prefill_all(newcomers)
                 if self._active:
                     self._step()
             except Exception as exc:  # a failed step (or a bug) fails the requests, never hangs them
                 log.exception("decode step failed")
                 self._fail(list(self._active), exc)
                 self._deliver([(request, exc) for request in newcomers])  # finished ones never read it
+            finally:
+                self._admitting = 0  # each newcomer is now active, answered or failed
         self._fail(list(self._active), ModelNotReadyError(UNLOADING))
 
     def _wait_and_admit(self) -> list[DecodeRequest] | None:

@@ -168,11 +168,16 @@ def test_folded_offsets_ride_in_the_matmul_to_a_thousandth_of_a_step(bits: int, 
 
 def run_linear(weight: np.ndarray, x: np.ndarray, bits: int, block: int, scheme: str, fold: bool = False) -> np.ndarray:
     """x @ W.T through the nodes `matmul_nbits` emits, on ONNX Runtime with float compute."""
+    graph = _Graph()
+    out = matmul_nbits(graph, "x", weight, "linear", bits, block, accuracy=0, scheme=scheme, fold=fold)
+    return run_emitted(graph, out, x)
+
+
+def run_emitted(graph: _Graph, out: str, x: np.ndarray) -> np.ndarray:
+    """Run the nodes a builder emitted into `graph`, from input "x" to `out`, on ONNX Runtime."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    graph = _Graph()
-    out = matmul_nbits(graph, "x", weight, "linear", bits, block, accuracy=0, scheme=scheme, fold=fold)
     model = helper.make_model(
         helper.make_graph(graph.nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
                           [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], graph.initializers),

@@ -13,22 +13,13 @@ import torch
 from squeezer.compiler.decoder_graph import DecoderWeights, _Graph, build_decoder
 from squeezer.compiler.decoder_int8 import fake_quantize_activations, matmul_int8, quantize_per_channel
 from squeezer.compiler.recipes import W8A8
-from tests.compiler.test_decoder_graph import PROMPTS, run_graph, tiny_causal_lm, torch_logits
+from tests.compiler.test_decoder_graph import PROMPTS, run_emitted, run_graph, tiny_causal_lm, torch_logits
 
 
 def run_linear(weight: np.ndarray, x: np.ndarray, row_scaled: bool) -> np.ndarray:
     """x @ weight.T through the emitted nodes alone, on onnxruntime."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
     graph = _Graph()
-    out = matmul_int8(graph, "x", weight, "proj", row_scaled)
-    k, n = weight.shape[1], weight.shape[0]
-    proto = helper.make_graph(graph.nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
-                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["M", n])], graph.initializers)
-    model = helper.make_model(proto, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})[0]
+    return run_emitted(graph, matmul_int8(graph, "x", weight, "proj", row_scaled), x)
 
 
 @pytest.mark.parametrize("row_scaled", [False, True])
