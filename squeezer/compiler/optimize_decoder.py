@@ -154,7 +154,10 @@ def evaluate(recipe: Recipe, model: Any, gate: GenerationGate, calibration: list
         say(f"gate on {len(gate.prompts)} prompts, {gate.positions} positions")
         return decoder
 
-    return record, gate_candidate(record, build, gate.judge, say)
+    decoder = gate_candidate(record, build, gate.judge, say)
+    if decoder is None:  # a float candidate of a 1B model is GBs: do not hold the disk until the sweep ends
+        shutil.rmtree(folder, ignore_errors=True)
+    return record, decoder
 
 
 def time_all(decoders: dict[str, Decoder], reference: Decoder, candidates: list[dict[str, Any]], info: ModelInfo,
