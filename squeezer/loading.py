@@ -58,6 +58,11 @@ class LoadedModel:
             "max_input_tokens": caps.max_length,
         }
 
+    @property
+    def memory_bytes(self) -> int:
+        """What the backend holds (0 when it cannot tell)."""
+        return self.backend.capabilities().memory_bytes
+
     def close(self) -> None:
         self.backend.close()
 
@@ -95,6 +100,11 @@ class GenerativeModel:
             "chat_template": bool(getattr(self.info.tokenizer, "chat_template", None)),
         }
 
+    @property
+    def memory_bytes(self) -> int:
+        """Weights, KV cache and prefix cache, as the decoder holds them now."""
+        return self.decoder.memory_bytes
+
     def close(self) -> None:
         self.decoder.close()
 
@@ -114,6 +124,10 @@ class Seq2SeqModel:
 
     def describe(self) -> dict[str, Any]:
         return {**generator_facts(self.task_name), "max_input_tokens": self.info.max_length}
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.generator.memory_bytes)
 
     def close(self) -> None:
         self.generator.close()

@@ -58,8 +58,10 @@ class ModelEntry:
 
     @property
     def memory_bytes(self) -> int:
-        """Estimated resident size: the weights on disk, which float32 serving keeps in memory."""
-        return sum(p.stat().st_size for p in self.source.weights_files()) if self.loaded else 0
+        """What the loaded model holds, as it reports it; else its weight files' size (a lower bound)."""
+        if not self.loaded:
+            return 0
+        return self.loaded.memory_bytes or sum(p.stat().st_size for p in self.source.weights_files())
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.source.model_id, "state": self.state, "source": str(self.source.path)}

@@ -67,6 +67,7 @@ class Capabilities:
     head: str
     max_length: int
     instances: int = 1  # batches the backend may run at once, from as many threads
+    memory_bytes: int = 0  # the weights it holds in memory (0: it cannot tell), for the server's memory budget
 
 
 class Backend(Protocol):

@@ -43,6 +43,11 @@ class Decoder(Protocol):
         """Sequences currently holding a cache."""
 
     @property
+    def memory_bytes(self) -> int:
+        """Bytes held now: the weights, the live sequences' KV cache and the prefix cache (the memory budget's
+        measure: a GGUF model dequantized to float32 holds several times its file)."""
+
+    @property
     def prefix_cache(self) -> PrefixCache | None:
         """The cache of finished sequences that later prompts may begin from, when this decoder keeps one."""
 

@@ -97,6 +97,12 @@ def providers_for(target: str) -> list[Any]:
     return [PROVIDERS["cpu"]]
 
 
+def graph_bytes(graph: Path) -> int:
+    """A graph's size with its external weights (`NAME.data` beside it, as squeezer writes them): what a
+    session keeps in memory, near enough (its instances share one session)."""
+    return sum(p.stat().st_size for p in (graph, graph.with_name(graph.name + ".data")) if p.exists())
+
+
 class OnnxBackend:
     """Runs an artifact's graph with ONNX Runtime; outputs are named as in HEAD_OUTPUTS."""
 
@@ -126,6 +132,7 @@ class OnnxBackend:
     def _setup(self, graph: Path, head: str, target: str, threads: int, spinning: bool, max_length: int, dtype: str) -> None:
         ort = import_onnxruntime()
         self._head, self._target, self._max_length, self._dtype = head, target, max_length, dtype
+        self._bytes = graph_bytes(graph)
         try:
             self._session = ort.InferenceSession(str(graph), session_options(threads, spinning), providers=providers_for(target))
         except ArtifactError:
@@ -172,7 +179,8 @@ class OnnxBackend:
         self.forward(Batch.pad([[0, 1, 2, 3]], None, 0))
 
     def capabilities(self) -> Capabilities:
-        return Capabilities("onnxruntime", self._target, self._dtype, self._head, self._max_length, self.instances)
+        return Capabilities("onnxruntime", self._target, self._dtype, self._head, self._max_length, self.instances,
+                            self._bytes)
 
     def close(self) -> None:
         self._session = None

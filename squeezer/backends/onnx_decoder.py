@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from squeezer.backends.decoder import SlotDecoder, cache_size
-from squeezer.backends.onnx_backend import import_onnxruntime, session_options
+from squeezer.backends.onnx_backend import graph_bytes, import_onnxruntime, session_options
 from squeezer.backends.prefix_cache import Entry, PrefixCache
 
 # ONNX Runtime's threads spin between ops rather than sleep. An encoder batch is a few large ops, where
@@ -92,6 +92,10 @@ class KVCache:
         for array, saved in zip(self.arrays, kv):
             array[row, :, :length] = saved[:, :length]
 
+    @property
+    def nbytes(self) -> int:
+        return sum(array.nbytes for array in self.arrays)
+
     def clear(self) -> None:
         self.arrays, self.rows, self.capacity = [], 0, 0
 
@@ -99,7 +103,8 @@ class KVCache:
 class OnnxDecoder(SlotDecoder):
     """Decodes many sequences with one compiled decoder graph, each with a cache row (see the module doc)."""
 
-    def __init__(self, session: Any, meta: dict[str, Any], max_sequences: int = 16, prefix_cache_bytes: int = 0) -> None:
+    def __init__(self, session: Any, meta: dict[str, Any], max_sequences: int = 16, prefix_cache_bytes: int = 0,
+                 weights_bytes: int = 0) -> None:
         if meta.get("format") != FORMAT:
             raise ValueError(f"decoder.json has format {meta.get('format')!r}; this squeezer reads format {FORMAT}")
         super().__init__(max_sequences, int(meta["max_length"]), frozenset(int(t) for t in meta["eos_token_ids"]))
@@ -114,6 +119,7 @@ class OnnxDecoder(SlotDecoder):
         self._step_bound: tuple[int, int] | None = None  # (rows, capacity) the step binding's cache views cover
         self._prefixes = PrefixCache(prefix_cache_bytes)
         self._history: dict[int, list[int]] = {}  # each live sequence's cached tokens, kept only for a prefix cache
+        self._weights_bytes = weights_bytes
         self.meta = meta
 
     @classmethod
@@ -130,8 +136,9 @@ class OnnxDecoder(SlotDecoder):
         folder = Path(folder)
         meta = json.loads((folder / "decoder.json").read_text())
         options = session_options(threads, SPINNING if spinning is None else spinning)
-        session = ort.InferenceSession(str(folder / "decoder.onnx"), options, providers=["CPUExecutionProvider"])
-        return cls(session, meta, max_sequences, prefix_cache_bytes)
+        graph = folder / "decoder.onnx"
+        session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        return cls(session, meta, max_sequences, prefix_cache_bytes, graph_bytes(graph))
 
     def prefill_many(self, prompts: Sequence[Sequence[int]]) -> list[tuple[int, np.ndarray]]:
         """Prefill several prompts; [(handle, next-token logits)] in their order.
@@ -237,6 +244,10 @@ class OnnxDecoder(SlotDecoder):
     def prefix_cache(self) -> PrefixCache:
         """The prefix cache, for its counters (hits, tokens reused) and size."""
         return self._prefixes
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._weights_bytes + self._store.nbytes + self._prefixes.nbytes
 
     def release(self, handle: int) -> None:
         """Free a sequence's row, keeping its tokens' keys and values in the prefix cache first."""

@@ -33,6 +33,13 @@ def import_torch() -> Any:
     return torch
 
 
+def module_bytes(model: Any) -> int:
+    """Bytes of a module's parameters and buffers as loaded: a GGUF file dequantized to float32, or float16
+    safetensors upcast, hold several times their file's size, so files are no measure of memory."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 class TorchBackend:
     """Runs a transformers model with torch.inference_mode on padded batches."""
 
@@ -52,6 +59,7 @@ class TorchBackend:
             kwargs["use_safetensors"] = not model_config.allow_pickle or None
         self._model = auto.from_pretrained(str(source.path), **kwargs).eval()
         self._accepts_types = "token_type_ids" in self._model.forward.__code__.co_varnames
+        self._bytes = module_bytes(self._model)
 
     def forward(self, batch: Batch) -> dict[str, np.ndarray]:
         torch = self._torch
@@ -66,7 +74,7 @@ class TorchBackend:
         self.forward(Batch.pad([[0, 1, 2, 3]], None, 0))
 
     def capabilities(self) -> Capabilities:
-        return Capabilities("torch", "cpu", "float32", self._head, self._max_length)
+        return Capabilities("torch", "cpu", "float32", self._head, self._max_length, memory_bytes=self._bytes)
 
     def close(self) -> None:
         self._model = None

@@ -33,7 +33,7 @@ import numpy as np
 
 from squeezer.artifact import available_cpus
 from squeezer.backends.decoder import SlotDecoder, cache_size, context_length, eos_ids
-from squeezer.backends.torch_backend import import_torch
+from squeezer.backends.torch_backend import import_torch, module_bytes
 from squeezer.config import ModelConfig
 from squeezer.sources import ModelSource, resolve
 
@@ -82,6 +82,10 @@ class KVStore:
         """Copy one sequence's cache to another row (compaction after a sequence leaves)."""
         for store in itertools.chain(self.keys, self.values):
             store[dst, :, :length] = store[src, :, :length]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in itertools.chain(self.keys, self.values))
 
     def clear(self) -> None:
         self.keys, self.values, self.rows, self.capacity = [], [], 0, 0
@@ -138,6 +142,11 @@ class TorchDecoder(SlotDecoder):
         self._float_mask = model.config._attn_implementation == "eager"  # eager adds the mask to the scores
         self._prefill_cache, self._step_cache = _cache_classes()
         self._store = KVStore(torch)
+        self._weights_bytes = module_bytes(model)
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._weights_bytes + self._store.nbytes
 
     @classmethod
     def load(

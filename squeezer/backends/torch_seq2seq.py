@@ -13,7 +13,7 @@ from typing import Any
 
 from squeezer.artifact import available_cpus
 from squeezer.backends.decoder import eos_ids
-from squeezer.backends.torch_backend import import_torch
+from squeezer.backends.torch_backend import import_torch, module_bytes
 from squeezer.config import ModelConfig
 from squeezer.sources import ModelSource
 from squeezer.tasks.seq2seq import Seq2SeqParams, task_params
@@ -58,6 +58,7 @@ class TorchSeq2Seq:
         if config.pad_token_id is None and tokenizer.pad_token_id is not None:
             config.pad_token_id = tokenizer.pad_token_id
         self.generation_config = config
+        self.memory_bytes = module_bytes(model)  # weights; `generate` keeps no cache between calls
 
     @property
     def eos_token_ids(self) -> frozenset[int]:

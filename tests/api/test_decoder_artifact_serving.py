@@ -57,6 +57,7 @@ def test_served_artifact_generates_what_torch_generates(artifact, reference, tmp
         info = httpx.get(srv.url + "/info").json()["models"][0]
         assert info["state"] == "ready", srv.logs()
         assert info["backend"] == "onnxruntime" and info["dtype"] == "float32" and info["task"] == "text-generation"
+        assert info["memory_bytes"] >= (artifact / "decoder.onnx.data").stat().st_size  # the weights beside the graph
         client = OpenAI(base_url=srv.url + "/v1", api_key="unused")
         chat = client.chat.completions.create(model="m", messages=CHAT, max_tokens=10, temperature=0)
         streamed = list(client.chat.completions.create(model="m", messages=CHAT, max_tokens=10, temperature=0, stream=True,

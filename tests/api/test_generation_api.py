@@ -167,6 +167,7 @@ def test_smollm2_gguf_serves_chat_like_generate(tmp_path) -> None:
     try:
         srv.wait_ready(600)
         model_id = httpx.get(srv.url + "/models").json()[0]["id"]
+        held = httpx.get(srv.url + "/info").json()["models"][0]["memory_bytes"]
         answer = OpenAI(base_url=srv.url + "/v1", api_key="x").chat.completions.create(
             model=model_id, messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=24, temperature=0
         )
@@ -178,3 +179,5 @@ def test_smollm2_gguf_serves_chat_like_generate(tmp_path) -> None:
     expected = tok.decode(reference_generate(model, list(ids), 24), skip_special_tokens=True)
     assert answer.choices[0].message.content == expected
     assert "Paris" in expected
+    # The memory budget counts the float32 model transformers dequantized, not the 4-bit file.
+    assert held >= sum(p.numel() * 4 for p in model.parameters()) > 5 * (folder / name).stat().st_size

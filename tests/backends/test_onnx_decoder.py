@@ -287,3 +287,21 @@ def test_smollm2_int4_graph_mostly_agrees_with_the_float_model(smollm2: tuple[An
             logits = decoder.step([handle], [token])[0]
         decoder.release(handle)
     assert agree / total >= 0.75
+
+
+def test_memory_counts_the_graph_the_live_cache_and_the_prefix_cache(tmp_path: Path) -> None:
+    model = tiny_causal_lm("llama")
+    build_decoder(model, tmp_path, DecoderWeights())
+    decoder = OnnxDecoder.load(tmp_path, max_sequences=4, prefix_cache_bytes=1 << 20)
+    try:
+        weights = sum(p.numel() * 4 for p in model.parameters())
+        idle = decoder.memory_bytes
+        assert idle >= weights  # the float32 graph's external data
+        handle, _ = decoder.prefill(PROMPTS[2])
+        live = decoder.memory_bytes
+        assert live - idle >= decoder._store.nbytes > 0
+        decoder.release(handle)
+        kept = decoder.prefix_cache.nbytes
+        assert kept > 0 and decoder.memory_bytes == idle + kept  # the row is freed, its prefix is kept
+    finally:
+        decoder.close()

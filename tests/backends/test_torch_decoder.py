@@ -159,3 +159,17 @@ def test_prefill_many_joins_a_running_batch_and_checks_its_prompts(decoder: Torc
         assert decoder.live == 1  # a refused batch takes no row
     finally:
         decoder.release(first)
+
+
+def test_memory_counts_the_weights_and_the_live_cache(decoder: TorchDecoder) -> None:
+    """The memory budget's measure: float32 weights as loaded, plus the KV store while sequences hold it."""
+    tensors = [*decoder.model.parameters(), *decoder.model.buffers()]  # GPT-2's buffers hold its causal masks
+    idle = decoder.memory_bytes
+    assert idle == sum(t.numel() * t.element_size() for t in tensors) > 0
+    handle, _ = decoder.prefill(PROMPTS[2])
+    try:
+        store = decoder._store
+        assert store.capacity >= len(PROMPTS[2]) and decoder.memory_bytes - idle == store.nbytes > 0
+    finally:
+        decoder.release(handle)
+    assert decoder.memory_bytes == idle  # the last sequence left: the store is freed
