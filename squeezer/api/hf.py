@@ -2,7 +2,8 @@
 
 `/models/{id}/pipeline/{task}` picks a task explicitly, as the Inference API allows for models that serve
 several (huggingface_hub uses it for feature-extraction and sentence-similarity); `/models/{id}/load` and
-`/models/{id}/unload` manage a configured model at runtime.
+`/models/{id}/unload` manage a configured model at runtime. `POST /` is this route on the default model, as
+TGI and TEI serve their one model at the root.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from fastapi import APIRouter, Depends, Request
 
 from squeezer.api.auth import require_api_key
 from squeezer.api.chat import chat_for_model
-from squeezer.api.tgi import generate_response
+from squeezer.api.tgi import generate_response, generation_model
 from squeezer.api.compat import shape_for_client
 from squeezer.api.body import parse_json_or_text, read_body
 from squeezer.api.responses import FastJSONResponse, result_headers, unless_disconnected
@@ -78,6 +79,14 @@ async def generation(engine: Engine, request: Request, model_id: str, inputs: An
     return result if stream else FastJSONResponse(result)
 
 
+@router.post("/")
+async def infer_root(request: Request) -> FastJSONResponse:
+    """The server's root, as TGI and TEI answer it: a client given only the server's address (TGI users write
+    `InferenceClient("http://host:8080")`) posts there. It is this route on the served model, the first
+    generative one when several are served: `[{"generated_text"}]`, or TGI's stream with "stream": true."""
+    return await answer(request, generation_model(request.app.state.engine, {}), None)
+
+
 @router.post("/models/{model_path:path}")
 async def infer(model_path: str, request: Request) -> FastJSONResponse:
     engine: Engine = request.app.state.engine
@@ -88,6 +97,12 @@ async def infer(model_path: str, request: Request) -> FastJSONResponse:
         return FastJSONResponse(await engine.unload(model_id))
     if action == "chat":
         return await chat_for_model(request, model_id)
+    return await answer(request, model_id, task)
+
+
+async def answer(request: Request, model_id: str, task: str | None) -> FastJSONResponse:
+    """One Inference API request to a model, for the task its path names (None: the model's own)."""
+    engine: Engine = request.app.state.engine
     payload = parse_json_or_text(request, await read_body(request, request.app.state.server_config.max_payload_bytes))
     inputs, parameters, options = unpack(payload)
     wait_header = request.headers.get("x-wait-for-model", "").lower() in {"1", "true", "yes"}

@@ -49,6 +49,17 @@ def sse_events(response: httpx.Response) -> list:
     return [line[5:].strip() for line in response.iter_lines() if line.startswith("data:")]
 
 
+def test_the_server_root_answers_like_tgi(gen_server, reference) -> None:
+    """TGI users give the client the server's address alone; the root answers for the first generative model."""
+    client = InferenceClient(model=gen_server.url)
+    assert client.text_generation(PROMPT, max_new_tokens=8) == reference("llama", 8, prompt=PROMPT)
+    streamed = list(client.text_generation(PROMPT, max_new_tokens=8, stream=True, details=True))
+    assert "".join(e.token.text for e in streamed) == reference("llama", 8, prompt=PROMPT)
+    assert streamed[-1].details.generated_tokens == len(streamed)
+    bad = httpx.post(gen_server.url + "/", json={"inputs": PROMPT, "parameters": {"max_new_tokens": -1}})
+    assert bad.status_code == 422 and "max_new_tokens" in bad.json()["error"]
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_inference_api_text_generation_is_greedy_generate(gen_server, reference, arch) -> None:
     client = InferenceClient(model=f"{gen_server.url}/models/tiny/{arch}")

@@ -30,6 +30,12 @@ def test_feature_extraction_matches_sentence_transformers(server, minilm_path) -
     assert len(similarities) == 2 and similarities[0] > similarities[1]
 
 
+def test_the_server_root_embeds_with_the_first_model_like_tei(server) -> None:
+    """TEI users give the client the server's address alone: the root answers for the first model."""
+    root = InferenceClient(model=server.url).feature_extraction("The weather is lovely today.")
+    np.testing.assert_array_equal(root, client(server, MINILM).feature_extraction("The weather is lovely today."))
+
+
 def test_token_embeddings_for_a_plain_model(server, tiny_model) -> None:
     from transformers import pipeline
 
