@@ -142,6 +142,8 @@ def test_openai_completions_and_stop_sequences(gen_server, reference) -> None:
         ("/v1/chat/completions", {"model": "tiny/llama"}, 422, "messages"),
         ("/v1/chat/completions", {"model": "tiny/llama", "messages": [{"role": "wizard", "content": "x"}]}, 422, "messages"),
         ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "presence_penalty": 1.0}, 422, "presence_penalty"),
+        ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "logprobs": True}, 422, "logprobs"),
+        ("/v1/completions", {"model": "tiny/llama", "prompt": PROMPT, "logprobs": 2}, 422, "logprobs"),
         ("/v1/chat/completions", {"model": "tiny/gpt2", "messages": CHAT}, 422, "chat template"),
     ],
 )
