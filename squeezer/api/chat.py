@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -17,26 +17,28 @@ from fastapi import APIRouter, Depends, Request
 from squeezer.api.auth import require_api_key
 from squeezer.api.body import read_json_object
 from squeezer.api.generation import OPENAI_FINISH, sse, strip_stop
+from squeezer.api.openai_logprobs import chat_logprobs, logprob_parameters, text_logprobs
 from squeezer.api.responses import FastJSONResponse, unless_disconnected
 from squeezer.completions import Completion, Streaming
 from squeezer.engine import Engine
 from squeezer.errors import ClientError
+from squeezer.tasks.generation import TokenEvent
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 # OpenAI body field -> generation parameter.
 RENAMED = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens", "n": "num_return_sequences"}
 PASSED = ("temperature", "top_p", "seed", "stop")
-UNSUPPORTED_IF_SET = ("frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs", "tools",
-                      "response_format")
+UNSUPPORTED_IF_SET = ("frequency_penalty", "presence_penalty", "logit_bias", "tools", "response_format")
 
 
-def openai_parameters(body: dict[str, Any]) -> dict[str, Any]:
+def openai_parameters(body: dict[str, Any], chat: bool) -> dict[str, Any]:
     """Map an OpenAI request onto generation parameters; refuse what would silently change the answer."""
     for name in UNSUPPORTED_IF_SET:
         if body.get(name) not in (None, 0, 0.0, {}, []):
             raise ClientError(f"{name}: not supported by this server", status=422)
     params = {RENAMED.get(k, k): v for k, v in body.items() if (k in RENAMED or k in PASSED) and v is not None}
+    params.update(logprob_parameters(body, chat))
     params.setdefault("temperature", 1.0)  # OpenAI samples by default
     if params["temperature"] != 0:
         params["do_sample"] = True
@@ -68,13 +70,14 @@ def completion_usage(completion: Completion) -> dict[str, Any]:
                  max(g.cached_tokens for g in generations))
 
 
-def chat_object(completion: Completion, request_id: str) -> dict[str, Any]:
+def chat_object(completion: Completion, request_id: str, tokenizer: Any) -> dict[str, Any]:
     choices = [
         {
             "index": i,
             "message": {"role": "assistant", "content": strip_stop(g.text, completion.params.stop)},
             "finish_reason": OPENAI_FINISH[g.finish_reason],
-            "logprobs": None,
+            "logprobs": None if g.logprobs is None or g.top_tokens is None
+            else chat_logprobs(tokenizer, g.token_ids, g.logprobs, g.top_tokens),
         }
         for i, g in enumerate(completion.generations)
     ]
@@ -82,27 +85,51 @@ def chat_object(completion: Completion, request_id: str) -> dict[str, Any]:
             "choices": choices, "usage": completion_usage(completion)}
 
 
-def text_object(completion: Completion, request_id: str, echo: bool) -> dict[str, Any]:
+def text_object(completion: Completion, request_id: str, echo: bool, tokenizer: Any) -> dict[str, Any]:
     prefix = completion.prompt.text if echo else ""
-    choices = [
-        {"index": i, "text": prefix + strip_stop(g.text, completion.params.stop), "finish_reason": OPENAI_FINISH[g.finish_reason], "logprobs": None}
-        for i, g in enumerate(completion.generations)
-    ]
+    choices = []
+    for i, g in enumerate(completion.generations):
+        logprobs = None
+        if g.logprobs is not None and g.top_tokens is not None:
+            logprobs = text_logprobs(tokenizer, g.token_ids, g.logprobs, g.top_tokens, len(prefix))
+        choices.append({"index": i, "text": prefix + strip_stop(g.text, completion.params.stop),
+                        "finish_reason": OPENAI_FINISH[g.finish_reason], "logprobs": logprobs})
     return {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": completion.model_id,
             "choices": choices, "usage": completion_usage(completion)}
 
 
-async def chat_chunks(streaming: Streaming, request_id: str, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+# A chunk's fields from (its text, the token events it covers, the answer's characters sent before it).
+Shape = Callable[[str, list[TokenEvent], int], dict[str, Any]]
+
+
+async def chat_chunks(streaming: Streaming, request_id: str, include_usage: bool, tokenizer: Any) -> AsyncIterator[dict[str, Any]]:
     base = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": streaming.model_id}
+    wanted = streaming.params.wants_logprobs
+
+    def shape(text: str, events: list[TokenEvent], sent: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"delta": {"content": text} if text else {}}
+        if wanted:
+            out["logprobs"] = chat_logprobs(tokenizer, *_columns(events))
+        return out
+
     yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-    async for chunk in _deltas(streaming, base, lambda text: {"delta": {"content": text} if text else {}}, include_usage):
+    async for chunk in _deltas(streaming, base, shape, include_usage):
         yield chunk
 
 
-async def text_chunks(streaming: Streaming, request_id: str, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+async def text_chunks(streaming: Streaming, request_id: str, include_usage: bool, tokenizer: Any) -> AsyncIterator[dict[str, Any]]:
     base = {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": streaming.model_id}
-    async for chunk in _deltas(streaming, base, lambda text: {"text": text, "logprobs": None}, include_usage):
+    wanted = streaming.params.wants_logprobs
+
+    def shape(text: str, events: list[TokenEvent], sent: int) -> dict[str, Any]:
+        return {"text": text, "logprobs": text_logprobs(tokenizer, *_columns(events), sent) if wanted else None}
+
+    async for chunk in _deltas(streaming, base, shape, include_usage):
         yield chunk
+
+
+def _columns(events: list[TokenEvent]) -> tuple[list[int], list[float | None], list[tuple[tuple[int, float], ...]]]:
+    return [e.token_id for e in events], [e.logprob for e in events], [e.top_tokens for e in events]
 
 
 def may_start_stop(text: str, stops: list[str] | None) -> bool:
@@ -110,21 +137,23 @@ def may_start_stop(text: str, stops: list[str] | None) -> bool:
     return any(text.endswith(stop[:k]) for stop in stops or [] for k in range(1, len(stop) + 1))
 
 
-async def _deltas(streaming: Streaming, base: dict[str, Any], shape: Any, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+async def _deltas(streaming: Streaming, base: dict[str, Any], shape: Shape, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
     """One chunk per token with new text (holding back a possible stop sequence), then the finish, then usage."""
-    pending, last = "", None
+    pending, held, sent, last = "", [], 0, None
     async for event in streaming.events:
         pending += event.text
+        held.append(event)
         last = event
         if event.is_last:
             break
         if pending and not may_start_stop(pending, streaming.params.stop):
-            yield {**base, "choices": [{"index": 0, **shape(pending), "finish_reason": None}]}
-            pending = ""
+            yield {**base, "choices": [{"index": 0, **shape(pending, held, sent), "finish_reason": None}]}
+            pending, held, sent = "", [], sent + len(pending)
     if last is None:
         return
     tail = strip_stop(pending, streaming.params.stop)
-    yield {**base, "choices": [{"index": 0, **shape(tail), "finish_reason": OPENAI_FINISH[last.finish_reason or "length"]}]}
+    finish = OPENAI_FINISH[last.finish_reason or "length"]
+    yield {**base, "choices": [{"index": 0, **shape(tail, held, sent), "finish_reason": finish}]}
     if include_usage:
         yield {**base, "choices": [], "usage": usage(last.prompt_tokens, last.generated_tokens, last.cached_tokens)}
 
@@ -133,7 +162,7 @@ async def _completions(request: Request, path_model: str | None, chat: bool) -> 
     engine: Engine = request.app.state.engine
     body = await read_json_object(request, request.app.state.server_config.max_payload_bytes)
     model_id = chosen_model(engine, body, path_model)
-    params = openai_parameters(body)
+    params = openai_parameters(body, chat)
     prompt, messages = (None, body.get("messages")) if chat else (body.get("prompt"), None)
     if messages is None and chat:
         raise ClientError("messages: required", status=422)
@@ -141,10 +170,15 @@ async def _completions(request: Request, path_model: str | None, chat: bool) -> 
     if body.get("stream"):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         streaming = await engine.stream(model_id, prompt, messages, params)
-        chunks = chat_chunks(streaming, request_id, include_usage) if chat else text_chunks(streaming, request_id, include_usage)
+        tokenizer = engine.tokenizer(model_id)
+        chunk = chat_chunks if chat else text_chunks
+        chunks = chunk(streaming, request_id, include_usage, tokenizer)
         return sse(chunks, done_marker=True)
     completion = await unless_disconnected(request, engine.generate(model_id, prompt, messages, params))
-    return FastJSONResponse(chat_object(completion, request_id) if chat else text_object(completion, request_id, bool(body.get("echo"))))
+    tokenizer = engine.tokenizer(model_id)
+    if chat:
+        return FastJSONResponse(chat_object(completion, request_id, tokenizer))
+    return FastJSONResponse(text_object(completion, request_id, bool(body.get("echo")), tokenizer))
 
 
 @router.post("/v1/chat/completions")

@@ -18,19 +18,27 @@ log = logging.getLogger("squeezer.api")
 OPENAI_FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 
 
-def token_list(tokenizer: Any, ids: list[int]) -> list[dict[str, Any]]:
-    special = set(tokenizer.all_special_ids)
-    return [{"id": i, "text": tokenizer.decode([i]), "logprob": None, "special": i in special} for i in ids]
+def tgi_token(tokenizer: Any, token: int, logprob: float | None) -> dict[str, Any]:
+    """TGI's token object (`special` as the tokenizer declares it)."""
+    return {"id": token, "text": tokenizer.decode([token]), "logprob": logprob, "special": token in tokenizer.all_special_ids}
 
 
-def tgi_details(generation: Generation, tokens: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def tgi_top_tokens(tokenizer: Any, top: tuple[tuple[int, float], ...]) -> list[dict[str, Any]]:
+    return [tgi_token(tokenizer, token, logprob) for token, logprob in top]
+
+
+def tgi_details(generation: Generation, tokenizer: Any, top_n_tokens: int | None) -> dict[str, Any]:
+    """TGI's details: why and after how many tokens it stopped, and each token with its logprob (when known)."""
+    logprobs = generation.logprobs or [None] * len(generation.token_ids)
     details: dict[str, Any] = {
         "finish_reason": generation.finish_reason,
         "generated_tokens": generation.generated_tokens,
         "seed": generation.seed,
+        "prefill": [],
+        "tokens": [tgi_token(tokenizer, t, lp) for t, lp in zip(generation.token_ids, logprobs)],
     }
-    if tokens is not None:
-        details.update(prefill=[], tokens=tokens)
+    if top_n_tokens and generation.top_tokens is not None:
+        details["top_tokens"] = [tgi_top_tokens(tokenizer, top) for top in generation.top_tokens]
     return details
 
 
@@ -40,7 +48,7 @@ def tgi_outputs(completion: Completion, tokenizer: Any) -> list[dict[str, Any]]:
     for generation in completion.generations:
         out: dict[str, Any] = {"generated_text": output_text(completion.prompt.text, generation.text, completion.params)}
         if completion.params.details:
-            out["details"] = tgi_details(generation, token_list(tokenizer, generation.token_ids))
+            out["details"] = tgi_details(generation, tokenizer, completion.params.top_n_tokens)
         outputs.append(out)
     return outputs
 

@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from squeezer.api.auth import require_api_key
 from squeezer.api.body import read_json_object
-from squeezer.api.generation import sse, tgi_outputs
+from squeezer.api.generation import sse, tgi_outputs, tgi_top_tokens
 from squeezer.api.responses import FastJSONResponse, unless_disconnected
 from squeezer.completions import Streaming
 from squeezer.engine import Engine
@@ -35,27 +35,31 @@ def generation_model(engine: Engine, body: dict[str, Any]) -> str:
     return (loaded or engine.model_ids())[0]
 
 
-async def tgi_events(streaming: Streaming) -> AsyncIterator[dict[str, Any]]:
-    """TGI's stream: one event per token; the last carries the whole text and the details."""
+async def tgi_events(streaming: Streaming, tokenizer: Any) -> AsyncIterator[dict[str, Any]]:
+    """TGI's stream: one event per token (its top alternatives when `top_n_tokens` asks); the last carries the
+    whole text and the details."""
     text = ""
     async for event in streaming.events:
         text += event.text
         last = event.is_last
-        yield {
+        out = {
             "index": event.generated_tokens,
-            "token": {"id": event.token_id, "text": event.text, "logprob": None, "special": False},
+            "token": {"id": event.token_id, "text": event.text, "logprob": event.logprob, "special": False},
             "generated_text": output_text(streaming.prompt.text, text, streaming.params) if last else None,
             "details": {"finish_reason": event.finish_reason, "generated_tokens": event.generated_tokens, "seed": event.seed}
             if last
             else None,
         }
+        if streaming.params.top_n_tokens:
+            out["top_tokens"] = tgi_top_tokens(tokenizer, event.top_tokens)
+        yield out
 
 
 async def generate_response(engine: Engine, request: Request, model_id: str, prompt: Any, parameters: Any, stream: bool, wait: bool) -> Any:
     """Answer one prompt, streamed (SSE) or whole; the HF route calls this for generative models too."""
     if stream:
         streaming = await engine.stream(model_id, prompt, parameters=parameters, wait_for_model=wait)
-        return sse(tgi_events(streaming))
+        return sse(tgi_events(streaming, engine.tokenizer(model_id)))
     completion = await unless_disconnected(request, engine.generate(model_id, prompt, parameters=parameters, wait_for_model=wait))
     return tgi_outputs(completion, engine.tokenizer(model_id))
 

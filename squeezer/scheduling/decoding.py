@@ -37,6 +37,7 @@ from squeezer.tasks.generation import (
     TokenChooser,
     TokenEvent,
     choose_tokens,
+    token_logprobs,
 )
 
 log = logging.getLogger(__name__)
@@ -270,8 +271,10 @@ class DecodeLoop:
         events = [event async for event in TokenStream(request, self._cancel)]
         text, tokens, last = "".join(e.text for e in events), [e.token_id for e in events], events[-1]
         assert last.finish_reason is not None  # a stream ends with its last event
+        wants = request.params.wants_logprobs
         return Generation(text, tokens, last.finish_reason, last.prompt_tokens, last.generated_tokens, last.seed,
-                          last.cached_tokens)
+                          last.cached_tokens, [e.logprob for e in events] if wants else None,
+                          [e.top_tokens for e in events] if wants else None)
 
     def _cancel(self, request: DecodeRequest) -> None:
         request.cancelled = True
@@ -395,7 +398,7 @@ class DecodeLoop:
         try:
             tokens = choose_tokens([r.chooser for r in runs], logits, [r.history for r in runs])
             now = time.perf_counter()
-            events = [(run.request, self._next_event(run, token, now)) for run, token in zip(runs, tokens)]
+            events = [(run.request, self._next_event(run, token, now, row)) for run, token, row in zip(runs, tokens, logits)]
         except Exception as exc:  # a failing sampler or tokenizer fails these sequences, not the loop
             log.exception("choosing or decoding tokens failed")
             self._fail(runs, exc)
@@ -406,13 +409,18 @@ class DecodeLoop:
                 self._leave(run, event.finish_reason)
         self._deliver(events)
 
-    def _next_event(self, run: _Running, token: int, now: float) -> TokenEvent:
+    def _next_event(self, run: _Running, token: int, now: float, logits: np.ndarray) -> TokenEvent:
         if not run.text.generated:
             run.first_token_at = now
         run.history.append(token)
         delta, finish = run.text.add(token)
-        prompt_tokens, seed = len(run.request.prompt_ids), run.request.seed
-        return TokenEvent(token, delta, finish is not None, finish, prompt_tokens, run.text.generated, seed, run.cached_tokens)
+        request = run.request
+        logprob: float | None = None
+        top: tuple[tuple[int, float], ...] = ()
+        if request.params.wants_logprobs:
+            logprob, top = token_logprobs(logits, token, request.params.top_n_tokens or 0)
+        return TokenEvent(token, delta, finish is not None, finish, len(request.prompt_ids), run.text.generated, request.seed,
+                          run.cached_tokens, logprob, top)
 
     def _leave(self, run: _Running, reason: FinishReason | None) -> None:
         """Take a sequence out of the batch and free its cache; report it to the metrics hook."""

@@ -22,6 +22,7 @@ from squeezer.tasks.base import InputError, param, parse_params, positive
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
 MAX_STOP_SEQUENCES = 4  # TGI's default bound
 MAX_SEED = 2**64 - 1
+MAX_TOP_N_TOKENS = 20  # OpenAI's bound on top_logprobs (TGI's default is 5)
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -44,6 +45,7 @@ class GenerationParams:
     return_full_text: bool = param(False)
     num_return_sequences: int = param(1, **positive("must be at least 1"))
     details: bool = param(False)
+    top_n_tokens: int | None = param(check=lambda v: 0 <= v <= MAX_TOP_N_TOKENS, rule=f"must be 0 to {MAX_TOP_N_TOKENS}")
 
     def __post_init__(self) -> None:
         if self.stop is not None and len(self.stop) > MAX_STOP_SEQUENCES:
@@ -64,6 +66,11 @@ class GenerationParams:
             return parse_params(cls, raw)
         params = parse_params(cls, {k: v for k, v in raw.items() if k != "stop"})
         return dataclasses.replace(params, stop=_stop_sequences(raw["stop"]))
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """Whether each token's log-probability is reported (TGI's details, OpenAI's logprobs)."""
+        return self.details or bool(self.top_n_tokens)
 
     @property
     def sampling(self) -> bool:
@@ -99,6 +106,8 @@ class TokenEvent:
     generated_tokens: int
     seed: int | None  # the sampling seed (None when greedy), as TGI's details report it
     cached_tokens: int = 0  # prompt tokens taken from the prefix cache (OpenAI's usage reports them)
+    logprob: float | None = None  # when the request asked for log-probabilities (see `token_logprobs`)
+    top_tokens: tuple[tuple[int, float], ...] = ()  # (token, logprob), most likely first, when top_n_tokens asked
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,26 @@ class Generation:
     generated_tokens: int
     seed: int | None
     cached_tokens: int = 0  # prompt tokens taken from the prefix cache
+    logprobs: list[float | None] | None = None  # each token's, when the request asked for them
+    top_tokens: list[tuple[tuple[int, float], ...]] | None = None  # each position's most likely, when asked
+
+
+def token_logprobs(logits: np.ndarray, token: int, top_n: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+    """The chosen token's log-probability under the model's next-token distribution, and the `top_n` most likely
+    tokens with theirs.
+
+    The distribution is the log-softmax of the model's logits, before repetition penalty and sampling warpers
+    (vLLM's default): for greedy decoding, the one TGI reports; a sampled token's logprob does not depend on
+    the temperature it was drawn at. Computed in float64, so a token's logprob is the same in any batch.
+    """
+    shifted = logits.astype(np.float64) - float(logits.max())
+    logprobs = shifted - np.log(np.exp(shifted).sum())
+    top: tuple[tuple[int, float], ...] = ()
+    if top_n:
+        best = np.argpartition(-logprobs, top_n - 1)[:top_n]
+        best = best[np.argsort(-logprobs[best], kind="stable")]
+        top = tuple((int(i), float(logprobs[i])) for i in best)
+    return float(logprobs[token]), top
 
 
 def output_text(prompt: str, generated: str, params: GenerationParams) -> str:

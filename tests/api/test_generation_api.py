@@ -116,6 +116,40 @@ def test_chat_through_huggingface_hub_and_openai(gen_server, reference) -> None:
     assert streamed_hub == expected
 
 
+def test_logprobs_through_tgi_and_openai_clients(gen_server) -> None:
+    """Greedy: each token is its step's most likely, so it heads its own top list; every route reports the same
+    numbers, streamed or not."""
+    from openai import OpenAI
+
+    hub = InferenceClient(model=f"{gen_server.url}/models/tiny/llama")
+    detailed = hub.text_generation(PROMPT, max_new_tokens=6, details=True, top_n_tokens=2)
+    tokens, tops = detailed.details.tokens, detailed.details.top_tokens
+    assert len(tokens) == len(tops) == 6 and all(t.logprob is not None and t.logprob <= 0 for t in tokens)
+    # huggingface_hub leaves details.top_tokens (a list of lists) as plain dicts
+    assert all(len(top) == 2 and top[0]["id"] == t.id and top[0]["logprob"] == t.logprob for top, t in zip(tops, tokens))
+    streamed = list(hub.text_generation(PROMPT, max_new_tokens=6, details=True, top_n_tokens=2, stream=True))
+    assert [e.token.logprob for e in streamed] == pytest.approx([t.logprob for t in tokens], abs=1e-6)
+    assert [[t.id for t in e.top_tokens] for e in streamed] == [[t["id"] for t in top] for top in tops]
+
+    client = OpenAI(base_url=gen_server.url + "/v1", api_key="unused")
+    ask = {"model": "tiny/llama", "messages": CHAT, "max_tokens": 6, "temperature": 0, "logprobs": True, "top_logprobs": 2}
+    chat = client.chat.completions.create(**ask)
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens
+    assert all(len(c.top_logprobs) == 2 and c.top_logprobs[0].logprob == c.logprob <= 0 for c in content)
+    chunks = list(client.chat.completions.create(**ask, stream=True))
+    streamed_lps = [c.logprob for k in chunks if k.choices and k.choices[0].logprobs for c in k.choices[0].logprobs.content]
+    assert streamed_lps == pytest.approx([c.logprob for c in content], abs=1e-6)
+    plain = client.chat.completions.create(**{**ask, "logprobs": None, "top_logprobs": None})
+    assert plain.choices[0].logprobs is None
+
+    text = client.completions.create(model="tiny/llama", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=2)
+    legacy = text.choices[0].logprobs
+    assert legacy.token_logprobs == pytest.approx([t.logprob for t in tokens], abs=1e-6)  # the same greedy tokens
+    assert [len(top) for top in legacy.top_logprobs] == [2] * 6 and legacy.text_offset[0] == 0
+    assert legacy.text_offset == sorted(legacy.text_offset)
+
+
 def test_openai_completions_and_stop_sequences(gen_server, reference) -> None:
     from openai import OpenAI
 
@@ -142,8 +176,10 @@ def test_openai_completions_and_stop_sequences(gen_server, reference) -> None:
         ("/v1/chat/completions", {"model": "tiny/llama"}, 422, "messages"),
         ("/v1/chat/completions", {"model": "tiny/llama", "messages": [{"role": "wizard", "content": "x"}]}, 422, "messages"),
         ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "presence_penalty": 1.0}, 422, "presence_penalty"),
-        ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "logprobs": True}, 422, "logprobs"),
-        ("/v1/completions", {"model": "tiny/llama", "prompt": PROMPT, "logprobs": 2}, 422, "logprobs"),
+        ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "top_logprobs": 2}, 422, "top_logprobs"),
+        ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "logprobs": "yes"}, 422, "logprobs"),
+        ("/v1/completions", {"model": "tiny/llama", "prompt": PROMPT, "logprobs": True}, 422, "logprobs"),
+        ("/generate", {"model": "tiny/llama", "inputs": PROMPT, "parameters": {"top_n_tokens": 50}}, 422, "top_n_tokens"),
         ("/v1/chat/completions", {"model": "tiny/gpt2", "messages": CHAT}, 422, "chat template"),
     ],
 )

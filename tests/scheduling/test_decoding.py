@@ -187,6 +187,32 @@ async def test_seeded_sampling_is_reproducible_alone_and_in_company(llama: Model
     assert other_seed.token_ids != alone.token_ids
 
 
+async def test_logprobs_are_the_models_log_softmax_alone_and_in_company(llama: Model, make_loop: MakeLoop) -> None:
+    """Each token's logprob (and top alternatives) is log_softmax of generate's logits at that step, whether
+    the sequence ran alone or in a batch with others."""
+    model, _ = llama
+    prompt, others = prompts()[1], prompts()[2:]
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True, pad_token_id=0)
+    steps = torch.log_softmax(torch.cat(out.logits).double(), dim=-1)  # [steps, vocab]
+    expected = out.sequences[0, len(prompt):].tolist()
+    loop = make_loop(llama)
+    params = GenerationParams(max_new_tokens=12, details=True, top_n_tokens=3)
+    alone = await loop.generate(prompt, params)
+    company = [loop.generate(p, GenerationParams(max_new_tokens=9)) for p in others]
+    together, *rest = await asyncio.gather(loop.generate(prompt, params), *company)
+    for result in (alone, together):
+        assert result.token_ids == expected and result.logprobs is not None and result.top_tokens is not None
+        wanted = steps[torch.arange(len(expected)), expected]
+        assert torch.allclose(torch.tensor(result.logprobs, dtype=torch.float64), wanted, atol=1e-4)
+        for step, top in enumerate(result.top_tokens):
+            best = steps[step].topk(3)
+            assert [t for t, _ in top] == best.indices.tolist() and top[0][0] == expected[step]
+            assert torch.allclose(torch.tensor([lp for _, lp in top], dtype=torch.float64), best.values, atol=1e-4)
+    assert all(r.logprobs is None and r.top_tokens is None for r in rest)  # computed only when asked
+
+
 async def test_several_return_sequences_count_seeds_up(llama: Model, make_loop: MakeLoop) -> None:
     loop = make_loop(llama)
     params = GenerationParams.parse({**SAMPLING, "seed": 7, "max_new_tokens": 12, "num_return_sequences": 3})

@@ -27,6 +27,7 @@ from squeezer.tasks.generation import (
     chat_prompt_ids,
     choose_tokens,
     output_text,
+    token_logprobs,
 )
 
 
@@ -216,3 +217,21 @@ def test_a_model_without_template_refuses_messages(tiny_decoder_path: Callable[[
     gpt2 = AutoTokenizer.from_pretrained(tiny_decoder_path("gpt2"))
     with pytest.raises(InputError, match="no chat template"):
         chat_prompt_ids(gpt2, [{"role": "user", "content": "hi"}])
+
+
+def test_token_logprobs_are_log_softmax_with_the_top_alternatives_best_first() -> None:
+    logits = torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 30  # wide: a naive exp would overflow
+    reference = torch.log_softmax(logits.double(), dim=-1)
+    logprob, top = token_logprobs(logits.numpy(), 17, 4)
+    assert logprob == pytest.approx(reference[17].item(), abs=1e-9)
+    best = reference.topk(4)
+    assert [t for t, _ in top] == best.indices.tolist()
+    assert [lp for _, lp in top] == pytest.approx(best.values.tolist(), abs=1e-9)
+    assert token_logprobs(logits.numpy(), 17, 0)[1] == ()
+
+
+def test_logprob_parameters_are_validated() -> None:
+    assert GenerationParams.parse({"top_n_tokens": 3}).wants_logprobs
+    assert not GenerationParams.parse({"top_n_tokens": 0}).wants_logprobs
+    with pytest.raises(InputError, match="top_n_tokens"):
+        GenerationParams.parse({"top_n_tokens": 21})
