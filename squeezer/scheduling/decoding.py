@@ -376,7 +376,7 @@ class DecodeLoop:
         run = _Running(
             request,
             handle,
-            TokenChooser(request.params, request.seed),
+            TokenChooser(request.params, request.seed, len(request.prompt_ids)),
             SequenceText(self._tokenizer, request.prompt_ids, request.params, self._eos, request.max_new_tokens),
             list(request.prompt_ids),
             admitted,

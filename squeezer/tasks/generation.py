@@ -1,7 +1,8 @@
 """Text generation: parameters as TGI and the Hugging Face API name them, chat prompts, token choice, stops.
 
 Token choice reproduces transformers' logits processors (repetition penalty, then temperature, top-k and
-top-p, as `generate` orders them) on float32 torch tensors, and samples with `torch.multinomial` from a
+top-p, as `generate` orders them) on float32 torch tensors, with OpenAI's frequency and presence penalties
+(over the generated tokens, as OpenAI and vLLM define them) after the repetition penalty, and samples with `torch.multinomial` from a
 per-sequence generator seeded with the request's seed: a seeded request draws what `torch.manual_seed(seed)`
 then `generate(do_sample=True)` draws, whichever other sequences share its batch. torch is imported lazily
 so that importing the task table never needs it.
@@ -40,6 +41,8 @@ class GenerationParams:
     top_k: int | None = param(check=lambda v: v >= 0, rule="must be 0 (off) or more")
     top_p: float | None = param(check=lambda v: 0 < v <= 1, rule="must be in (0, 1]")
     repetition_penalty: float | None = param(check=lambda v: v > 0, rule="must be greater than 0")
+    frequency_penalty: float | None = param(check=lambda v: -2 <= v <= 2, rule="must be between -2 and 2")
+    presence_penalty: float | None = param(check=lambda v: -2 <= v <= 2, rule="must be between -2 and 2")
     do_sample: bool = param(False)
     seed: int | None = param(check=lambda v: 0 <= v <= MAX_SEED, rule="must be between 0 and 2**64 - 1")
     stop: list[str] | None = param()
@@ -53,7 +56,7 @@ class GenerationParams:
             raise InputError(f"parameters.stop: at most {MAX_STOP_SEQUENCES} stop sequences, got {len(self.stop)}")
         if self.num_return_sequences > 1 and not self.sampling:
             raise InputError("parameters.num_return_sequences: more than 1 needs sampling (do_sample or a temperature)")
-        if self.sampling or self.repetition_penalty not in (None, 1.0):
+        if self.sampling or self.penalized:
             _torch()  # refused here, before queueing, on a server without torch
 
     @classmethod
@@ -67,6 +70,11 @@ class GenerationParams:
             return parse_params(cls, raw)
         params = parse_params(cls, {k: v for k, v in raw.items() if k != "stop"})
         return dataclasses.replace(params, stop=_stop_sequences(raw["stop"]))
+
+    @property
+    def penalized(self) -> bool:
+        """Whether any penalty changes the logits (each is off at its neutral value)."""
+        return self.repetition_penalty not in (None, 1.0) or bool(self.frequency_penalty) or bool(self.presence_penalty)
 
     @property
     def wants_logprobs(self) -> bool:
@@ -208,7 +216,7 @@ def _torch() -> Any:
         import torch
     except ImportError:
         raise InputError(
-            "sampling and repetition_penalty need torch, which this server does not have (install the `torch` extra); "
+            "sampling and penalties need torch, which this server does not have (install the `torch` extra); "
             "greedy decoding works without it"
         ) from None
     return torch
@@ -217,8 +225,10 @@ def _torch() -> Any:
 class TokenChooser:
     """Picks one sequence's next tokens as transformers' `generate` does for the same parameters."""
 
-    def __init__(self, params: GenerationParams, seed: int | None) -> None:
+    def __init__(self, params: GenerationParams, seed: int | None, prompt_length: int = 0) -> None:
         self._penalty = params.repetition_penalty if params.repetition_penalty not in (None, 1.0) else None
+        self._frequency, self._presence = params.frequency_penalty or 0.0, params.presence_penalty or 0.0
+        self._prompt_length = prompt_length
         self.sampling = params.sampling
         self._temperature = params.temperature if self.sampling and params.temperature not in (None, 1.0) else None
         self._top_k = params.top_k if self.sampling and params.top_k else None
@@ -228,7 +238,7 @@ class TokenChooser:
     @property
     def plain(self) -> bool:
         """Greedy with no processor: the batch's argmax gives this sequence's token."""
-        return not self.sampling and self._penalty is None
+        return not self.sampling and not self._penalty and not self._frequency and not self._presence
 
     def process(self, scores: Any, history: Sequence[int]) -> Any:
         """Apply the processors to scores [1, vocab], in generate's order; returns a new tensor."""
@@ -238,6 +248,11 @@ class TokenChooser:
             score = torch.gather(scores, 1, ids)
             score = torch.where(score < 0, score * self._penalty, score / self._penalty)
             scores = scores.scatter(1, ids, score)
+        generated = history[self._prompt_length :]
+        if (self._frequency or self._presence) and generated:  # OpenAI's: over the generated tokens only
+            ids, counts = torch.unique(torch.tensor(list(generated), dtype=torch.long), return_counts=True)
+            penalty = counts.to(scores.dtype) * self._frequency + self._presence
+            scores = scores.index_add(1, ids, -penalty[None])
         if self._temperature is not None:  # TemperatureLogitsWarper
             scores = scores / self._temperature
         if self._top_k is not None:  # TopKLogitsWarper

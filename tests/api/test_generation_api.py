@@ -150,6 +150,21 @@ def test_logprobs_through_tgi_and_openai_clients(gen_server) -> None:
     assert legacy.text_offset == sorted(legacy.text_offset)
 
 
+def test_penalties_reach_the_decoder_from_tgi_and_openai(gen_server) -> None:
+    from openai import OpenAI
+
+    def tgi(**params) -> str:
+        body = {"model": "tiny/llama", "inputs": PROMPT, "parameters": {"max_new_tokens": 16, **params}}
+        return httpx.post(gen_server.url + "/generate", json=body, timeout=60).json()["generated_text"]
+
+    penalized = tgi(frequency_penalty=2.0, presence_penalty=2.0)
+    assert penalized != tgi()
+    client = OpenAI(base_url=gen_server.url + "/v1", api_key="unused")
+    text = client.completions.create(model="tiny/llama", prompt=PROMPT, max_tokens=16, temperature=0,
+                                     frequency_penalty=2.0, presence_penalty=2.0)
+    assert text.choices[0].text == penalized
+
+
 def test_openai_completions_and_stop_sequences(gen_server, reference) -> None:
     from openai import OpenAI
 
@@ -175,7 +190,8 @@ def test_openai_completions_and_stop_sequences(gen_server, reference) -> None:
         ("/generate", {"model": "tiny/llama", "inputs": 5}, 422, "inputs"),
         ("/v1/chat/completions", {"model": "tiny/llama"}, 422, "messages"),
         ("/v1/chat/completions", {"model": "tiny/llama", "messages": [{"role": "wizard", "content": "x"}]}, 422, "messages"),
-        ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "presence_penalty": 1.0}, 422, "presence_penalty"),
+        ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "presence_penalty": 2.5}, 422, "presence_penalty"),
+        ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "logit_bias": {"5": 10}}, 422, "logit_bias"),
         ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "top_logprobs": 2}, 422, "top_logprobs"),
         ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "logprobs": "yes"}, 422, "logprobs"),
         ("/v1/completions", {"model": "tiny/llama", "prompt": PROMPT, "logprobs": True}, 422, "logprobs"),

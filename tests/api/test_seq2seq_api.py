@@ -85,6 +85,8 @@ def test_tgi_generation_and_streaming_on_an_encoder_decoder(s2s_server) -> None:
     assert refused.status_code == 422 and "stop sequences" in refused.json()["error"]
     no_top = httpx.post(f"{proc.url}/generate", json={**body, "parameters": {"top_n_tokens": 2}}, timeout=60)
     assert no_top.status_code == 422 and "log-probabilities" in no_top.json()["error"]
+    no_penalty = httpx.post(f"{proc.url}/generate", json={**body, "parameters": {"frequency_penalty": 1.0}}, timeout=60)
+    assert no_penalty.status_code == 422 and "frequency_penalty" in no_penalty.json()["error"]
     too_long = httpx.post(f"{proc.url}/generate_stream", json={**body, "parameters": {"max_new_tokens": 10**6}}, timeout=60)
     assert too_long.status_code == 422 and "exceeds the limit" in too_long.json()["error"]
     chat = httpx.post(f"{proc.url}/v1/chat/completions", json={"model": "tiny/t2t", "messages": [{"role": "user", "content": "hi"}]})

@@ -213,6 +213,26 @@ async def test_logprobs_are_the_models_log_softmax_alone_and_in_company(llama: M
     assert all(r.logprobs is None and r.top_tokens is None for r in rest)  # computed only when asked
 
 
+async def test_frequency_and_presence_penalties_follow_openais_formula(llama: Model, make_loop: MakeLoop) -> None:
+    """logit[t] -= count_t * frequency + presence, over the tokens generated so far (the prompt's do not count)."""
+    model, _ = llama
+    prompt = prompts()[1] * 2  # repeated: the prompt's tokens must not be penalized
+    ids = list(prompt)
+    for _ in range(16):
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids]), use_cache=False).logits[0, -1]
+        logits = logits.clone()  # out of inference mode, to edit it
+        generated = ids[len(prompt):]
+        for token in set(generated):
+            logits[token] -= generated.count(token) * 0.8 + 1.5
+        ids.append(int(logits.argmax()))
+    loop = make_loop(llama)
+    penalized = await loop.generate(prompt, GenerationParams(max_new_tokens=16, frequency_penalty=0.8, presence_penalty=1.5))
+    assert penalized.token_ids == ids[len(prompt):][: len(penalized.token_ids)]
+    plain = await loop.generate(prompt, GenerationParams(max_new_tokens=16))
+    assert plain.token_ids != penalized.token_ids
+
+
 async def test_several_return_sequences_count_seeds_up(llama: Model, make_loop: MakeLoop) -> None:
     loop = make_loop(llama)
     params = GenerationParams.parse({**SAMPLING, "seed": 7, "max_new_tokens": 12, "num_return_sequences": 3})

@@ -246,3 +246,16 @@ def test_top_tokens_are_the_largest_logits_for_any_vocabulary_and_ties(vocab: in
             _, top = token_logprobs(logits.numpy(), 0, n)
             assert len({t for t, _ in top}) == n
             assert [logits[t].item() for t, _ in top] == logits.sort(descending=True).values[:n].tolist()
+
+
+def test_frequency_and_presence_penalties_count_generated_tokens_only() -> None:
+    params = GenerationParams(frequency_penalty=0.5, presence_penalty=1.0)
+    chooser = TokenChooser(params, None, prompt_length=2)
+    assert not chooser.plain and params.penalized
+    scores = chooser.process(torch.zeros(1, 10), [5, 7, 5, 5, 7])  # prompt [5, 7], then 5, 5, 7 generated
+    expected = torch.zeros(1, 10)
+    expected[0, 5], expected[0, 7] = -(2 * 0.5 + 1.0), -(0.5 + 1.0)
+    assert torch.equal(scores, expected)
+    assert TokenChooser(GenerationParams(frequency_penalty=0.0), None).plain
+    with pytest.raises(InputError, match="frequency_penalty"):
+        GenerationParams.parse({"frequency_penalty": 2.5})
