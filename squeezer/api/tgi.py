@@ -38,20 +38,20 @@ def generation_model(engine: Engine, body: dict[str, Any]) -> str:
 async def tgi_events(streaming: Streaming, tokenizer: Any) -> AsyncIterator[dict[str, Any]]:
     """TGI's stream: one event per token (its top alternatives when `top_n_tokens` asks); the last carries the
     whole text and the details."""
-    text = ""
+    text, special = "", set(tokenizer.all_special_ids)
     async for event in streaming.events:
         text += event.text
         last = event.is_last
         out = {
             "index": event.generated_tokens,
-            "token": {"id": event.token_id, "text": event.text, "logprob": event.logprob, "special": False},
+            "token": {"id": event.token_id, "text": event.text, "logprob": event.logprob, "special": event.token_id in special},
             "generated_text": output_text(streaming.prompt.text, text, streaming.params) if last else None,
             "details": {"finish_reason": event.finish_reason, "generated_tokens": event.generated_tokens, "seed": event.seed}
             if last
             else None,
         }
         if streaming.params.top_n_tokens:
-            out["top_tokens"] = tgi_top_tokens(tokenizer, event.top_tokens)
+            out["top_tokens"] = tgi_top_tokens(tokenizer, event.top_tokens, special)
         yield out
 
 
