@@ -90,8 +90,9 @@ def seq2seq_params(params: GenerationParams) -> Seq2SeqParams:
         raise InputError("parameters.stop: encoder-decoder models do not support stop sequences")
     if params.num_return_sequences > 1:
         raise InputError("parameters.num_return_sequences: encoder-decoder models return one sequence here")
-    if params.frequency_penalty or params.presence_penalty:
-        raise InputError("parameters.frequency_penalty, presence_penalty: encoder-decoder models do not support them here")
+    if params.frequency_penalty or params.presence_penalty or params.logit_bias:
+        raise InputError("parameters.frequency_penalty, presence_penalty, logit_bias: encoder-decoder models do not "
+                         "support them here")
     if params.top_n_tokens:
         raise InputError("parameters.top_n_tokens: encoder-decoder models do not report log-probabilities here")
     sampling = params.sampling

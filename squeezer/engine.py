@@ -279,7 +279,9 @@ class Engine:
         entry: ModelEntry = await self._registry().ready(model_id, wait_for_model)
         model, scheduler = entry.loaded, entry.scheduler
         if isinstance(model, GenerativeModel) and isinstance(scheduler, DecodeLoop):
-            return model, scheduler, make_prompt(model, prompt, messages), GenerationParams.parse(parameters)
+            params = GenerationParams.parse(parameters)
+            params.check_vocabulary(len(model.info.tokenizer))
+            return model, scheduler, make_prompt(model, prompt, messages), params
         if isinstance(model, Seq2SeqModel) and isinstance(scheduler, Seq2SeqScheduler):
             params = GenerationParams.parse(parameters)
             self._check_new_tokens(params.max_new_tokens)

@@ -28,8 +28,8 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 
 # OpenAI body field -> generation parameter.
 RENAMED = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens", "n": "num_return_sequences"}
-PASSED = ("temperature", "top_p", "seed", "stop", "frequency_penalty", "presence_penalty")
-UNSUPPORTED_IF_SET = ("logit_bias", "tools", "response_format")
+PASSED = ("temperature", "top_p", "seed", "stop", "frequency_penalty", "presence_penalty", "logit_bias")
+UNSUPPORTED_IF_SET = ("tools", "response_format")
 
 
 def openai_parameters(body: dict[str, Any], chat: bool) -> dict[str, Any]:

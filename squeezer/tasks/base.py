@@ -196,7 +196,7 @@ def text_items(inputs: Any) -> tuple[list[str], bool]:
 
 P = TypeVar("P")
 
-_JSON_NAMES = {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}
+_JSON_NAMES = {int: "an integer", float: "a number", bool: "a boolean", str: "a string", dict: "an object"}
 
 
 def parse_params(cls: type[P], raw: Any) -> P:

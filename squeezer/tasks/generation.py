@@ -25,6 +25,13 @@ FinishReason = Literal["length", "eos_token", "stop_sequence"]
 MAX_STOP_SEQUENCES = 4  # TGI's default bound
 MAX_SEED = 2**64 - 1
 MAX_TOP_N_TOKENS = 20  # OpenAI's bound on top_logprobs (TGI's default is 5)
+MAX_LOGIT_BIAS = 100.0  # OpenAI's bound
+
+
+def _bias_ok(bias: dict[Any, Any]) -> bool:
+    """OpenAI's logit_bias: token ids (JSON keys, so strings of digits) to numbers in [-100, 100]."""
+    return all(str(k).isdigit() and isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= MAX_LOGIT_BIAS
+               for k, v in bias.items())
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -43,6 +50,7 @@ class GenerationParams:
     repetition_penalty: float | None = param(check=lambda v: v > 0, rule="must be greater than 0")
     frequency_penalty: float | None = param(check=lambda v: -2 <= v <= 2, rule="must be between -2 and 2")
     presence_penalty: float | None = param(check=lambda v: -2 <= v <= 2, rule="must be between -2 and 2")
+    logit_bias: dict | None = param(check=_bias_ok, rule="must map token ids to numbers from -100 to 100")  # type: ignore[type-arg]
     do_sample: bool = param(False)
     seed: int | None = param(check=lambda v: 0 <= v <= MAX_SEED, rule="must be between 0 and 2**64 - 1")
     stop: list[str] | None = param()
@@ -74,7 +82,14 @@ class GenerationParams:
     @property
     def penalized(self) -> bool:
         """Whether any penalty changes the logits (each is off at its neutral value)."""
-        return self.repetition_penalty not in (None, 1.0) or bool(self.frequency_penalty) or bool(self.presence_penalty)
+        penalties = (self.frequency_penalty, self.presence_penalty, self.logit_bias)
+        return self.repetition_penalty not in (None, 1.0) or any(bool(p) for p in penalties)
+
+    def check_vocabulary(self, size: int) -> None:
+        """Refuse a logit_bias for tokens the model does not have (the tokenizer's `size` ids)."""
+        outside = [k for k in self.logit_bias or {} if int(k) >= size]
+        if outside:
+            raise InputError(f"parameters.logit_bias: token ids {', '.join(map(str, outside[:5]))} are not in the vocabulary of {size}")
 
     @property
     def wants_logprobs(self) -> bool:
@@ -229,6 +244,7 @@ class TokenChooser:
         self._penalty = params.repetition_penalty if params.repetition_penalty not in (None, 1.0) else None
         self._frequency, self._presence = params.frequency_penalty or 0.0, params.presence_penalty or 0.0
         self._prompt_length = prompt_length
+        self._bias = {int(k): float(v) for k, v in (params.logit_bias or {}).items()}
         self.sampling = params.sampling
         self._temperature = params.temperature if self.sampling and params.temperature not in (None, 1.0) else None
         self._top_k = params.top_k if self.sampling and params.top_k else None
@@ -238,7 +254,7 @@ class TokenChooser:
     @property
     def plain(self) -> bool:
         """Greedy with no processor: the batch's argmax gives this sequence's token."""
-        return not self.sampling and not self._penalty and not self._frequency and not self._presence
+        return not self.sampling and not self._penalty and not self._frequency and not self._presence and not self._bias
 
     def process(self, scores: Any, history: Sequence[int]) -> Any:
         """Apply the processors to scores [1, vocab], in generate's order; returns a new tensor."""
@@ -253,6 +269,9 @@ class TokenChooser:
             ids, counts = torch.unique(torch.tensor(list(generated), dtype=torch.long), return_counts=True)
             penalty = counts.to(scores.dtype) * self._frequency + self._presence
             scores = scores.index_add(1, ids, -penalty[None])
+        if self._bias:  # OpenAI's logit_bias, added like the penalties
+            ids = torch.tensor(list(self._bias), dtype=torch.long)
+            scores = scores.index_add(1, ids, torch.tensor([list(self._bias.values())], dtype=scores.dtype))
         if self._temperature is not None:  # TemperatureLogitsWarper
             scores = scores / self._temperature
         if self._top_k is not None:  # TopKLogitsWarper

@@ -164,6 +164,12 @@ def test_penalties_reach_the_decoder_from_tgi_and_openai(gen_server) -> None:
                                      frequency_penalty=2.0, presence_penalty=2.0)
     assert text.choices[0].text == penalized
 
+    body = {"model": "tiny/llama", "inputs": PROMPT, "parameters": {"max_new_tokens": 5, "details": True, "logit_bias": {"42": 100}}}
+    forced = httpx.post(gen_server.url + "/generate", json=body, timeout=60).json()
+    assert [t["id"] for t in forced["details"]["tokens"]] == [42] * 5
+    text = client.completions.create(model="tiny/llama", prompt=PROMPT, max_tokens=5, temperature=0, logit_bias={"42": 100})
+    assert text.choices[0].text == forced["generated_text"]
+
 
 def test_openai_completions_and_stop_sequences(gen_server, reference) -> None:
     from openai import OpenAI
@@ -191,7 +197,9 @@ def test_openai_completions_and_stop_sequences(gen_server, reference) -> None:
         ("/v1/chat/completions", {"model": "tiny/llama"}, 422, "messages"),
         ("/v1/chat/completions", {"model": "tiny/llama", "messages": [{"role": "wizard", "content": "x"}]}, 422, "messages"),
         ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "presence_penalty": 2.5}, 422, "presence_penalty"),
-        ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "logit_bias": {"5": 10}}, 422, "logit_bias"),
+        ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "logit_bias": {"5": 101}}, 422, "logit_bias"),
+        ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "logit_bias": {"99999999": 1}}, 422, "vocabulary"),
+        ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "tools": [{"type": "function"}]}, 422, "tools"),
         ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "top_logprobs": 2}, 422, "top_logprobs"),
         ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "logprobs": "yes"}, 422, "logprobs"),
         ("/v1/completions", {"model": "tiny/llama", "prompt": PROMPT, "logprobs": True}, 422, "logprobs"),

@@ -259,3 +259,18 @@ def test_frequency_and_presence_penalties_count_generated_tokens_only() -> None:
     assert TokenChooser(GenerationParams(frequency_penalty=0.0), None).plain
     with pytest.raises(InputError, match="frequency_penalty"):
         GenerationParams.parse({"frequency_penalty": 2.5})
+
+
+def test_logit_bias_is_added_to_the_scores_and_validated() -> None:
+    params = GenerationParams.parse({"logit_bias": {"3": 5, "7": -100}})
+    chooser = TokenChooser(params, None)
+    assert not chooser.plain and params.penalized
+    expected = torch.zeros(1, 10)
+    expected[0, 3], expected[0, 7] = 5.0, -100.0
+    assert torch.equal(chooser.process(torch.zeros(1, 10), [1, 2]), expected)
+    for bad in ({"3": 101}, {"x": 1}, {"3": True}, ["3"]):
+        with pytest.raises(InputError, match="logit_bias"):
+            GenerationParams.parse({"logit_bias": bad})
+    with pytest.raises(InputError, match="not in the vocabulary"):
+        params.check_vocabulary(5)
+    params.check_vocabulary(8)
