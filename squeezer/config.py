@@ -20,6 +20,9 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message says which setting to change and how."""
 
 
+PROFILES = ("latency", "throughput")  # what `squeezer optimize` makes fast (also `serve --optimize-profile`)
+
+
 def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
     """Declare a config field with the help text shared by its CLI flag and environment variable."""
     return field(default=default, metadata={"help": help, "choices": choices})
@@ -68,15 +71,15 @@ class ModelConfig:
     optimize: bool = setting(False, "Compile each model with `squeezer optimize` (or reuse its cached artifact) before serving it.")
     optimize_profile: str = setting(
         "latency", "What --optimize makes fast: latency (one request at a time) or throughput (many requests batched).",
-        choices=("latency", "throughput"),
+        choices=PROFILES,
     )
 
     def __post_init__(self) -> None:
         from squeezer.tasks import ALL_TASKS  # tasks import nothing from config: no cycle
 
         _check(self.max_memory_mb >= 0, "max_memory_mb", "must be 0 (no budget) or a size in MiB")
-        _check(self.optimize_profile in ("latency", "throughput"), "optimize_profile",
-               f"must be latency or throughput, got {self.optimize_profile!r}")
+        _check(self.optimize_profile in PROFILES, "optimize_profile",
+               f"must be {' or '.join(PROFILES)}, got {self.optimize_profile!r}")
         _check(
             self.task is None or self.task in ALL_TASKS,
             "task",

@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from squeezer.compiler import recipes
-from squeezer.config import _check, setting
+from squeezer.config import PROFILES, _check, setting
 
 TARGETS = ("auto", "cpu", "cuda")
-PROFILES = ("latency", "throughput")
 SWEEPS = ("default", "full")
 
 

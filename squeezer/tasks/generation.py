@@ -2,8 +2,8 @@
 
 Token choice reproduces transformers' logits processors (repetition penalty, then temperature, top-k and
 top-p, as `generate` orders them) on float32 torch tensors, with OpenAI's frequency and presence penalties
-(over the generated tokens, as OpenAI and vLLM define them) after the repetition penalty, and samples with `torch.multinomial` from a
-per-sequence generator seeded with the request's seed: a seeded request draws what `torch.manual_seed(seed)`
+(over the generated tokens, as OpenAI and vLLM define them) and logit_bias after the repetition penalty, and
+samples with `torch.multinomial` from a per-sequence generator seeded with the request's seed: a seeded request draws what `torch.manual_seed(seed)`
 then `generate(do_sample=True)` draws, whichever other sequences share its batch. torch is imported lazily
 so that importing the task table never needs it.
 """
@@ -26,13 +26,13 @@ MAX_STOP_SEQUENCES = 4  # TGI's default bound
 MAX_SEED = 2**64 - 1
 MAX_TOP_N_TOKENS = 20  # OpenAI's bound on top_logprobs (TGI's default is 5)
 MAX_LOGIT_BIAS = 100.0  # OpenAI's bound
+CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 
 def _bias_ok(bias: dict[Any, Any]) -> bool:
     """OpenAI's logit_bias: token ids (JSON keys, so strings of digits) to numbers in [-100, 100]."""
     return all(str(k).isdigit() and isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= MAX_LOGIT_BIAS
                for k, v in bias.items())
-CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,8 @@ class GenerationParams:
         """Refuse a logit_bias for tokens the model does not have (the tokenizer's `size` ids)."""
         outside = [k for k in self.logit_bias or {} if int(k) >= size]
         if outside:
-            raise InputError(f"parameters.logit_bias: token ids {', '.join(map(str, outside[:5]))} are not in the vocabulary of {size}")
+            ids = ", ".join(map(str, outside[:5]))
+            raise InputError(f"parameters.logit_bias: token ids {ids} are not in the vocabulary of {size}")
 
     @property
     def wants_logprobs(self) -> bool:
@@ -245,6 +246,7 @@ class TokenChooser:
         self._frequency, self._presence = params.frequency_penalty or 0.0, params.presence_penalty or 0.0
         self._prompt_length = prompt_length
         self._bias = {int(k): float(v) for k, v in (params.logit_bias or {}).items()}
+        self._penalized = params.penalized
         self.sampling = params.sampling
         self._temperature = params.temperature if self.sampling and params.temperature not in (None, 1.0) else None
         self._top_k = params.top_k if self.sampling and params.top_k else None
@@ -254,7 +256,7 @@ class TokenChooser:
     @property
     def plain(self) -> bool:
         """Greedy with no processor: the batch's argmax gives this sequence's token."""
-        return not self.sampling and not self._penalty and not self._frequency and not self._presence and not self._bias
+        return not self.sampling and not self._penalized
 
     def process(self, scores: Any, history: Sequence[int]) -> Any:
         """Apply the processors to scores [1, vocab], in generate's order; returns a new tensor."""
@@ -264,9 +266,9 @@ class TokenChooser:
             score = torch.gather(scores, 1, ids)
             score = torch.where(score < 0, score * self._penalty, score / self._penalty)
             scores = scores.scatter(1, ids, score)
-        generated = history[self._prompt_length :]
-        if (self._frequency or self._presence) and generated:  # OpenAI's: over the generated tokens only
-            ids, counts = torch.unique(torch.tensor(list(generated), dtype=torch.long), return_counts=True)
+        if (self._frequency or self._presence) and len(history) > self._prompt_length:  # over the generated tokens
+            generated = torch.tensor(list(history[self._prompt_length :]), dtype=torch.long)
+            ids, counts = torch.unique(generated, return_counts=True)
             penalty = counts.to(scores.dtype) * self._frequency + self._presence
             scores = scores.index_add(1, ids, -penalty[None])
         if self._bias:  # OpenAI's logit_bias, added like the penalties
