@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from squeezer.artifact import hardware_fingerprint, versions
+from squeezer.artifact import versions
 from squeezer.compiler import timing
 from squeezer.compiler import validation_data as vd
 from squeezer.compiler.build import BuildContext, Builder
@@ -28,6 +28,7 @@ from squeezer.compiler.recipes import recipes_for
 from squeezer.compiler.report import render
 from squeezer.compiler.select import record_timings
 from squeezer.config import ModelConfig
+from squeezer.hardware import hardware_fingerprint
 from squeezer.sources import DEFAULT_MODEL_SPEC, resolve
 from squeezer.tasks import TASKS
 

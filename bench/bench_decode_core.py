@@ -17,11 +17,12 @@ import time
 from typing import Any
 
 from squeezer.backends.torch_decoder import TorchDecoder
+from squeezer.generation.chat import chat_prompt_ids
+from squeezer.generation.params import GenerationParams
 from squeezer.scheduling.decoding import DecodeLoop
-from squeezer.scheduling.decoding_config import DecodingConfig
+from squeezer.config import DecodingConfig
 from squeezer.sources import ModelSource
-from squeezer.tasks.generation import GenerationParams, chat_prompt_ids
-from tests.tiny_decoders import reference_generate, smollm2_gguf
+from squeezer.testing.tiny_decoders import reference_generate, smollm2_gguf
 
 TOPICS = [
     "a dragon who learns to code", "the history of bread", "a lighthouse keeper's last night", "how rain forms",

@@ -36,9 +36,9 @@ from pathlib import Path
 import httpx
 
 from bench import peers
-from squeezer.artifact import available_cpus
-from tests.server import ServerProcess, free_port
-from tests.tiny_decoders import smollm2_gguf
+from squeezer.hardware import available_cpus
+from squeezer.testing.server import ServerProcess, free_port
+from squeezer.testing.tiny_decoders import smollm2_gguf
 
 QUESTIONS = [
     "Write a short story about a lighthouse keeper.",
@@ -89,10 +89,12 @@ async def single_rounds(url: str, spec: str, profile: str | None, runners: dict[
                         new_tokens: int) -> dict[str, list[dict[str, float]]]:
     """One request at a time, in `rounds` interleaved rounds: squeezer over HTTP, squeezer's engine in-process
     (no HTTP, timed from the prompt to the last token, as the in-process peers are), then each peer."""
-    from squeezer.config import ModelConfig
+    from squeezer.compiler.serving import optimizer
+    from squeezer.config import ModelConfig, ServeConfig
     from squeezer.engine import Engine
 
-    engine = Engine.from_specs([spec], model_config=ModelConfig(optimize=bool(profile), optimize_profile=profile or "latency"))
+    model = ModelConfig(optimize=bool(profile), optimize_profile=profile or "latency")
+    engine = Engine.from_specs([spec], ServeConfig(model=model), optimizer(model) if profile else None)
     await engine.start()
     params = {"max_new_tokens": new_tokens, "do_sample": False}
     messages = [{"role": "user", "content": QUESTIONS[0]}]

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 from bench.workload import sentences
-from squeezer.config import BackendConfig, ModelConfig
+from squeezer.config import BackendConfig
 from squeezer.sources import DEFAULT_MODEL_SPEC, resolve
-from tests.server import ServerProcess, free_port
+from squeezer.testing.server import ServerProcess, free_port
 
 HERE = Path(__file__).parent
 
@@ -40,9 +40,10 @@ def ceiling(spec: str, texts: list[str], instances: int, batch: int = 32) -> flo
     from concurrent.futures import ThreadPoolExecutor
 
     from squeezer.backends import Batch
-    from squeezer.loading import load_model
+    from squeezer.config import ServeConfig
+    from squeezer.runtime import load_runtime
 
-    model = load_model(resolve(spec), ModelConfig(), BackendConfig(instances=instances))
+    model = load_runtime(resolve(spec), ServeConfig(backend=BackendConfig(instances=instances))).model  # type: ignore[attr-defined]
     encoded = sorted((model.info.encode(t, truncate=True)[0]["input_ids"] for t in texts), key=len)
     pad = model.info.tokenizer.pad_token_id or 0
     batches = [Batch.pad(encoded[i : i + batch], None, pad) for i in range(0, len(encoded), batch)]
@@ -58,7 +59,7 @@ def ceiling(spec: str, texts: list[str], instances: int, batch: int = 32) -> flo
 
 def best_ceiling(spec: str, texts: list[str]) -> tuple[float, dict[int, float]]:
     """The in-process ceiling: the faster of one batch at a time on every core and the served instances."""
-    from squeezer.artifact import available_cpus
+    from squeezer.hardware import available_cpus
 
     found = {n: ceiling(spec, texts, n) for n in sorted({1, available_cpus()})}
     return max(found.values()), found

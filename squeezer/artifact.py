@@ -7,6 +7,8 @@ and the library versions, so a truncated graph, a hand-edited report or an artif
 version is refused at load with a message that says what is wrong, instead of serving wrong answers.
 
 This module sits below both the compiler and the backend: it imports neither, nor torch nor onnxruntime.
+Hardware probing (cores, CPU flags, GPUs) lives in squeezer.hardware; this module keeps `versions()`,
+the software half of what a report records.
 
 squeezer.json, format version 1 (keys in REQUIRED_KEYS must be present; the rest is the report):
   format, format_version       "squeezer-artifact", 1
@@ -18,7 +20,7 @@ squeezer.json, format version 1 (keys in REQUIRED_KEYS must be present; the rest
                                served by backends.onnx_decoder; dtype float32 | int8 | int4 (weights)
   files                        {relative path: sha256} for every file of the folder but this one
   source                       {path, gguf_file, content_hash}
-  hardware, versions           hardware_fingerprint() and versions() where it was measured
+  hardware, versions           hardware.hardware_fingerprint() and versions() where it was measured
   accuracy                     {budget, bounds, validation: {kind, examples, hash}}
   reference, candidates        PyTorch timings; per candidate: recipe, metrics, verdict, reasons, timings
   chosen, settings, session, created, cache
@@ -29,12 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 import platform
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
@@ -48,11 +46,6 @@ GRAPH_FILE = "model.onnx"
 # Files never copied from a source into an artifact: weights (the graph replaces them) and VCS metadata.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".onnx_data", ".gguf", ".h5", ".msgpack", ".ckpt", ".ot", ".tflite")
 REQUIRED_KEYS = ("format", "format_version", "model_id", "task", "head", "target", "graph", "files", "checksum")
-# CPU features that change which kernels ONNX Runtime (and int8 quantization) can use.
-CPU_FLAGS = (
-    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-    "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve", "i8mm",
-)
 VERSIONED = ("squeezer", "onnxruntime", "onnxruntime-gpu", "onnx", "numpy", "transformers", "tokenizers", "torch")
 
 
@@ -93,67 +86,7 @@ def report_checksum(report: dict[str, Any]) -> str:
     return hashlib.sha256(canonical({k: v for k, v in report.items() if k != "checksum"})).hexdigest()
 
 
-# ------------------------------------------------------------------------------------------- hardware
-
-
-def available_cpus() -> int:
-    """Cores this process may really use: CPU affinity, capped by a cgroup CPU quota (containers).
-
-    `os.cpu_count()` reports the host's cores, which oversubscribes a container limited to two of them;
-    too many threads there is slower than the right number, so both limits are read.
-    """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    quota = _cgroup_quota()
-    return max(1, min(cores, math.ceil(quota))) if quota else max(1, cores)
-
-
-def _cgroup_quota() -> float | None:
-    """CPU quota in cores from cgroup v2 (`cpu.max`) or v1 (`cpu.cfs_quota_us`), None when unlimited."""
-    try:
-        fields = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if fields and fields[0] != "max":
-            return int(fields[0]) / int(fields[1])
-        return None
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-        return quota / period if quota > 0 and period > 0 else None
-    except (OSError, ValueError):
-        return None
-
-
-def cpu_info() -> dict[str, Any]:
-    """CPU model and the instruction-set flags that matter to inference kernels."""
-    model, flags = "", set[str]()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model") and not model:
-                model = value.strip()
-            elif key.strip() in ("flags", "Features") and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    model = model or platform.processor() or platform.machine()
-    return {"model": model, "arch": platform.machine(), "flags": sorted(f for f in CPU_FLAGS if f in flags),
-            "logical_cpus": os.cpu_count() or 1, "available_cpus": available_cpus()}
-
-
-def gpus() -> list[str]:
-    """NVIDIA GPUs as `name (driver)`, from nvidia-smi; empty without one (no torch, no CUDA import)."""
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in out.splitlines() if line.strip()]
+# ------------------------------------------------------------------------------------------- versions
 
 
 def versions() -> dict[str, str]:
@@ -165,12 +98,6 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return found
-
-
-def hardware_fingerprint() -> dict[str, Any]:
-    """What a measurement depends on: CPU, cores, GPUs, OS. Stored in reports and in cache keys."""
-    return {"cpu": cpu_info(), "gpus": gpus(), "os": f"{platform.system()} {platform.release()}",
-            "python_impl": sys.implementation.name}
 
 
 # -------------------------------------------------------------------------------------------- reading

@@ -9,15 +9,11 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from squeezer.compiler.cli import add_optimize_parser
-from squeezer.config import BackendConfig, BatchingConfig, CacheConfig, ConfigError, LimitsConfig, ModelConfig, ServerConfig, env_name
+from squeezer.config import SERVE_GROUPS, ConfigError, ServeConfig, env_name
 from squeezer.flags import add_config_arguments, config_from_args
-from squeezer.scheduling.decoding_config import DecodingConfig
 from squeezer.sources import SourceError
-
-SERVE_CONFIGS = (ServerConfig, ModelConfig, BackendConfig, BatchingConfig, LimitsConfig, CacheConfig, DecodingConfig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,15 +27,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="[ID=]SOURCE: a model folder, a .gguf file or a cached Hub id "
         f"(default: the packaged all-MiniLM-L6-v2; env {env_name('models')}, space-separated)",
     )
-    for cls in SERVE_CONFIGS:
+    for cls in SERVE_GROUPS.values():
         add_config_arguments(serve.add_argument_group(cls.__name__, cls.__doc__), cls)
     serve.set_defaults(handler=serve_command)
     add_optimize_parser(commands)
     return parser
 
 
-def configs_from(args: argparse.Namespace) -> dict[type, Any]:
-    return {cls: config_from_args(cls, args) for cls in SERVE_CONFIGS}
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """Every group of the serving configuration, from its flags, then environment variables, then defaults."""
+    return ServeConfig(**{name: config_from_args(cls, args) for name, cls in SERVE_GROUPS.items()})
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -48,20 +45,16 @@ def serve_command(args: argparse.Namespace) -> int:
     from squeezer.api import create_app
     from squeezer.engine import Engine
 
-    configs = configs_from(args)
-    server: ServerConfig = configs[ServerConfig]
+    config = serve_config(args)
+    server = config.server
     logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     specs = args.models or os.environ.get(env_name("models"), "").split()
-    engine = Engine.from_specs(
-        specs,
-        model_config=configs[ModelConfig],
-        backend_config=configs[BackendConfig],
-        batching_config=configs[BatchingConfig],
-        limits_config=configs[LimitsConfig],
-        cache_config=configs[CacheConfig],
-        decoding_config=configs[DecodingConfig],
-    )
-    app = create_app(engine, server)
+    prepare = None
+    if config.model.optimize:  # the compiler's step runs above the loader: serving never imports the compiler
+        from squeezer.compiler.serving import optimizer
+
+        prepare = optimizer(config.model)
+    app = create_app(Engine.from_specs(specs, config, prepare))
     # uvicorn drains on SIGTERM, then re-raises the signal to the previous handler; make that a no-op so a
     # graceful shutdown exits 0, as process managers expect.
     signal.signal(signal.SIGTERM, lambda *_: None)

@@ -9,9 +9,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 from squeezer.tasks import ALL_TASKS, Pooling
+
+if TYPE_CHECKING:
+    from squeezer.sources import ModelSource
 
 # Architecture class-name suffix -> task; looked up in order, first match wins.
 ARCHITECTURE_TASKS: tuple[tuple[str, str], ...] = (
@@ -78,6 +82,26 @@ def detect_task(folder: Path, config: Any, gguf: bool = False) -> str:
         f"cannot tell which task {folder} is for (architectures: {getattr(config, 'architectures', None)}); "
         f"pass --task with one of {', '.join(sorted(ALL_TASKS))}"
     )
+
+
+def configured_task(source: ModelSource, forced: str | None = None) -> str | None:
+    """The task a source will serve, read from its small files without loading it (an artifact's report,
+    `--task`, the README and config.json), so a request can be routed to a model before it loads and after it
+    unloads; None when its files do not say (its load then fails and says why)."""
+    if source.artifact:
+        from squeezer.artifact import ArtifactError, read_report
+
+        try:
+            return str(read_report(source.path)["task"])
+        except (ArtifactError, OSError, KeyError):
+            return None
+    if forced or source.gguf_file:
+        return forced or "text-generation"
+    try:
+        config = json.loads((source.path / "config.json").read_text())
+        return detect_task(source.path, SimpleNamespace(**config))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def detect_pooling(folder: Path) -> Pooling | None:

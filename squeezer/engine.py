@@ -4,9 +4,10 @@
     await engine.start()
     result = await engine.run("sentence-transformers/all-MiniLM-L6-v2", "Hello world")  # result.output
 
-It finds the model (see registry.py for the lifecycle), answers repeated requests from the result cache,
-enforces the request limits, hands the tokenized features to the model's batcher with a deadline, and shapes
-the answer. The HTTP layer is a thin client of this class.
+It keeps the registry (see registry.py for the lifecycle), the result cache, the request limits and
+deadlines; everything else it asks of a model's runtime, by capability (see runtime/base.py), never by its
+class. `resolve` is the one rule every dialect uses to pick the model a request is for. The HTTP layer is a
+thin client of this class.
 """
 
 from __future__ import annotations
@@ -15,38 +16,30 @@ import asyncio
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from squeezer.caches import LRUCache, approx_bytes, request_key
-from squeezer.completions import (
-    Completion,
-    Prompt,
-    Streaming,
-    complete,
-    complete_seq2seq,
-    make_prompt,
-    seq2seq_prompt,
-    start_seq2seq_stream,
-    start_stream,
-)
-from squeezer.config import BackendConfig, BatchingConfig, CacheConfig, LimitsConfig, ModelConfig
-from squeezer.errors import ClientError, ModelNotReadyError
+from squeezer.config import ConfigError, ServeConfig
+from squeezer.errors import ClientError, UnknownModelError
 from squeezer.interrupt import Interrupt
-from squeezer.loading import GenerativeModel, LoadedModel, Seq2SeqModel
-from squeezer.registry import Hooks, ModelEntry, ModelRegistry
-from squeezer.requests import Answer, answer, plan
-from squeezer.scheduling.decoding import DecodeLoop
-from squeezer.scheduling.decoding_config import DecodingConfig
-from squeezer.scheduling.seq2seq import Seq2SeqScheduler
+from squeezer.registry import ModelRegistry
+from squeezer.requests import Answer
+from squeezer.runtime import Generating, Hooks, Inferring, Prepare, Runtime, RuntimeStats
+from squeezer.runtime.base import CHAT, EMBED, GENERATE, INFER, STREAM, TOKENIZE, Completion, Streaming, TokenSpan
 from squeezer.sources import DEFAULT_MODEL_SPEC, ModelSource, resolve
-from squeezer.tasks import InputError, seq2seq
-from squeezer.tasks.generation import GenerationParams
+from squeezer.tasks import InputError
 
 T = TypeVar("T")
-# What a generation request runs on: a causal LM's decode loop, or an encoder-decoder's worker.
-Generating = (
-    tuple[GenerativeModel, DecodeLoop, Prompt, GenerationParams] | tuple[Seq2SeqModel, Seq2SeqScheduler, Prompt, GenerationParams]
-)
+
+# What a model that lacks a capability answers (400), by capability.
+MISSING = {
+    INFER: "does not answer Inference API tasks (it serves {task}): send it a prompt, or use /generate",
+    EMBED: "cannot serve feature-extraction; it serves: {task}",
+    GENERATE: "does not generate text (it serves {task})",
+    STREAM: "does not stream (it serves {task})",
+    CHAT: "({task}) has no chat template: send a prompt",
+    TOKENIZE: "does not tokenize (it serves {task})",
+}
 
 
 @dataclass(frozen=True)
@@ -94,49 +87,31 @@ def check_chars(value: Any, limit: int, path: str = "inputs") -> None:
 
 
 class Engine:
-    """Serves several models; `run` is the one entry point for inference."""
+    """Serves several models; `run`, `generate` and `stream` are the entry points for inference."""
 
-    def __init__(
-        self,
-        sources: Sequence[ModelSource],
-        model_config: ModelConfig | None = None,
-        backend_config: BackendConfig | None = None,
-        batching_config: BatchingConfig | None = None,
-        limits_config: LimitsConfig | None = None,
-        cache_config: CacheConfig | None = None,
-        decoding_config: DecodingConfig | None = None,
-    ) -> None:
+    def __init__(self, sources: Sequence[ModelSource], config: ServeConfig | None = None, prepare: Prepare | None = None) -> None:
+        """`prepare` runs on each source before it loads: `serve --optimize` passes the compiler's step here."""
         ids = [s.model_id for s in sources]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise ValueError(f"model ids must be unique; give each an ID= prefix: {', '.join(duplicates)}")
-        self.model_config = model_config or ModelConfig()
-        self.backend_config = backend_config or BackendConfig()
-        self.batching_config = batching_config or BatchingConfig()
-        self.limits = limits_config or LimitsConfig()
-        self.cache_config = cache_config or CacheConfig()
-        self.decoding_config = decoding_config or DecodingConfig()
-        self._sources = list(sources)
+        self.config = config or ServeConfig()
+        if self.config.model.optimize and prepare is None:
+            raise ConfigError("optimize needs the compiler's prepare step: pass prepare=squeezer.compiler.serving.optimizer(...)")
+        self._sources, self._prepare = list(sources), prepare
         self.hooks = Hooks()  # metrics set these before start(): on_batch, on_step, on_finish
-        self.results: LRUCache[Answer] = LRUCache(self.cache_config.result_cache_entries, self.cache_config.result_cache_mb << 20)
+        cache = self.config.cache
+        self.results: LRUCache[Answer] = LRUCache(cache.result_cache_entries, cache.result_cache_mb << 20)
         self.registry: ModelRegistry | None = None
 
     @classmethod
-    def from_specs(cls, specs: Sequence[str] = (), **configs: Any) -> Engine:
+    def from_specs(cls, specs: Sequence[str] = (), config: ServeConfig | None = None, prepare: Prepare | None = None) -> Engine:
         """Build from MODEL arguments (`[ID=]SOURCE`); with none, the packaged default model."""
-        return cls([resolve(spec) for spec in (specs or [DEFAULT_MODEL_SPEC])], **configs)
+        return cls([resolve(spec) for spec in (specs or [DEFAULT_MODEL_SPEC])], config, prepare)
 
     async def start(self, wait: bool = True) -> None:
         """Begin loading every model in the background; with `wait`, return once all have settled."""
-        self.registry = ModelRegistry(
-            self._sources,
-            self.model_config,
-            self.backend_config,
-            self.batching_config,
-            self.cache_config,
-            self.decoding_config,
-            self.hooks,
-        )
+        self.registry = ModelRegistry(self._sources, self.config, self.hooks, self._prepare)
         entries = [self.registry.load(model_id) for model_id in self.registry.entries]
         if wait:
             await asyncio.gather(*(entry.settled.wait() for entry in entries))
@@ -151,28 +126,32 @@ class Engine:
         return [entry.describe() for entry in self._registry().entries.values()]
 
     def model_ids(self) -> list[str]:
-        """Served model ids, in the order they were given (the first is the default for TEI routes)."""
+        """Served model ids, in the order they were given."""
         return list(self._registry().entries)
 
-    def tokenizer(self, model_id: str) -> Any:
-        """The model's tokenizer (for /tokenize); 503 unless the model is ready."""
-        entry = self._registry().get(model_id)
-        if entry.loaded is None:
-            raise ModelNotReadyError(f"Model {model_id} is not loaded (state: {entry.state})")
-        return entry.loaded.info.tokenizer
+    def capabilities(self, model_id: str) -> frozenset[str]:
+        """What a model can do, from its configured task (loaded or not); 404 for an unknown model."""
+        return self._registry().get(model_id).capabilities
 
-    def queue_depths(self) -> dict[str, int]:
-        return {mid: e.scheduler.depth for mid, e in self._registry().entries.items() if e.scheduler}
+    def resolve(self, name: str | None, capability: str) -> str:
+        """The model a request is for, the same for every dialect: the one it names (404 when not served, 400
+        when it cannot do what is asked), else the first model given on the command line that can. By
+        configured task, so the answer never changes when a model loads or unloads."""
+        registry = self._registry()
+        if name:
+            entry = registry.get(name)
+            if entry.task is not None and capability not in entry.capabilities:
+                raise ClientError(f"model {name} " + MISSING[capability].format(task=entry.task), status=400)
+            return name
+        for model_id, entry in registry.entries.items():
+            if capability in entry.capabilities:
+                return model_id
+        raise UnknownModelError(f"no served model can {capability}; served models: {', '.join(registry.entries)}")
 
-    def task_of(self, model_id: str) -> str | None:
-        """The loaded model's default task; None while it is not loaded."""
-        loaded = self._registry().get(model_id).loaded
-        return loaded.task_name if loaded else None
-
-    def generation_loops(self) -> dict[str, DecodeLoop]:
-        """The decode loops of the loaded generative models (for metrics)."""
+    def stats(self) -> dict[str, RuntimeStats]:
+        """Each loaded model's figures (queue depth, slots, caches), for metrics."""
         entries = self._registry().entries.items()
-        return {mid: e.scheduler for mid, e in entries if isinstance(e.scheduler, DecodeLoop)}
+        return {model_id: entry.runtime.stats() for model_id, entry in entries if entry.runtime is not None}
 
     async def ready(self, model_id: str, wait_for_model: bool = False) -> None:
         """Return once the model is ready: 404 unknown, 503 loading (unless waiting) or failed."""
@@ -187,6 +166,13 @@ class Engine:
     async def unload(self, model_id: str) -> dict[str, Any]:
         return (await self._registry().unload(model_id)).describe()
 
+    async def _runtime(self, model_id: str, capability: str, wait_for_model: bool) -> Runtime:
+        """The model's runtime once ready, if it can do what is asked (400 if not)."""
+        runtime = await self._registry().ready(model_id, wait_for_model)
+        if capability not in runtime.capabilities:
+            raise ClientError(f"model {model_id} " + MISSING[capability].format(task=runtime.task), status=400)
+        return runtime
+
     async def run(
         self,
         model_id: str,
@@ -198,68 +184,31 @@ class Engine:
     ) -> Result:
         """Run one request (Hugging Face Inference API semantics) and return its answer."""
         started = time.perf_counter()
-        entry = await self._registry().ready(model_id, wait_for_model)
+        runtime = cast(Inferring, await self._runtime(model_id, INFER, wait_for_model))
         key = request_key(model_id, task, inputs, parameters) if use_cache else None
         hit = self.results.get(key) if key is not None else None
         if hit is not None:
             return Result(hit, Timings(total=time.perf_counter() - started), cached=True)
         self._check_limits(inputs)
-        loaded, batcher = entry.loaded, entry.scheduler
-        if loaded is None or batcher is None:
-            raise ModelNotReadyError(f"Model {model_id} was unloaded; retry to load it again")
-        if isinstance(loaded, Seq2SeqModel) and isinstance(batcher, Seq2SeqScheduler):
-            return await self._seq2seq(loaded, batcher, inputs, parameters, task, key, started)
-        if not isinstance(loaded, LoadedModel):
-            raise ClientError(f"model {model_id} generates text: send a prompt as inputs, or use /generate", status=400)
-        request = plan(loaded, inputs, parameters, task)
-        tokenized = time.perf_counter()
-        submitted = await self._within_deadline(batcher.submit(request.features), started)
-        result = answer(loaded, request, submitted.outputs)
-        if key is not None:
-            self.results.put(key, result, approx_bytes(result.output))
-        done = time.perf_counter()
-        timings = Timings(submitted.queue_seconds, tokenized - started, submitted.inference_seconds, done - started)
-        return Result(result, timings)
-
-    async def _seq2seq(
-        self, model: Seq2SeqModel, scheduler: Seq2SeqScheduler, inputs: Any, parameters: Any, task: str | None, key: Any, started: float
-    ) -> Result:
-        """An encoder-decoder request: tokenize with the task prefix, `generate` on the worker, decode."""
-        if task is not None and task != model.task_name:
-            raise InputError(f"model {model.model_id} cannot serve {task}; it serves: {model.task_name}", status=400)
-        request = seq2seq.parse(model.task_name, inputs, parameters, model.info)
-        self._check_new_tokens(request.params.max_new_tokens)
-        tokenized = time.perf_counter()
-        generator = model.generator
-        job = scheduler.submit(lambda: generator.generate(request.input_ids, request.params), len(request.input_ids))
-        ran = await self._within_deadline(job, started)
-        output = seq2seq.finish(request, ran.value, model.info.tokenizer)  # type: ignore[arg-type]
-        result = Answer(output, model.task_name, request.truncated, request.n_tokens)
-        sampled = request.params.do_sample if request.params.do_sample is not None else generator.generation_config.do_sample
-        if key is not None and not sampled:
-            self.results.put(key, result, approx_bytes(output))
-        done = time.perf_counter()
-        return Result(result, Timings(ran.queue_seconds, tokenized - started, ran.inference_seconds, done - started))
-
-    def _check_new_tokens(self, wanted: int | None) -> None:
-        """An encoder-decoder request may not ask for more new tokens than `--max-new-tokens` (decoders check
-        it in their loop, against the context length too)."""
-        limit = self.decoding_config.max_new_tokens
-        if wanted is not None and wanted > limit:
-            raise InputError(f"parameters.max_new_tokens: {wanted} exceeds the limit of {limit}")
+        inferred = await self._within_deadline(runtime.infer(inputs, parameters, task), started)
+        if key is not None and inferred.cacheable:
+            self.results.put(key, inferred.answer, approx_bytes(inferred.answer.output))
+        timings = Timings(inferred.queue_seconds, inferred.tokenize_seconds, inferred.inference_seconds,
+                          time.perf_counter() - started)
+        return Result(inferred.answer, timings)
 
     def _check_limits(self, inputs: Any) -> None:
         count = count_inputs(inputs)
-        if count > self.limits.max_inputs:
-            raise ClientError(f"inputs: {count} inputs exceed the limit of {self.limits.max_inputs} per request", status=413)
-        check_chars(inputs, self.limits.max_input_chars)
+        if count > self.config.limits.max_inputs:
+            raise ClientError(f"inputs: {count} inputs exceed the limit of {self.config.limits.max_inputs} per request", status=413)
+        check_chars(inputs, self.config.limits.max_input_chars)
 
     async def _within_deadline(self, work: Awaitable[T], started: float) -> T:
         """Wait for the model within the request timeout; past it, drop the work and answer 504.
 
         A timer cancels this very task at the deadline (see `squeezer.interrupt` for why not `wait_for`).
         """
-        timeout = self.limits.request_timeout
+        timeout = self.config.limits.request_timeout
         if not timeout:
             return await work
         interrupt = Interrupt()
@@ -273,21 +222,9 @@ class Engine:
         finally:
             timer.cancel()
 
-    async def _generation(self, model_id: str, prompt: Any, messages: Any, parameters: Any, wait_for_model: bool) -> Generating:
-        """The model, its scheduler, and the request's validated prompt and parameters: a causal LM with its
-        decode loop, or an encoder-decoder (which TGI serves too) with its worker and its task prefix."""
-        entry: ModelEntry = await self._registry().ready(model_id, wait_for_model)
-        model, scheduler = entry.loaded, entry.scheduler
-        if isinstance(model, GenerativeModel) and isinstance(scheduler, DecodeLoop):
-            params = GenerationParams.parse(parameters)
-            params.check_vocabulary(len(model.info.tokenizer))
-            return model, scheduler, make_prompt(model, prompt, messages), params
-        if isinstance(model, Seq2SeqModel) and isinstance(scheduler, Seq2SeqScheduler):
-            params = GenerationParams.parse(parameters)
-            self._check_new_tokens(params.max_new_tokens)
-            return model, scheduler, seq2seq_prompt(model, prompt, messages), params
-        task = model.task_name if model else "unknown"
-        raise ClientError(f"model {model_id} does not generate text (it serves {task})", status=400)
+    async def _generating(self, model_id: str, messages: Any, stream: bool, wait_for_model: bool) -> Generating:
+        capability = CHAT if messages is not None else (STREAM if stream else GENERATE)
+        return cast(Generating, await self._runtime(model_id, capability, wait_for_model))
 
     async def generate(
         self,
@@ -299,10 +236,8 @@ class Engine:
     ) -> Completion:
         """Generate for a plain prompt or chat messages (through the model's chat template); waits for the end.
         An encoder-decoder model answers a prompt too, with its task prefix."""
-        request = await self._generation(model_id, prompt, messages, parameters, wait_for_model)
-        if isinstance(request[0], Seq2SeqModel):
-            return await complete_seq2seq(*request)
-        return await complete(*request)
+        runtime = await self._generating(model_id, messages, False, wait_for_model)
+        return await runtime.generate(runtime.prepare(prompt, messages, parameters))
 
     async def stream(
         self,
@@ -313,10 +248,14 @@ class Engine:
         wait_for_model: bool = False,
     ) -> Streaming:
         """Start a streamed generation; closing its `events` early frees the sequence at the next step."""
-        request = await self._generation(model_id, prompt, messages, parameters, wait_for_model)
-        if isinstance(request[0], Seq2SeqModel):
-            return start_seq2seq_stream(*request)
-        return await start_stream(*request)
+        runtime = await self._generating(model_id, messages, True, wait_for_model)
+        return await runtime.stream(runtime.prepare(prompt, messages, parameters))
+
+    async def tokenize(self, model_id: str, texts: list[str], add_special_tokens: bool = True) -> list[list[TokenSpan]]:
+        """Each text's tokens with their character offsets (TEI's /tokenize)."""
+        self._check_limits(texts)
+        runtime = await self._runtime(model_id, TOKENIZE, False)
+        return [runtime.vocabulary.spans(text, add_special_tokens) for text in texts]
 
     async def close(self) -> None:
         """Finish queued work and free every model."""

@@ -1,6 +1,6 @@
 """One request's way through a task, around the forward pass: pick the task, parse, tokenize, answer.
 
-Split in two halves (`plan` before the model runs, `answer` after) so the engine can hand the features
+Split in two halves (`plan` before the model runs, `answer` after) so the encoder runtime can hand the features
 to a scheduler in between, and tests can run the same halves around a direct backend call.
 """
 

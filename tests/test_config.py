@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from squeezer.cli import build_parser, configs_from
+from squeezer.cli import build_parser, serve_config
 from squeezer.config import BackendConfig, BatchingConfig, ConfigError, ModelConfig, ServerConfig, from_sources
 
 
@@ -40,9 +40,9 @@ def test_every_config_field_has_a_flag(monkeypatch: pytest.MonkeyPatch) -> None:
     args = build_parser().parse_args(
         ["serve", "m=/x", "--port", "8100", "--allow-pickle", "--max-batch-tokens", "512", "--task", "fill-mask", "--threads", "1"]
     )
-    configs = configs_from(args)
+    config = serve_config(args)
     assert args.models == ["m=/x"]
-    assert configs[ServerConfig].port == 8100
-    assert configs[ModelConfig].allow_pickle and configs[ModelConfig].task == "fill-mask"
-    assert configs[BatchingConfig].max_batch_tokens == 512
-    assert configs[BackendConfig].threads == 1
+    assert config.server.port == 8100
+    assert config.model.allow_pickle and config.model.task == "fill-mask"
+    assert config.batching.max_batch_tokens == 512
+    assert config.backend.threads == 1

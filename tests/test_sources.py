@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from squeezer.config import BackendConfig, ModelConfig
-from squeezer.loading import load_model
+from squeezer.config import ModelConfig, ServeConfig
+from squeezer.runtime import load_runtime
 from squeezer.sources import DEFAULT_MODEL_SPEC, SourceError, parse_spec, resolve
 
 
@@ -51,9 +51,9 @@ def test_pickle_weights_are_refused_unless_allowed(tiny_model, tmp_path: Path) -
     torch.save(weights, folder / "pytorch_model.bin")
     (folder / "model.safetensors").unlink()
     with pytest.raises(SourceError, match="--allow-pickle"):
-        load_model(resolve(str(folder)), ModelConfig(), BackendConfig())
-    loaded = load_model(resolve(str(folder)), ModelConfig(allow_pickle=True), BackendConfig())
-    assert loaded.task.name == "feature-extraction"
+        load_runtime(resolve(str(folder)), ServeConfig())
+    loaded = load_runtime(resolve(str(folder)), ServeConfig(model=ModelConfig(allow_pickle=True)))
+    assert loaded.task == "feature-extraction"
 
 
 def test_hub_id_resolves_from_the_local_cache_offline(tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,4 +72,4 @@ def test_hub_id_resolves_from_the_local_cache_offline(tiny_model, tmp_path: Path
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     source = resolve("some-org/tiny-bert")
     assert source.model_id == "some-org/tiny-bert" and source.path == snapshot
-    assert load_model(source, ModelConfig(), BackendConfig()).task.name == "feature-extraction"
+    assert load_runtime(source, ServeConfig()).task == "feature-extraction"

@@ -27,7 +27,7 @@ async def health(request: Request) -> JSONResponse:
 async def info(request: Request) -> dict[str, Any]:
     engine: Engine = request.app.state.engine
     server = request.app.state.server_config
-    limits = {"max_payload_bytes": server.max_payload_bytes, **asdict(engine.limits), **asdict(engine.batching_config)}
+    limits = {"max_payload_bytes": server.max_payload_bytes, **asdict(engine.config.limits), **asdict(engine.config.batching)}
     return {"models": engine.models(), "versions": versions(), "limits": limits, "auth": bool(server.api_key)}
 
 

@@ -12,7 +12,6 @@ from fastapi import FastAPI
 from squeezer.api import admin, chat, hf, metrics, openai, tei, tgi
 from squeezer.api.access import AccessLog
 from squeezer.api.errors import install_error_handlers
-from squeezer.config import ServerConfig
 from squeezer.engine import Engine
 
 
@@ -24,10 +23,11 @@ def quiet_fastapi() -> dict[str, Any]:
     return {}
 
 
-def create_app(engine: Engine, server_config: ServerConfig | None = None) -> FastAPI:
-    """Build the HTTP app; models start loading when the app starts, and finish their queued work and
-    are freed when it stops (after uvicorn has drained in-flight requests on SIGTERM)."""
-    config = server_config or ServerConfig()
+def create_app(engine: Engine) -> FastAPI:
+    """Build the HTTP app around an engine (its `config.server` says what the server accepts); models start
+    loading when the app starts, and finish their queued work and are freed when it stops (after uvicorn has
+    drained in-flight requests on SIGTERM)."""
+    config = engine.config.server
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

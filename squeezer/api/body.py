@@ -59,3 +59,11 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise ClientError(f"body: expected a JSON object, got {type(payload).__name__}", status=422)
     return payload
+
+
+def model_name(body: dict[str, Any]) -> str | None:
+    """The model a body names (`model`), or None to let the engine choose (`Engine.resolve`)."""
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ClientError("model: expected a string", status=422)
+    return model or None

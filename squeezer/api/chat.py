@@ -15,14 +15,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from squeezer.api.auth import require_api_key
-from squeezer.api.body import read_json_object
+from squeezer.api.body import model_name, read_json_object
 from squeezer.api.generation import OPENAI_FINISH, sse, strip_stop
 from squeezer.api.openai_logprobs import chat_logprobs, logprob_parameters, text_logprobs
 from squeezer.api.responses import FastJSONResponse, unless_disconnected
-from squeezer.completions import Completion, Streaming
 from squeezer.engine import Engine
 from squeezer.errors import ClientError
-from squeezer.tasks.generation import TokenEvent
+from squeezer.generation.outputs import TokenEvent
+from squeezer.runtime.base import CHAT, GENERATE, Completion, Streaming
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -45,19 +45,6 @@ def openai_parameters(body: dict[str, Any], chat: bool) -> dict[str, Any]:
     return params
 
 
-def chosen_model(engine: Engine, body: dict[str, Any], path_model: str | None) -> str:
-    """The model named by the path, else by the body; a lone generative model answers any name (as TGI does)."""
-    if path_model:
-        return path_model
-    model = body.get("model")
-    if isinstance(model, str) and model in engine.model_ids():
-        return model
-    generative = [m for m in engine.model_ids() if engine.task_of(m) == "text-generation"]
-    if len(generative) == 1:
-        return generative[0]
-    raise ClientError(f"model {model!r} is not served here; served models: {', '.join(engine.model_ids())}", status=404)
-
-
 def usage(prompt: int, generated: int, cached: int) -> dict[str, Any]:
     """OpenAI's usage object; `prompt_tokens_details.cached_tokens` counts prompt tokens from the prefix cache."""
     return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated,
@@ -70,14 +57,14 @@ def completion_usage(completion: Completion) -> dict[str, Any]:
                  max(g.cached_tokens for g in generations))
 
 
-def chat_object(completion: Completion, request_id: str, tokenizer: Any) -> dict[str, Any]:
+def chat_object(completion: Completion, request_id: str) -> dict[str, Any]:
     choices = [
         {
             "index": i,
             "message": {"role": "assistant", "content": strip_stop(g.text, completion.params.stop)},
             "finish_reason": OPENAI_FINISH[g.finish_reason],
             "logprobs": None if g.logprobs is None or g.top_tokens is None
-            else chat_logprobs(tokenizer, g.token_ids, g.logprobs, g.top_tokens),
+            else chat_logprobs(completion.vocabulary, g.token_ids, g.logprobs, g.top_tokens),
         }
         for i, g in enumerate(completion.generations)
     ]
@@ -85,13 +72,13 @@ def chat_object(completion: Completion, request_id: str, tokenizer: Any) -> dict
             "choices": choices, "usage": completion_usage(completion)}
 
 
-def text_object(completion: Completion, request_id: str, echo: bool, tokenizer: Any) -> dict[str, Any]:
+def text_object(completion: Completion, request_id: str, echo: bool) -> dict[str, Any]:
     prefix = completion.prompt.text if echo else ""
     choices = []
     for i, g in enumerate(completion.generations):
         logprobs = None
         if g.logprobs is not None and g.top_tokens is not None:
-            logprobs = text_logprobs(tokenizer, g.token_ids, g.logprobs, g.top_tokens, len(prefix))
+            logprobs = text_logprobs(completion.vocabulary, g.token_ids, g.logprobs, g.top_tokens, len(prefix))
         choices.append({"index": i, "text": prefix + strip_stop(g.text, completion.params.stop),
                         "finish_reason": OPENAI_FINISH[g.finish_reason], "logprobs": logprobs})
     return {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": completion.model_id,
@@ -102,14 +89,14 @@ def text_object(completion: Completion, request_id: str, echo: bool, tokenizer: 
 Shape = Callable[[str, list[TokenEvent], int], dict[str, Any]]
 
 
-async def chat_chunks(streaming: Streaming, request_id: str, include_usage: bool, tokenizer: Any) -> AsyncIterator[dict[str, Any]]:
+async def chat_chunks(streaming: Streaming, request_id: str, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
     base = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": streaming.model_id}
     wanted = streaming.params.wants_logprobs
 
     def shape(text: str, events: list[TokenEvent], sent: int) -> dict[str, Any]:
         out: dict[str, Any] = {"delta": {"content": text} if text else {}}
         if wanted:
-            out["logprobs"] = chat_logprobs(tokenizer, *_columns(events))
+            out["logprobs"] = chat_logprobs(streaming.vocabulary, *_columns(events))
         return out
 
     yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
@@ -117,12 +104,12 @@ async def chat_chunks(streaming: Streaming, request_id: str, include_usage: bool
         yield chunk
 
 
-async def text_chunks(streaming: Streaming, request_id: str, include_usage: bool, tokenizer: Any) -> AsyncIterator[dict[str, Any]]:
+async def text_chunks(streaming: Streaming, request_id: str, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
     base = {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": streaming.model_id}
     wanted = streaming.params.wants_logprobs
 
     def shape(text: str, events: list[TokenEvent], sent: int) -> dict[str, Any]:
-        return {"text": text, "logprobs": text_logprobs(tokenizer, *_columns(events), sent) if wanted else None}
+        return {"text": text, "logprobs": text_logprobs(streaming.vocabulary, *_columns(events), sent) if wanted else None}
 
     async for chunk in _deltas(streaming, base, shape, include_usage):
         yield chunk
@@ -161,7 +148,7 @@ async def _deltas(streaming: Streaming, base: dict[str, Any], shape: Shape, incl
 async def _completions(request: Request, path_model: str | None, chat: bool) -> Any:
     engine: Engine = request.app.state.engine
     body = await read_json_object(request, request.app.state.server_config.max_payload_bytes)
-    model_id = chosen_model(engine, body, path_model)
+    model_id = engine.resolve(path_model or model_name(body), CHAT if chat else GENERATE)
     params = openai_parameters(body, chat)
     prompt, messages = (None, body.get("messages")) if chat else (body.get("prompt"), None)
     if messages is None and chat:
@@ -170,15 +157,12 @@ async def _completions(request: Request, path_model: str | None, chat: bool) -> 
     if body.get("stream"):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         streaming = await engine.stream(model_id, prompt, messages, params)
-        tokenizer = engine.tokenizer(model_id)
         chunk = chat_chunks if chat else text_chunks
-        chunks = chunk(streaming, request_id, include_usage, tokenizer)
-        return sse(chunks, done_marker=True)
+        return sse(chunk(streaming, request_id, include_usage), done_marker=True)
     completion = await unless_disconnected(request, engine.generate(model_id, prompt, messages, params))
-    tokenizer = engine.tokenizer(model_id)
     if chat:
-        return FastJSONResponse(chat_object(completion, request_id, tokenizer))
-    return FastJSONResponse(text_object(completion, request_id, bool(body.get("echo")), tokenizer))
+        return FastJSONResponse(chat_object(completion, request_id))
+    return FastJSONResponse(text_object(completion, request_id, bool(body.get("echo"))))
 
 
 @router.post("/v1/chat/completions")

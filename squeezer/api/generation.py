@@ -9,47 +9,46 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 
-from squeezer.completions import Completion
 from squeezer.errors import ClientError
-from squeezer.tasks.generation import Generation, output_text
+from squeezer.generation.outputs import Generation, output_text
+from squeezer.runtime.base import Completion, Vocabulary
 
 log = logging.getLogger("squeezer.api")
 
 OPENAI_FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 
 
-def tgi_token(tokenizer: Any, token: int, logprob: float | None, special: set[int]) -> dict[str, Any]:
-    """TGI's token object; `special` is the tokenizer's special ids (a list it rebuilds on every read)."""
-    return {"id": token, "text": tokenizer.decode([token]), "logprob": logprob, "special": token in special}
+def tgi_token(vocabulary: Vocabulary, token: int, logprob: float | None) -> dict[str, Any]:
+    """TGI's token object."""
+    return {"id": token, "text": vocabulary.text(token), "logprob": logprob, "special": token in vocabulary.special_ids}
 
 
-def tgi_top_tokens(tokenizer: Any, top: tuple[tuple[int, float], ...], special: set[int]) -> list[dict[str, Any]]:
-    return [tgi_token(tokenizer, token, logprob, special) for token, logprob in top]
+def tgi_top_tokens(vocabulary: Vocabulary, top: tuple[tuple[int, float], ...]) -> list[dict[str, Any]]:
+    return [tgi_token(vocabulary, token, logprob) for token, logprob in top]
 
 
-def tgi_details(generation: Generation, tokenizer: Any, top_n_tokens: int | None) -> dict[str, Any]:
+def tgi_details(generation: Generation, vocabulary: Vocabulary, top_n_tokens: int | None) -> dict[str, Any]:
     """TGI's details: why and after how many tokens it stopped, and each token with its logprob (when known)."""
     logprobs = generation.logprobs or [None] * len(generation.token_ids)
-    special = set(tokenizer.all_special_ids)
     details: dict[str, Any] = {
         "finish_reason": generation.finish_reason,
         "generated_tokens": generation.generated_tokens,
         "seed": generation.seed,
         "prefill": [],
-        "tokens": [tgi_token(tokenizer, t, lp, special) for t, lp in zip(generation.token_ids, logprobs)],
+        "tokens": [tgi_token(vocabulary, t, lp) for t, lp in zip(generation.token_ids, logprobs)],
     }
     if top_n_tokens and generation.top_tokens is not None:
-        details["top_tokens"] = [tgi_top_tokens(tokenizer, top, special) for top in generation.top_tokens]
+        details["top_tokens"] = [tgi_top_tokens(vocabulary, top) for top in generation.top_tokens]
     return details
 
 
-def tgi_outputs(completion: Completion, tokenizer: Any) -> list[dict[str, Any]]:
+def tgi_outputs(completion: Completion) -> list[dict[str, Any]]:
     """One `{"generated_text", "details"?}` per returned sequence, as TGI and the Inference API answer."""
     outputs = []
     for generation in completion.generations:
         out: dict[str, Any] = {"generated_text": output_text(completion.prompt.text, generation.text, completion.params)}
         if completion.params.details:
-            out["details"] = tgi_details(generation, tokenizer, completion.params.top_n_tokens)
+            out["details"] = tgi_details(generation, completion.vocabulary, completion.params.top_n_tokens)
         outputs.append(out)
     return outputs
 

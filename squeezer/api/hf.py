@@ -15,13 +15,13 @@ from fastapi import APIRouter, Depends, Request
 
 from squeezer.api.auth import require_api_key
 from squeezer.api.chat import chat_for_model
-from squeezer.api.tgi import generate_response, generation_model
+from squeezer.api.tgi import generate_response
 from squeezer.api.compat import shape_for_client
 from squeezer.api.body import parse_json_or_text, read_body
 from squeezer.api.responses import FastJSONResponse, result_headers, unless_disconnected
 from squeezer.engine import Engine
-from squeezer.errors import ClientError
-from squeezer.tasks import GENERATION_TASKS, SEQ2SEQ_TASKS
+from squeezer.errors import ClientError, UnknownModelError
+from squeezer.runtime.base import GENERATE, INFER, STREAM
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -84,7 +84,12 @@ async def infer_root(request: Request) -> FastJSONResponse:
     """The server's root, as TGI and TEI answer it: a client given only the server's address (TGI users write
     `InferenceClient("http://host:8080")`) posts there. It is this route on the served model, the first
     generative one when several are served: `[{"generated_text"}]`, or TGI's stream with "stream": true."""
-    return await answer(request, generation_model(request.app.state.engine, {}), None)
+    engine: Engine = request.app.state.engine
+    try:
+        model_id = engine.resolve(None, GENERATE)
+    except UnknownModelError:  # no generative model: the first that answers the Inference API
+        model_id = engine.resolve(None, INFER)
+    return await answer(request, model_id, None)
 
 
 @router.post("/models/{model_path:path}")
@@ -108,9 +113,9 @@ async def answer(request: Request, model_id: str, task: str | None) -> FastJSONR
     wait_header = request.headers.get("x-wait-for-model", "").lower() in {"1", "true", "yes"}
     wait = option(options, "wait_for_model", False) or wait_header
     await engine.ready(model_id, wait)
-    task_name = engine.task_of(model_id)
+    capabilities = engine.capabilities(model_id)
     streamed = isinstance(payload, dict) and payload.get("stream") is True
-    if task_name in GENERATION_TASKS or (streamed and task_name in SEQ2SEQ_TASKS):  # TGI streams seq2seq models too
+    if INFER not in capabilities or (streamed and STREAM in capabilities):  # TGI streams seq2seq models too
         return await generation(engine, request, model_id, inputs, parameters, payload, wait)
     run = engine.run(model_id, inputs, parameters, task=task, wait_for_model=wait, use_cache=option(options, "use_cache", True))
     result = await unless_disconnected(request, run)

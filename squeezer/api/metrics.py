@@ -34,38 +34,32 @@ class EngineCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         if self.engine.registry is None:
             return
+        stats = self.engine.stats()
         depth = GaugeMetricFamily("squeezer_queue_depth", "Sequences waiting for the model", labels=["model"])
-        for model_id, n in self.engine.queue_depths().items():
-            depth.add_metric([model_id], n)
-        yield depth
         waiting = GaugeMetricFamily("squeezer_generation_waiting", "Generation requests waiting for a slot", labels=["model"])
         occupancy = GaugeMetricFamily("squeezer_generation_occupancy", "Share of decode slots in use", labels=["model"])
-        for model_id, loop in self.engine.generation_loops().items():
-            waiting.add_metric([model_id], loop.waiting)
-            occupancy.add_metric([model_id], loop.occupancy)
+        for model_id, figures in stats.items():
+            depth.add_metric([model_id], figures.queue_depth)
+            if figures.occupancy is not None:  # a decode loop: its queue holds requests waiting for a slot
+                waiting.add_metric([model_id], figures.queue_depth)
+                occupancy.add_metric([model_id], figures.occupancy)
+        yield depth
         yield waiting
         yield occupancy
         loaded = GaugeMetricFamily("squeezer_models_loaded", "Models ready to serve")
-        loaded.add_metric([], sum(m["state"] == "ready" for m in self.engine.models()))
+        loaded.add_metric([], len(stats))
         yield loaded
         hits = CounterMetricFamily("squeezer_cache_hits", "Cache hits", labels=["cache"])
         misses = CounterMetricFamily("squeezer_cache_misses", "Cache misses", labels=["cache"])
         hits.add_metric(["result"], self.engine.results.hits)
         misses.add_metric(["result"], self.engine.results.misses)
-        token_hits = token_misses = 0
-        for entry in self.engine.registry.entries.values():
-            cache = entry.loaded.info.token_cache if entry.loaded else None
-            if cache is not None:
-                token_hits, token_misses = token_hits + cache.hits, token_misses + cache.misses
-        hits.add_metric(["tokens"], token_hits)
-        misses.add_metric(["tokens"], token_misses)
-        prefixes = [c for loop in self.engine.generation_loops().values() if (c := loop.prefix_cache) is not None]
-        hits.add_metric(["prefix"], sum(c.hits for c in prefixes))
-        misses.add_metric(["prefix"], sum(c.misses for c in prefixes))
+        for cache, counts in (("tokens", [f.token_cache for f in stats.values()]), ("prefix", [f.prefix_cache for f in stats.values()])):
+            hits.add_metric([cache], sum(c.hits for c in counts if c is not None))
+            misses.add_metric([cache], sum(c.misses for c in counts if c is not None))
         yield hits
         yield misses
         reused = CounterMetricFamily("squeezer_prefix_cache_tokens", "Prompt tokens taken from the prefix cache, not prefilled")
-        reused.add_metric([], sum(c.tokens_reused for c in prefixes))
+        reused.add_metric([], sum(f.prefix_tokens_reused for f in stats.values()))
         yield reused
 
 

@@ -13,6 +13,7 @@ from squeezer.api.body import read_json_object
 from squeezer.api.responses import FastJSONResponse, result_headers, unless_disconnected
 from squeezer.engine import Engine
 from squeezer.errors import ClientError
+from squeezer.runtime.base import EMBED
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -59,7 +60,7 @@ async def embeddings(request: Request) -> FastJSONResponse:
         raise ClientError("model: required; one of " + ", ".join(engine.model_ids()), status=422)
     texts = embedding_inputs(body.get("input"))
     encoding, dimensions = check_options(body)
-    run = engine.run(model, texts, {"normalize": True}, task="feature-extraction")
+    run = engine.run(engine.resolve(model, EMBED), texts, {"normalize": True}, task="feature-extraction")
     result = await unless_disconnected(request, run)
     request.app.state.metrics.observe_timings(result.timings)
     data = [

@@ -3,7 +3,7 @@
 Chat asks with `logprobs: true` (and `top_logprobs: N` alternatives) and answers `{"content": [{token, logprob,
 bytes, top_logprobs}]}`; the legacy completions route asks with `logprobs: N` and answers parallel lists
 (`tokens`, `token_logprobs`, `top_logprobs`, `text_offset`). Both come from the decode loop's per-token
-logprobs (see `squeezer.tasks.generation.token_logprobs`), which TGI's `details` report too.
+logprobs (see `squeezer.generation.logprobs.token_logprobs`), which TGI's `details` report too.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from squeezer.errors import ClientError
+from squeezer.runtime.base import Vocabulary
 
 Top = tuple[tuple[int, float], ...]
 
@@ -32,24 +33,24 @@ def logprob_parameters(body: dict[str, Any], chat: bool) -> dict[str, Any]:
     return {"details": True, "top_n_tokens": alternatives} if wanted else {}
 
 
-def _entry(tokenizer: Any, token: int, logprob: float | None) -> dict[str, Any]:
-    text = tokenizer.decode([token])
+def _entry(vocabulary: Vocabulary, token: int, logprob: float | None) -> dict[str, Any]:
+    text = vocabulary.text(token)
     return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
 
 
-def chat_logprobs(tokenizer: Any, tokens: Sequence[int], logprobs: Sequence[float | None], tops: Sequence[Top]) -> dict[str, Any]:
+def chat_logprobs(vocabulary: Vocabulary, tokens: Sequence[int], logprobs: Sequence[float | None], tops: Sequence[Top]) -> dict[str, Any]:
     """Chat's `logprobs` object for these tokens."""
     content = [
-        {**_entry(tokenizer, token, logprob), "top_logprobs": [_entry(tokenizer, t, lp) for t, lp in top]}
+        {**_entry(vocabulary, token, logprob), "top_logprobs": [_entry(vocabulary, t, lp) for t, lp in top]}
         for token, logprob, top in zip(tokens, logprobs, tops)
     ]
     return {"content": content, "refusal": None}
 
 
-def text_logprobs(tokenizer: Any, tokens: Sequence[int], logprobs: Sequence[float | None], tops: Sequence[Top],
+def text_logprobs(vocabulary: Vocabulary, tokens: Sequence[int], logprobs: Sequence[float | None], tops: Sequence[Top],
                   offset: int) -> dict[str, Any]:
     """The legacy completions' `logprobs` object; `offset` is where the first token's text starts in the answer."""
-    texts = [tokenizer.decode([token]) for token in tokens]
+    texts = [vocabulary.text(token) for token in tokens]
     offsets = []
     for text in texts:
         offsets.append(offset)
@@ -57,6 +58,6 @@ def text_logprobs(tokenizer: Any, tokens: Sequence[int], logprobs: Sequence[floa
     return {
         "tokens": texts,
         "token_logprobs": list(logprobs),
-        "top_logprobs": [{tokenizer.decode([t]): lp for t, lp in top} for top in tops],
+        "top_logprobs": [{vocabulary.text(t): lp for t, lp in top} for top in tops],
         "text_offset": offsets,
     }

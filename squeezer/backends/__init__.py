@@ -8,19 +8,20 @@ from typing import Any
 from squeezer.backends.base import HEAD_OUTPUTS, Backend, Batch, Capabilities, split_outputs
 
 
-def _torch(*args: Any) -> Backend:
+def _torch(*args: Any, **kwargs: Any) -> Backend:
     from squeezer.backends.torch_backend import TorchBackend  # lazy: torch is an optional extra
 
-    return TorchBackend(*args)
+    return TorchBackend(*args, **kwargs)
 
 
-def _onnx(*args: Any) -> Backend:
+def _onnx(*args: Any, **kwargs: Any) -> Backend:
     from squeezer.backends.onnx_backend import OnnxBackend  # lazy: onnxruntime is an optional extra
 
-    return OnnxBackend(*args)
+    return OnnxBackend(*args, **kwargs)
 
 
-# name -> factory(source, head, model_config, backend_config, max_length) -> Backend
+# name -> factory(source, head, model_config, backend_config, max_length, **options) -> Backend; onnxruntime
+# takes the opened `artifact` as an option
 BACKENDS: dict[str, Callable[..., Backend]] = {"torch": _torch, "onnxruntime": _onnx}
 
 __all__ = ["BACKENDS", "HEAD_OUTPUTS", "Backend", "Batch", "Capabilities", "split_outputs"]

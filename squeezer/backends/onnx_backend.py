@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from squeezer.artifact import Artifact, ArtifactError, available_cpus, load_artifact
+from squeezer.artifact import Artifact, ArtifactError, load_artifact
 from squeezer.backends.base import HEAD_OUTPUTS, Batch, Capabilities
 from squeezer.config import BackendConfig, ModelConfig
+from squeezer.hardware import available_cpus
 from squeezer.sources import ModelSource
 
 PROVIDERS: dict[str, str] = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -106,8 +107,11 @@ def graph_bytes(graph: Path) -> int:
 class OnnxBackend:
     """Runs an artifact's graph with ONNX Runtime; outputs are named as in HEAD_OUTPUTS."""
 
-    def __init__(self, source: ModelSource, head: str, model_config: ModelConfig, config: BackendConfig, max_length: int) -> None:
-        artifact = load_artifact(source.path)
+    def __init__(self, source: ModelSource, head: str, model_config: ModelConfig, config: BackendConfig, max_length: int,
+                 artifact: Artifact | None = None) -> None:
+        """`artifact`: the source's artifact when the loader has opened it already (it is verified, files hashed,
+        once per load)."""
+        artifact = artifact or load_artifact(source.path)
         if artifact.head != head:
             raise ArtifactError(
                 f"artifact {source.path} was compiled for the {artifact.head!r} head ({artifact.task}); "

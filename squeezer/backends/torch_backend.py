@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from squeezer.artifact import available_cpus
 from squeezer.backends.base import HEAD_OUTPUTS, Batch, Capabilities
 from squeezer.config import BackendConfig, ModelConfig
+from squeezer.hardware import available_cpus
 from squeezer.sources import ModelSource
 
 # Head name -> the transformers auto class that loads it.

@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from squeezer.artifact import available_cpus
 from squeezer.backends.decoder import SlotDecoder, cache_size, context_length, eos_ids
 from squeezer.backends.torch_backend import import_torch, module_bytes
 from squeezer.config import ModelConfig
+from squeezer.hardware import available_cpus
 from squeezer.sources import ModelSource, resolve
 
 

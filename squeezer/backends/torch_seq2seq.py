@@ -11,10 +11,10 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-from squeezer.artifact import available_cpus
 from squeezer.backends.decoder import eos_ids
 from squeezer.backends.torch_backend import import_torch, module_bytes
 from squeezer.config import ModelConfig
+from squeezer.hardware import available_cpus
 from squeezer.sources import ModelSource
 from squeezer.tasks.seq2seq import Seq2SeqParams, task_params
 

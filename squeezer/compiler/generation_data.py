@@ -38,7 +38,7 @@ def builtin() -> list[Example]:
 
 def prompt_ids(tokenizer: Any, text: str, limit: int) -> list[int]:
     """One prompt's token ids as served, at most `limit` of them (the end kept: it holds the turn's start)."""
-    from squeezer.tasks.generation import chat_prompt_ids
+    from squeezer.generation.chat import chat_prompt_ids
 
     if getattr(tokenizer, "chat_template", None):
         ids = chat_prompt_ids(tokenizer, [{"role": "user", "content": text}])

@@ -23,8 +23,6 @@ from typing import Any
 from squeezer.artifact import (
     GRAPH_FILE,
     content_hash,
-    gpus,
-    hardware_fingerprint,
     is_artifact,
     read_report,
     versions,
@@ -38,12 +36,14 @@ from squeezer.compiler.build import BuildContext, Builder
 from squeezer.compiler.config import OptimizeConfig
 from squeezer.compiler.export import OPSET, Exported, ExportError, encode, export
 from squeezer.compiler.gate import Gate, gate_candidate
-from squeezer.compiler.optimize_decoder import DECODER, Pipeline, Progress
+from squeezer.compiler.optimize_decoder import DECODER
 from squeezer.compiler.package import check_destination, package_files, staging
+from squeezer.compiler.pipeline import Pipeline, Progress
 from squeezer.compiler.recipes import Recipe, recipes_for
 from squeezer.compiler.report import Report
 from squeezer.compiler.select import choose, record_timings
 from squeezer.config import BackendConfig, ModelConfig
+from squeezer.hardware import gpus, hardware_fingerprint
 from squeezer.loading import LoadedModel, check_weights, load_info
 from squeezer.sources import ModelSource, resolve
 from squeezer.tasks import TASKS, ModelInfo

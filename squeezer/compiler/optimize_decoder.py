@@ -18,13 +18,11 @@ import dataclasses
 import os
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from squeezer.artifact import hardware_fingerprint, versions
+from squeezer.artifact import versions
 from squeezer.backends.decoder import Decoder
 from squeezer.backends.onnx_decoder import SPINNING, OnnxDecoder
 from squeezer.compiler import decoder_timing
@@ -35,16 +33,17 @@ from squeezer.compiler.decoder_graph import OPSET, DecoderWeights, build_decoder
 from squeezer.compiler.gate import gate_candidate
 from squeezer.compiler.generation_gate import NEW_TOKENS, GenerationGate
 from squeezer.compiler.package import package_files
+from squeezer.compiler.pipeline import Pipeline, Progress
 from squeezer.compiler.recipes import Recipe, recipes_for
 from squeezer.compiler.select import choose, record_timings
 from squeezer.config import ModelConfig
+from squeezer.hardware import hardware_fingerprint
 from squeezer.sources import ModelSource
 from squeezer.tasks import ModelInfo
 
 if TYPE_CHECKING:
     from squeezer.backends.torch_decoder import TorchDecoder
 
-Progress = Callable[[str], None]
 HEAD = "causal-lm"
 GRAPH = "decoder.onnx"
 MAX_SEQUENCES = 16  # how many prompts the gate decodes together (the serving default)
@@ -52,19 +51,6 @@ MAX_SEQUENCES = 16  # how many prompts the gate decodes together (the serving de
 
 class UnsupportedModelError(ValueError):
     """The decoder graph cannot express this model; the message says why."""
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    """How one family of models is optimized: its validation set, its target, and the compile step.
-
-    `optimize` picks one by task from its `PIPELINES` table; everything else (hashing, the cache, atomic
-    output, the sealed report) is shared.
-    """
-
-    examples: Callable[[ModelSource, ModelInfo, str, OptimizeConfig], list[vd.Example]]
-    target: Callable[[str], str]
-    compile: Callable[..., dict[str, Any]]
 
 
 def decoder_examples(src: ModelSource, info: ModelInfo, task: str, config: OptimizeConfig) -> list[vd.Example]:

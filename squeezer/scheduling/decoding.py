@@ -27,18 +27,13 @@ import numpy as np
 from squeezer.backends.decoder import Decoder
 from squeezer.backends.prefix_cache import PrefixCache
 from squeezer.errors import ModelNotReadyError, QueueFullError
-from squeezer.scheduling.decoding_config import DecodingConfig
+from squeezer.config import DecodingConfig
+from squeezer.generation.logprobs import token_logprobs
+from squeezer.generation.outputs import FinishReason, Generation, TokenEvent
+from squeezer.generation.params import GenerationParams
+from squeezer.generation.sampling import TokenChooser, choose_tokens
+from squeezer.generation.text import SequenceText
 from squeezer.tasks.base import InputError
-from squeezer.tasks.generation import (
-    FinishReason,
-    Generation,
-    GenerationParams,
-    SequenceText,
-    TokenChooser,
-    TokenEvent,
-    choose_tokens,
-    token_logprobs,
-)
 
 log = logging.getLogger(__name__)
 UNLOADING = "this model is being unloaded; retry to load it again"
@@ -166,17 +161,10 @@ class DecodeLoop:
         self._thread: threading.Thread | None = None
         self._closing = False
         self._draining = False
-        self.tokens_generated = 0  # counters for metrics
-        self.sequences_finished = 0
-
-    @property
-    def waiting(self) -> int:
-        """Requests waiting for a slot."""
-        return len(self._waiting)
 
     @property
     def depth(self) -> int:
-        """Requests waiting, under the name the encoder batcher uses (for queue-depth metrics)."""
+        """Requests waiting for a slot (the name the encoder batcher uses, for queue-depth metrics)."""
         return len(self._waiting)
 
     @property
@@ -403,7 +391,6 @@ class DecodeLoop:
             log.exception("choosing or decoding tokens failed")
             self._fail(runs, exc)
             return
-        self.tokens_generated += len(runs)
         for run, (_, event) in zip(runs, events):
             if event.is_last:
                 self._leave(run, event.finish_reason)
@@ -429,7 +416,6 @@ class DecodeLoop:
             self._decoder.release(run.handle)
         except Exception:  # a broken decoder must not kill the worker (its requests would hang)
             log.exception("freeing a sequence's cache failed")
-        self.sequences_finished += 1
         if self._on_finish:
             ended = time.perf_counter()
             first = run.first_token_at or ended

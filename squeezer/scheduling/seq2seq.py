@@ -41,9 +41,6 @@ class Seq2SeqScheduler:
         """Inputs waiting for (or in) the model."""
         return self._waiting
 
-    def start(self) -> None:
-        pass
-
     async def submit(self, job: Callable[[], T], size: int = 1) -> Ran:
         """Run `job` on the worker thread once the jobs before it are done."""
         return await self.start_job(job, size)

@@ -251,6 +251,9 @@ def _check_value(name: str, value: Any, kind: Any, meta: Any) -> Any:
     return value
 
 
+MAX_SEED = 2**64 - 1  # the largest request seed: torch generators take up to this (TGI's seed is a u64)
+
+
 def param(default: Any = None, *, choices: tuple[Any, ...] | None = None, check: Any = None, rule: str = "") -> Any:
     """Declare a task parameter with its allowed values or a validity rule."""
     return field(default=default, metadata={"choices": choices, "check": check, "rule": rule})

@@ -12,11 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from squeezer.tasks.base import InputError, ModelInfo, param, parse_params, positive, text_items
+from squeezer.tasks.base import MAX_SEED, InputError, ModelInfo, param, parse_params, positive, text_items
 
 SEQ2SEQ_TASKS: tuple[str, ...] = ("text2text-generation", "summarization", "translation")
 OUTPUT_KEYS = {"text2text-generation": "generated_text", "summarization": "summary_text", "translation": "translation_text"}
-MAX_SEED = 2**64 - 1
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import sys
 import httpx
 import pytest
 
+from squeezer.testing.server import ServerProcess
 from tests.helpers import assert_close
-from tests.server import ServerProcess
 
 # Runs the CLI with torch made unimportable: serving an artifact must not need it.
 NO_TORCH = ("-c", "import sys; sys.modules['torch'] = None; from squeezer.cli import main; sys.exit(main())")

@@ -10,8 +10,8 @@ import sys
 import httpx
 import pytest
 
-from tests.server import ServerProcess, metric
-from tests.tiny_decoders import reference_generate
+from squeezer.testing.server import ServerProcess, metric
+from squeezer.testing.tiny_decoders import reference_generate
 
 PROMPT = "Hello there, how are"
 CHAT = [{"role": "user", "content": "Say something nice."}]
@@ -87,7 +87,7 @@ def test_served_artifact_generates_what_torch_generates(artifact, reference, tmp
 def test_smollm2_gguf_optimize_then_serve_optimize(tmp_path) -> None:
     """The real model: optimize picks a passing quantized candidate; `serve x.gguf --optimize` then serves it
     (from the cache the optimize run filled, as the same default settings make the same key)."""
-    from tests.tiny_decoders import smollm2_gguf
+    from squeezer.testing.tiny_decoders import smollm2_gguf
 
     try:
         folder, name = smollm2_gguf()
@@ -118,12 +118,12 @@ def test_smollm2_gguf_optimize_then_serve_optimize(tmp_path) -> None:
 def local_greedy(artifact, messages: list, n: int) -> str:
     """The artifact's greedy answer, decoded in this process (the gate's decoding, without the server)."""
     from squeezer.compiler.generation_gate import greedy
-    from squeezer.config import BackendConfig, ModelConfig
-    from squeezer.loading import load_model
+    from squeezer.config import ServeConfig
+    from squeezer.generation.chat import chat_prompt_ids
+    from squeezer.runtime import load_runtime
     from squeezer.sources import ModelSource
-    from squeezer.tasks.generation import chat_prompt_ids
 
-    model = load_model(ModelSource("m", artifact, artifact=True), ModelConfig(), BackendConfig())
+    model = load_runtime(ModelSource("m", artifact, artifact=True), ServeConfig())
     try:
         tokenizer = model.info.tokenizer
         [tokens] = greedy(model.decoder, [chat_prompt_ids(tokenizer, messages)], n)

@@ -9,8 +9,8 @@ import httpx
 import pytest
 from huggingface_hub import InferenceClient
 
-from tests.server import ServerProcess
-from tests.tiny_decoders import reference_generate, smollm2_gguf
+from squeezer.testing.server import ServerProcess
+from squeezer.testing.tiny_decoders import reference_generate, smollm2_gguf
 
 PROMPT = "Hello there, how are"
 CHAT = [{"role": "user", "content": "Say something nice."}]

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from huggingface_hub import InferenceClient
 
-from tests.server import ServerProcess
-from tests.tiny_seq2seq import build
+from squeezer.testing.server import ServerProcess
+from squeezer.testing.tiny_seq2seq import build
 
 TEXT = "The quick brown fox jumps over the lazy dog"
 

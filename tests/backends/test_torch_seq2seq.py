@@ -9,7 +9,7 @@ from squeezer.config import ModelConfig
 from squeezer.loading import load_info
 from squeezer.sources import ModelSource
 from squeezer.tasks.seq2seq import Seq2SeqParams
-from tests.tiny_seq2seq import build
+from squeezer.testing.tiny_seq2seq import build
 
 
 def test_streamed_tokens_are_the_generated_ones_and_stop_ends_early(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from squeezer.compiler.optimize import optimize
 from squeezer.compiler.report import Report
 from squeezer.sources import ModelSource
 
-# The tiny models' heads (tests/tiny.py) and the task each is optimized for.
+# The tiny models' heads (squeezer/testing/tiny_encoders.py) and the task each is optimized for.
 TASK_OF_HEAD = {
     "base": "feature-extraction",
     "sequence-classification": "text-classification",
@@ -26,7 +26,7 @@ def has_cuda() -> bool:
     """Whether GPU tests can run: an NVIDIA GPU and onnxruntime's CUDA provider."""
     import onnxruntime as ort
 
-    from squeezer.artifact import gpus
+    from squeezer.hardware import gpus
 
     return "CUDAExecutionProvider" in ort.get_available_providers() and bool(gpus())
 

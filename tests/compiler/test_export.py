@@ -20,13 +20,13 @@ from squeezer.compiler.optimize import optimize
 from squeezer.config import BackendConfig, ModelConfig
 from squeezer.loading import load_info
 from squeezer.sources import ModelSource
-from tests import tiny
+from squeezer.testing import tiny_encoders
 
-HEADS = [h for h in tiny.HEADS if h != "zero-shot"]  # zero-shot is a sequence-classification head
+HEADS = [h for h in tiny_encoders.HEADS if h != "zero-shot"]  # zero-shot is a sequence-classification head
 TEXTS = ["Paris", "The quick brown fox jumps over the lazy dog near the river bank today.", "Numbers: 3.14, 42!"]
 
 
-@pytest.mark.parametrize("arch", tiny.ARCHS)
+@pytest.mark.parametrize("arch", tiny_encoders.ARCHS)
 @pytest.mark.parametrize("head", HEADS)
 def test_export_matches_torch_on_new_shapes(arch: str, head: str, tiny_model: Callable[[str, str], Path], tmp_path: Path) -> None:
     import onnx
@@ -102,7 +102,7 @@ def svd_model(folder: Path) -> Path:
     finally:
         sys.path.remove(str(folder))
         sys.modules.pop("modeling_svd", None)
-    tiny._wordpiece_tokenizer("bert", folder)
+    tiny_encoders._wordpiece_tokenizer("bert", folder)
     config = json.loads((folder / "config.json").read_text())
     config["auto_map"] = {"AutoConfig": "modeling_svd.SvdConfig", "AutoModel": "modeling_svd.SvdModel"}
     config["architectures"] = ["SvdModel"]

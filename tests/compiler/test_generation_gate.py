@@ -105,7 +105,7 @@ def test_prompts_beyond_the_decoders_slots_go_in_groups(llama, gate: GenerationG
 def test_greedy_matches_transformers_generate(llama, tiny_decoder_path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from tests.tiny_decoders import reference_generate
+    from squeezer.testing.tiny_decoders import reference_generate
 
     decoder, tokenizer = llama
     model = AutoModelForCausalLM.from_pretrained(tiny_decoder_path("llama")).eval()

@@ -16,8 +16,7 @@ from squeezer.compiler.optimize import optimize
 from squeezer.compiler.optimize_decoder import UnsupportedModelError
 from squeezer.compiler.recipes import DECODER_RECIPES, recipes_for
 from squeezer.compiler.report import Report
-from squeezer.config import BackendConfig, ModelConfig
-from squeezer.scheduling.decoding_config import DecodingConfig
+from squeezer.config import DecodingConfig, ModelConfig, ServeConfig
 from squeezer.sources import ModelSource
 
 RECIPES = "decoder-fp32,decoder-int8-head8,decoder-int4-head8,decoder-w8a8-smooth"
@@ -70,11 +69,13 @@ def test_report_lists_candidates_with_numbers_and_verdicts(llama_artifact: Repor
 def test_artifact_loads_on_onnxruntime_and_decodes_like_torch(llama_artifact: Report, tiny_decoder_path) -> None:
     from squeezer.backends.torch_decoder import TorchDecoder
     from squeezer.compiler.generation_gate import greedy
-    from squeezer.loading import GenerativeModel, load_model
+    from squeezer.runtime import load_runtime
+    from squeezer.runtime.causal_lm import CausalLMRuntime
 
-    model = load_model(ModelSource("m", llama_artifact.path, artifact=True), ModelConfig(), BackendConfig(), DecodingConfig(max_batch_sequences=4))
+    config = ServeConfig(decoding=DecodingConfig(max_batch_sequences=4))
+    model = load_runtime(ModelSource("m", llama_artifact.path, artifact=True), config)
     try:
-        assert isinstance(model, GenerativeModel)
+        assert isinstance(model, CausalLMRuntime)
         facts = model.describe()
         assert facts["backend"] == "onnxruntime" and facts["dtype"] == llama_artifact.chosen["dtype"]
         assert facts["chat_template"] and facts["max_sequences"] == 4 and facts["max_total_tokens"] == 256
@@ -142,10 +143,12 @@ def test_cli_names_why_a_model_cannot_be_compiled(tiny_decoder_path, tmp_path: P
 
 
 def test_serve_optimize_keeps_an_unsupported_model_on_torch(tiny_decoder_path, tmp_path: Path, monkeypatch) -> None:
-    from squeezer.loading import load_model
+    from squeezer.compiler.serving import optimizer
+    from squeezer.runtime import load_runtime
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    model = load_model(ModelSource("g", tiny_decoder_path("gpt2")), ModelConfig(optimize=True), BackendConfig())
+    config = ServeConfig(model=ModelConfig(optimize=True))
+    model = load_runtime(ModelSource("g", tiny_decoder_path("gpt2")), config, prepare=optimizer(config.model))
     try:
         assert model.describe()["backend"] == "torch"
     finally:
@@ -153,11 +156,11 @@ def test_serve_optimize_keeps_an_unsupported_model_on_torch(tiny_decoder_path, t
 
 
 def test_serve_optimize_compiles_for_the_profile_asked(tiny_decoder_path, tmp_path: Path, monkeypatch) -> None:
-    from squeezer.loading import compiled
+    from squeezer.compiler.serving import optimized_source
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     source = ModelSource("l", tiny_decoder_path("llama"))
-    profiles = {p: compiled(source, ModelConfig(optimize=True, optimize_profile=p)).path for p in ("throughput", "latency")}
+    profiles = {p: optimized_source(source, ModelConfig(optimize=True, optimize_profile=p)).path for p in ("throughput", "latency")}
     assert profiles["throughput"] != profiles["latency"]
     for profile, path in profiles.items():
         report = load_artifact(path).report

@@ -16,12 +16,13 @@ import transformers
 from squeezer.backends.torch_decoder import TorchDecoder
 from squeezer.config import ConfigError
 from squeezer.errors import ModelNotReadyError, QueueFullError
+from squeezer.generation.chat import chat_prompt_ids
+from squeezer.generation.params import GenerationParams
 from squeezer.scheduling.decoding import DecodeLoop, SequenceStats, StepStats, TokenStream
-from squeezer.scheduling.decoding_config import DecodingConfig
+from squeezer.config import DecodingConfig
 from squeezer.sources import ModelSource
 from squeezer.tasks.base import InputError
-from squeezer.tasks.generation import GenerationParams, chat_prompt_ids
-from tests.tiny_decoders import ARCHS, reference_generate, smollm2_gguf
+from squeezer.testing.tiny_decoders import ARCHS, reference_generate, smollm2_gguf
 
 PROMPT_LENGTHS = [3, 40, 1, 17, 8]
 NEW_TOKENS = [25, 8, 30, 12, 20]
@@ -135,7 +136,7 @@ async def test_requests_admitted_together_are_prefilled_in_one_forward_and_equal
 
     loop = make_loop(lm, start=False, decoder=Recording(model))
     tasks = [asyncio.ensure_future(loop.generate(p, GenerationParams(max_new_tokens=n))) for p, n in zip(prompts(), NEW_TOKENS)]
-    await until(lambda: loop.waiting == 5)
+    await until(lambda: loop.depth == 5)
     loop.start()
     results = await asyncio.gather(*tasks)
     assert [r.token_ids for r in results] == expected
@@ -161,7 +162,7 @@ async def test_a_burst_is_prefilled_in_forwards_of_at_most_max_prefill_tokens(lm
     budget = max(len(p) for p in prompts()) + 2
     loop = make_loop(lm, start=False, decoder=Recording(model), max_prefill_tokens=budget)
     tasks = [asyncio.ensure_future(loop.generate(p, GenerationParams(max_new_tokens=n))) for p, n in zip(prompts(), NEW_TOKENS)]
-    await until(lambda: loop.waiting == 5)
+    await until(lambda: loop.depth == 5)
     loop.start()
     results = await asyncio.gather(*tasks)
     assert [r.token_ids for r in results] == expected
@@ -315,9 +316,9 @@ async def test_cancelling_a_stream_frees_its_slot(llama: Model, make_loop: MakeL
 async def test_cancelling_a_waiting_request_takes_it_off_the_queue(llama: Model, make_loop: MakeLoop) -> None:
     loop = make_loop(llama, start=False)
     stream = await loop.stream(prompts()[0], GenerationParams(max_new_tokens=5))
-    assert loop.waiting == 1
+    assert loop.depth == 1
     await stream.aclose()
-    assert loop.waiting == 0
+    assert loop.depth == 0
 
 
 @pytest.mark.parametrize(
@@ -338,7 +339,7 @@ async def test_limits_are_422(
     with pytest.raises(InputError) as err:
         await loop.stream(list(range(5, 5 + prompt_len)), GenerationParams.parse(raw))
     assert err.value.status == 422 and str(err.value).startswith(message)
-    assert loop.waiting == 0
+    assert loop.depth == 0
 
 
 @pytest.mark.parametrize(
@@ -439,16 +440,16 @@ async def test_drain_waits_for_requests_being_prefilled(llama: Model, make_loop:
     assert all(t.result().generated_tokens == 5 for t in tasks)
 
 
-async def test_metrics_hooks_and_counters(llama: Model, make_loop: MakeLoop) -> None:
+async def test_metrics_hooks(llama: Model, make_loop: MakeLoop) -> None:
     steps: list[StepStats] = []
     finished: list[SequenceStats] = []
     loop = make_loop(llama, on_step=steps.append, on_finish=finished.append)
     results = await asyncio.gather(*(loop.generate(p, GenerationParams(max_new_tokens=10)) for p in prompts(3)))
-    assert loop.tokens_generated == sum(r.generated_tokens for r in results) and loop.sequences_finished == 3
+    assert len(finished) == 3 and sum(s.generated_tokens for s in finished) == sum(r.generated_tokens for r in results)
     assert sorted(s.generated_tokens for s in finished) == sorted(r.generated_tokens for r in results)
     assert all(s.time_to_first_token > 0 and s.time_per_output_token >= 0 and s.queue_seconds >= 0 for s in finished)
     assert all(s.slots == 16 and 1 <= s.sequences <= 3 and s.seconds > 0 for s in steps)
-    assert (loop.waiting, loop.active, loop.tokens_in_flight) == (0, 0, 0)
+    assert (loop.depth, loop.active, loop.tokens_in_flight) == (0, 0, 0)
 
 
 @pytest.fixture(scope="session")

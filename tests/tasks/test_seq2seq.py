@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from squeezer.config import ModelConfig
+from squeezer.config import ModelConfig, ServeConfig
 from squeezer.detect import detect_task
 from squeezer.engine import Engine
 from squeezer.errors import ClientError, QueueFullError
 from squeezer.scheduling.seq2seq import Seq2SeqScheduler
 from squeezer.sources import ModelSource
 from squeezer.tasks import ALL_TASKS, InputError
-from tests.tiny_seq2seq import SUMMARIZE_PREFIX, build
+from squeezer.testing.tiny_seq2seq import SUMMARIZE_PREFIX, build
 
 TASK_NAMES = ("text2text-generation", "summarization", "translation")
 KEYS = {"text2text-generation": "generated_text", "summarization": "summary_text", "translation": "translation_text"}
@@ -29,7 +29,7 @@ def serve(folder: Path, serve_task: str, calls: list[tuple[Any, dict[str, Any] |
     """Run each (inputs, parameters) through an Engine serving `folder` for `task`; exceptions are returned."""
 
     async def go() -> list[Any]:
-        engine = Engine([ModelSource("m", folder)], model_config=ModelConfig(task=serve_task))
+        engine = Engine([ModelSource("m", folder)], ServeConfig(model=ModelConfig(task=serve_task)))
         await engine.start()
         out: list[Any] = []
         try:
@@ -172,7 +172,6 @@ def test_detection(tmp_path) -> None:
 def test_queue_is_bounded() -> None:
     async def go() -> None:
         scheduler = Seq2SeqScheduler(max_queue=2)
-        scheduler.start()
         with pytest.raises(QueueFullError):
             await scheduler.submit(lambda: 1, size=3)
         ran = await scheduler.submit(lambda: 41 + 1, size=2)

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-from tests.tiny_decoders import CORPUS
+from squeezer.testing.tiny_decoders import CORPUS
 
 ARCHS = ("t5", "bart", "marian")
 MAX_INPUT = 64

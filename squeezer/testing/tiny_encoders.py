@@ -1,4 +1,4 @@
-"""Tiny random-weight models built at test time from transformers configs, with real tokenizers.
+"""Tiny random-weight encoders (BERT, DistilBERT, RoBERTa) built at test time from transformers configs, with real tokenizers.
 
 BERT and DistilBERT reuse the real uncased WordPiece vocabulary shipped with the default model; RoBERTa gets
 a small byte-level BPE trained here. Weights are seeded, so every run builds the same models.

@@ -1,4 +1,4 @@
-"""A real `squeezer serve` process on a free loopback port, for tests that go through HTTP."""
+"""A real `squeezer serve` process on a free loopback port, for tests and benchmarks that go through HTTP."""
 
 from __future__ import annotations
 
