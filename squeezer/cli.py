@@ -66,6 +66,9 @@ def serve_command(args: argparse.Namespace) -> int:
         access_log=False,  # squeezer.api.access logs one structured line per request instead
         timeout_graceful_shutdown=int(server.shutdown_grace),
     )
+    if app.state.unfinished:  # worker threads (a compile, a generate) would hold the interpreter's exit
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 ENV_PREFIX = "SQUEEZER_"
@@ -51,12 +52,25 @@ class ServerConfig:
     log_level: str = setting("info", "Log level.", choices=("debug", "info", "warning", "error"))
     log_format: str = setting("text", "Access log format: one line per request, as text or JSON.", choices=("text", "json"))
     api_key: str | None = setting(None, "Require `Authorization: Bearer KEY` on inference and admin routes.")
+    api_key_file: str | None = setting(None, "Read --api-key from this file (keeps the key out of argv and `ps`).")
+    admin_key: str | None = setting(None, "Require this key, not --api-key, to load and unload models.")
+    allowed_hosts: str = setting(
+        "", "Host headers accepted, comma-separated (a defence against DNS rebinding); empty: the loopback names "
+        "when --host is a loopback address, else any.",
+    )
+    cors_origins: str = setting(
+        "", "Browser origins that may call the API, comma-separated ('*': any). A request from any other origin gets "
+        "403, so a web page cannot drive a server on this machine.",
+    )
+    show_paths: bool = setting(False, "Show models' source paths on /info and /models (hidden by default).")
     shutdown_grace: float = setting(30.0, "Seconds to finish accepted requests after SIGTERM before exiting.")
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", f"must be between 0 and 65535, got {self.port}")
         _check(self.max_payload_bytes > 0, "max_payload_bytes", "must be a positive number of bytes")
         _check(self.api_key is None or len(self.api_key) >= 8, "api_key", "must be at least 8 characters")
+        _check(self.api_key is None or self.api_key_file is None, "api_key_file", "give the key or its file, not both")
+        _check(self.admin_key is None or len(self.admin_key) >= 8, "admin_key", "must be at least 8 characters")
         _check(self.shutdown_grace >= 0, "shutdown_grace", "must be 0 or more seconds")
 
 
@@ -235,6 +249,18 @@ class ServeConfig:
 
 # ServeConfig's groups, field name -> config class (the CLI makes one argument group of each).
 SERVE_GROUPS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(ServeConfig)}  # type: ignore[misc]
+
+
+def read_api_key(config: ServerConfig) -> str | None:
+    """The API key: --api-key, or the first line of --api-key-file (read once, when the app is built)."""
+    if config.api_key_file is None:
+        return config.api_key
+    try:
+        key = Path(config.api_key_file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"--api-key-file ({env_name('api_key_file')}): cannot read it: {exc.strerror}") from None
+    _check(len(key) >= 8, "api_key_file", "the key it holds must be at least 8 characters")
+    return key
 
 
 C = TypeVar("C")

@@ -129,6 +129,10 @@ class Engine:
         """Served model ids, in the order they were given."""
         return list(self._registry().entries)
 
+    def starting(self) -> bool:
+        """Whether some model has not yet finished its first load (ready or failed)."""
+        return any(not entry.ever_settled for entry in self._registry().entries.values())
+
     def capabilities(self, model_id: str) -> frozenset[str]:
         """What a model can do, from its configured task (loaded or not); 404 for an unknown model."""
         return self._registry().get(model_id).capabilities
@@ -192,7 +196,7 @@ class Engine:
         self._check_limits(inputs)
         inferred = await self._within_deadline(runtime.infer(inputs, parameters, task), started)
         if key is not None and inferred.cacheable:
-            self.results.put(key, inferred.answer, approx_bytes(inferred.answer.output))
+            self.results.put(key, inferred.answer, approx_bytes(inferred.answer.output) + len(key))  # keys cost too
         timings = Timings(inferred.queue_seconds, inferred.tokenize_seconds, inferred.inference_seconds,
                           time.perf_counter() - started)
         return Result(inferred.answer, timings)
@@ -237,6 +241,7 @@ class Engine:
         """Generate for a plain prompt or chat messages (through the model's chat template); waits for the end.
         An encoder-decoder model answers a prompt too, with its task prefix."""
         runtime = await self._generating(model_id, messages, False, wait_for_model)
+        self._check_limits(prompt if messages is None else messages)
         return await runtime.generate(runtime.prepare(prompt, messages, parameters))
 
     async def stream(
@@ -249,6 +254,7 @@ class Engine:
     ) -> Streaming:
         """Start a streamed generation; closing its `events` early frees the sequence at the next step."""
         runtime = await self._generating(model_id, messages, True, wait_for_model)
+        self._check_limits(prompt if messages is None else messages)
         return await runtime.stream(runtime.prepare(prompt, messages, parameters))
 
     async def tokenize(self, model_id: str, texts: list[str], add_special_tokens: bool = True) -> list[list[TokenSpan]]:

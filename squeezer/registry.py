@@ -29,13 +29,15 @@ class ModelEntry:
 
     source: ModelSource
     task: str | None  # as configured (None: its files do not say; loading it fails and says why)
-    state: str = "unloaded"  # unloaded -> loading -> ready | failed; ready -> unloaded
+    state: str = "unloaded"  # unloaded -> loading -> ready | failed; ready -> unloading -> unloaded
     error: str | None = None
     runtime: Runtime | None = None
     load_started: float = 0.0
     load_seconds: float | None = None
     last_used: float = field(default_factory=time.monotonic)
     settled: asyncio.Event = field(default_factory=asyncio.Event)
+    ever_settled: bool = False  # loaded or failed at least once (the server's startup is over for it)
+    lifecycle: asyncio.Lock = field(default_factory=asyncio.Lock)  # one unload (or eviction) at a time
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -89,26 +91,36 @@ class ModelRegistry:
     async def _load(self, entry: ModelEntry) -> None:
         try:
             runtime = await asyncio.to_thread(load_runtime, entry.source, self._config, self._hooks, self._prepare)
-        except Exception as exc:  # a model that fails to load is reported, and the server stays up
+            try:
+                runtime.start()
+            except BaseException:
+                runtime.close()
+                raise
+        except Exception as exc:  # a model that fails to load (or to start) is reported, and the server stays up
             entry.state, entry.error = "failed", f"{exc.__class__.__name__}: {exc}"
+            entry.ever_settled = True
             entry.settled.set()
             return
-        runtime.start()
         entry.runtime = runtime
         entry.state, entry.load_seconds, entry.last_used = "ready", time.monotonic() - entry.load_started, time.monotonic()
+        entry.ever_settled = True
         entry.settled.set()
         await self._enforce_budget(keep=entry)
 
     async def unload(self, model_id: str) -> ModelEntry:
         """Finish the model's queued work, then free it; it reloads on the next request or /load."""
         entry = self.get(model_id)
-        if entry.state == "loading":
-            await entry.settled.wait()
-        if entry.runtime:
-            runtime, entry.runtime = entry.runtime, None
-            await runtime.drain()
-            runtime.close()
-        entry.state = "unloaded"
+        async with entry.lifecycle:  # a second unload (or an eviction) waits for this one, never closes twice
+            if entry.state == "loading":
+                await entry.settled.wait()
+            if entry.runtime:
+                runtime, entry.runtime = entry.runtime, None
+                entry.state = "unloading"  # requests now get 503 and start no new load until it is freed
+                try:
+                    await runtime.drain()
+                finally:
+                    runtime.close()
+            entry.state = "unloaded"
         return entry
 
     async def _enforce_budget(self, keep: ModelEntry) -> None:
@@ -133,6 +145,8 @@ class ModelRegistry:
             expected = entry.load_seconds or DEFAULT_LOAD_ESTIMATE
             remaining = max(1.0, expected - (time.monotonic() - entry.load_started))
             raise ModelNotReadyError(f"Model {model_id} is currently loading", estimated_time=round(remaining, 1))
+        if entry.state == "unloading":
+            raise ModelNotReadyError(f"Model {model_id} is being unloaded; retry to load it again")
         if entry.state != "ready" or entry.runtime is None:
             raise ModelNotReadyError(f"Model {model_id} failed to load: {entry.error}")
         entry.last_used = time.monotonic()

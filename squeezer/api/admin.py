@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -10,17 +11,35 @@ from fastapi.responses import JSONResponse
 
 from squeezer.api.auth import require_api_key
 from squeezer.artifact import versions
+from squeezer.config import ServerConfig
 from squeezer.engine import Engine
 
 router = APIRouter()  # /health stays open; the rest of this module needs the API key when one is set
 
+def shown(engine: Engine, server: ServerConfig) -> list[dict[str, Any]]:
+    """The models as /info and /models show them: a source is named by its last path part, so the server's
+    file layout stays private, unless --show-paths."""
+    models = engine.models()
+    if not server.show_paths:
+        for model in models:
+            model["source"] = Path(model["source"]).name
+    return models
+
+
 @router.get("/health")
-async def health(request: Request) -> JSONResponse:
-    """200 once no model is still loading; 503 before. Never behind the API key."""
+async def health(request: Request, model: str | None = None) -> JSONResponse:
+    """Whether this server can answer: 503 until every model has loaded (or failed) once at startup, then 200,
+    even while a model reloads after an unload or an eviction (that must not take the whole replica out of a
+    load balancer). `?model=ID` asks about one model: 200 only while it is ready. Never behind the API key."""
     engine: Engine = request.app.state.engine
     states = {m["id"]: m["state"] for m in engine.models()}
-    loading = any(state == "loading" for state in states.values())
-    return JSONResponse({"status": "loading" if loading else "ok", "models": states}, status_code=503 if loading else 200)
+    if model is not None:
+        engine.capabilities(model)  # 404 for a model not served here
+        ready = states[model] == "ready"
+        return JSONResponse({"status": "ok" if ready else states[model], "models": {model: states[model]}},
+                            status_code=200 if ready else 503)
+    starting = engine.starting()
+    return JSONResponse({"status": "loading" if starting else "ok", "models": states}, status_code=503 if starting else 200)
 
 
 @router.get("/info", dependencies=[Depends(require_api_key)])
@@ -28,10 +47,9 @@ async def info(request: Request) -> dict[str, Any]:
     engine: Engine = request.app.state.engine
     server = request.app.state.server_config
     limits = {"max_payload_bytes": server.max_payload_bytes, **asdict(engine.config.limits), **asdict(engine.config.batching)}
-    return {"models": engine.models(), "versions": versions(), "limits": limits, "auth": bool(server.api_key)}
+    return {"models": shown(engine, server), "versions": versions(), "limits": limits, "auth": bool(request.app.state.api_key)}
 
 
 @router.get("/models", dependencies=[Depends(require_api_key)])
 async def models(request: Request) -> list[dict[str, Any]]:
-    engine: Engine = request.app.state.engine
-    return engine.models()
+    return shown(request.app.state.engine, request.app.state.server_config)

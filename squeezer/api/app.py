@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,7 +14,12 @@ from fastapi import FastAPI
 from squeezer.api import admin, chat, hf, metrics, openai, tei, tgi
 from squeezer.api.access import AccessLog
 from squeezer.api.errors import install_error_handlers
+from squeezer.api.guard import Guard
+from squeezer.config import read_api_key
 from squeezer.engine import Engine
+
+
+log = logging.getLogger("squeezer.api")
 
 
 def quiet_fastapi() -> dict[str, Any]:
@@ -30,18 +37,25 @@ def create_app(engine: Engine) -> FastAPI:
     config = engine.config.server
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start(wait=False)
         try:
             yield
-        finally:
-            await engine.close()
+        finally:  # bounded: a compile or a long generation still running must not hold the exit for ever
+            try:
+                await asyncio.wait_for(engine.close(), timeout=config.shutdown_grace)
+            except asyncio.TimeoutError:
+                log.warning("models still busy after --shutdown-grace (%gs): exiting without them", config.shutdown_grace)
+                app.state.unfinished = True
 
     app = FastAPI(title="Squeezer", lifespan=lifespan, **quiet_fastapi())
     app.state.engine = engine
+    app.state.unfinished = False  # set when shutdown gave up waiting for the models (see the CLI)
     app.state.server_config = config
+    app.state.api_key = read_api_key(config)
     app.state.metrics = metrics.Metrics(engine)
     install_error_handlers(app)
+    app.add_middleware(Guard, config=config)  # outermost but for the access log: refused before routing
     app.add_middleware(AccessLog, log_format=config.log_format)
     for module in (admin, metrics, hf, openai, tei, tgi, chat):
         app.include_router(module.router)

@@ -9,6 +9,9 @@ from fastapi import Request
 
 from squeezer.errors import ClientError
 
+# How deeply a request body may nest: every request shape here needs three or four levels.
+MAX_JSON_DEPTH = 32
+
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refused with 413 as soon as it passes `limit` bytes (before reading it all)."""
@@ -39,12 +42,36 @@ def parse_json_or_text(request: Request, body: bytes) -> Any:
     declared_json = "json" in request.headers.get("content-type", "")
     if declared_json or text.lstrip()[:1] in {"{", "[", '"'}:
         try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
+            return load_json(text)
+        except ClientError:
             if declared_json:
-                raise ClientError(f"body is not valid JSON: {exc.msg} at position {exc.pos}", status=400) from None
+                raise
     return text
 
+
+
+def load_json(text: str) -> Any:
+    """Parse a JSON body; invalid JSON, or JSON nested deeper than `MAX_JSON_DEPTH`, is a 400."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ClientError(f"body is not valid JSON: {exc.msg} at position {exc.pos}", status=400) from None
+    except RecursionError:  # the parser's own bound, far below the payload limit's reach
+        raise ClientError(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels", status=400) from None
+    check_depth(value)
+    return value
+
+
+def check_depth(value: Any) -> None:
+    """Refuse JSON nested deeper than `MAX_JSON_DEPTH`, walking it without recursion: everything downstream
+    (limits, cache keys, tasks) may then recurse over a request safely."""
+    level = [value]
+    for _ in range(MAX_JSON_DEPTH):
+        level = [child for item in level if isinstance(item, (dict, list))
+                 for child in (item.values() if isinstance(item, dict) else item) if isinstance(child, (dict, list))]
+        if not level:
+            return
+    raise ClientError(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels", status=400)
 
 
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
@@ -52,10 +79,7 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
     text = decode_text(await read_body(request, limit))
     if not text.strip():
         raise ClientError("request body is empty", status=400)
-    try:
-        payload = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ClientError(f"body is not valid JSON: {exc.msg} at position {exc.pos}", status=400) from None
+    payload = load_json(text)
     if not isinstance(payload, dict):
         raise ClientError(f"body: expected a JSON object, got {type(payload).__name__}", status=422)
     return payload

@@ -121,7 +121,7 @@ def _columns(events: list[TokenEvent]) -> tuple[list[int], list[float | None], l
 
 def may_start_stop(text: str, stops: list[str] | None) -> bool:
     """Whether the text ends with the beginning of a stop sequence (so it must not be sent yet)."""
-    return any(text.endswith(stop[:k]) for stop in stops or [] for k in range(1, len(stop) + 1))
+    return any(text.endswith(stop[:k]) for stop in stops or [] for k in range(1, min(len(stop), len(text)) + 1))
 
 
 async def _deltas(streaming: Streaming, base: dict[str, Any], shape: Shape, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
@@ -155,7 +155,10 @@ async def _completions(request: Request, path_model: str | None, chat: bool) -> 
         raise ClientError("messages: required", status=422)
     request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     if body.get("stream"):
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        options = body.get("stream_options") or {}
+        if not isinstance(options, dict):
+            raise ClientError(f"stream_options: expected an object, got {type(options).__name__}", status=422)
+        include_usage = bool(options.get("include_usage"))
         streaming = await engine.stream(model_id, prompt, messages, params)
         chunk = chat_chunks if chat else text_chunks
         return sse(chunk(streaming, request_id, include_usage), done_marker=True)

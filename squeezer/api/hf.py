@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from squeezer.api.auth import require_api_key
+from squeezer.api.auth import require_admin_key, require_api_key
 from squeezer.api.chat import chat_for_model
 from squeezer.api.tgi import generate_response
 from squeezer.api.compat import shape_for_client
@@ -96,6 +96,8 @@ async def infer_root(request: Request) -> FastJSONResponse:
 async def infer(model_path: str, request: Request) -> FastJSONResponse:
     engine: Engine = request.app.state.engine
     model_id, task, action = split_model_path(model_path, set(engine.model_ids()))
+    if action in ACTIONS:
+        require_admin_key(request)
     if action == "load":
         return FastJSONResponse(await engine.load(model_id))
     if action == "unload":

@@ -8,6 +8,7 @@ the prefix, which the task adds to the text), with the tokenizer's pad token whe
 from __future__ import annotations
 
 import copy
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -98,14 +99,15 @@ class TorchSeq2Seq:
         for row, seq in enumerate(input_ids):
             ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             mask[row, : len(seq)] = 1
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
         hooks: dict[str, Any] = {}
         if on_token is not None:
             hooks["streamer"] = _TokenStreamer(on_token)
         if stop is not None:
             hooks["stopping_criteria"] = _stopping(stop)
-        with torch.inference_mode():
+        # `generate` samples from torch's global generator: seed it inside a fork of its state, so a request's
+        # seed never fixes other clients' draws, and an unseeded request still draws fresh ones.
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+            torch.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
             out = self.model.generate(
                 input_ids=ids, attention_mask=mask, generation_config=self.generation_config, **params.generate_kwargs(), **hooks
             )

@@ -17,14 +17,24 @@ from squeezer.generation.sampling import _torch
 from squeezer.tasks.base import MAX_SEED, InputError, param, parse_params, positive
 
 MAX_STOP_SEQUENCES = 4  # TGI's default bound
+# Characters in one stop sequence: matching runs on every token, and a held-back partial match is as long as a
+# stop, so an unbounded one would let one request hold the event loop (tried: 450k-character stops, minutes).
+MAX_STOP_LENGTH = 256
 MAX_TOP_N_TOKENS = 20  # OpenAI's bound on top_logprobs (TGI's default is 5)
 MAX_LOGIT_BIAS = 100.0  # OpenAI's bound
+MAX_RETURN_SEQUENCES = 16  # sequences one request may ask for (`n`, num_return_sequences): each takes a decode slot
 
 
 def _bias_ok(bias: dict[Any, Any]) -> bool:
     """OpenAI's logit_bias: token ids (JSON keys, so strings of digits) to numbers in [-100, 100]."""
-    return all(str(k).isdigit() and isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= MAX_LOGIT_BIAS
+    return all(_token_id(k) and isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= MAX_LOGIT_BIAS
                for k, v in bias.items())
+
+
+def _token_id(key: Any) -> bool:
+    """A JSON key that names a token id: ASCII digits only (`str.isdigit` also takes "²", which `int` refuses)."""
+    text = str(key)
+    return text.isascii() and text.isdigit() and len(text) <= 12
 
 
 @dataclass(frozen=True)
@@ -47,7 +57,8 @@ class GenerationParams:
     seed: int | None = param(check=lambda v: 0 <= v <= MAX_SEED, rule="must be between 0 and 2**64 - 1")
     stop: list[str] | None = param()
     return_full_text: bool = param(False)
-    num_return_sequences: int = param(1, **positive("must be at least 1"))
+    num_return_sequences: int = param(1, check=lambda v: 1 <= v <= MAX_RETURN_SEQUENCES,
+                                      rule=f"must be from 1 to {MAX_RETURN_SEQUENCES}")
     details: bool = param(False)
     top_n_tokens: int | None = param(check=lambda v: 0 <= v <= MAX_TOP_N_TOKENS, rule=f"must be 0 to {MAX_TOP_N_TOKENS}")
 
@@ -108,4 +119,6 @@ def _stop_sequences(value: Any) -> list[str] | None:
     stops = [value] if isinstance(value, str) else value
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
         raise InputError("parameters.stop: expected a list of non-empty strings")
+    if any(len(s) > MAX_STOP_LENGTH for s in stops):
+        raise InputError(f"parameters.stop: each stop sequence may have at most {MAX_STOP_LENGTH} characters")
     return stops or None

@@ -110,19 +110,35 @@ class TokenChooser:
     def choose(self, scores: Any, history: Sequence[int]) -> int:
         """The next token from scores [1, vocab]: argmax, or a draw from the processed distribution."""
         torch = _torch()
-        scores = self.process(scores, history)
+        processed = self.process(scores, history)
         if not self.sampling:
-            return int(torch.argmax(scores, dim=-1))
-        probs = torch.nn.functional.softmax(scores, dim=-1)
+            return int(torch.argmax(processed, dim=-1))
+        probs = torch.nn.functional.softmax(processed, dim=-1)
+        if _collapsed(torch, probs):
+            # A temperature or repetition penalty so small that float32 scores overflow to infinity (softmax
+            # then gives NaN, which multinomial refuses): the same processors in float64 usually keep them
+            # finite; where even those overflow, the distribution's limit is its argmax.
+            processed = self.process(scores.double(), history)
+            probs = torch.nn.functional.softmax(processed, dim=-1)
+            if _collapsed(torch, probs):
+                return int(torch.argmax(torch.nan_to_num(processed, nan=-float("inf")), dim=-1))
         return int(torch.multinomial(probs, num_samples=1, generator=self._generator))
 
 
-def choose_tokens(choosers: Sequence[TokenChooser], logits: np.ndarray, histories: Sequence[Sequence[int]]) -> list[int]:
+def _collapsed(torch: Any, probs: Any) -> bool:
+    """Whether softmax gave no usable distribution (NaN, or nothing left with any probability)."""
+    return not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0
+
+
+def choose_tokens(
+    choosers: Sequence[TokenChooser], logits: np.ndarray, histories: Sequence[Sequence[int]]
+) -> list[int | Exception]:
     """Next token of each row of logits [n, vocab]; plain greedy rows share one argmax over the batch.
 
-    numpy's argmax, like torch's, returns the first maximum, so greedy rows need no torch.
+    numpy's argmax, like torch's, returns the first maximum, so greedy rows need no torch. A row whose
+    processors fail gets its exception in place of a token: it fails that sequence alone, not the batch.
     """
-    tokens = [0] * len(choosers)
+    tokens: list[int | Exception] = [0] * len(choosers)
     plain = [i for i, chooser in enumerate(choosers) if chooser.plain]
     if plain:
         for i, token in zip(plain, logits[plain].argmax(axis=-1).tolist()):
@@ -131,5 +147,8 @@ def choose_tokens(choosers: Sequence[TokenChooser], logits: np.ndarray, historie
     if processed:
         scores = _torch().from_numpy(logits)
         for i in processed:
-            tokens[i] = choosers[i].choose(scores[i : i + 1], histories[i])
+            try:
+                tokens[i] = choosers[i].choose(scores[i : i + 1], histories[i])
+            except Exception as exc:  # noqa: BLE001  # handed back: the decode loop fails this row only
+                tokens[i] = exc
     return tokens

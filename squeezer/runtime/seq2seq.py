@@ -8,7 +8,10 @@ generation routes (TGI serves these models too) get the task prefix, TGI's param
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from squeezer.config import ServeConfig
@@ -30,7 +33,7 @@ from squeezer.runtime.base import (
     Vocabulary,
 )
 from squeezer.runtime.seq2seq_stream import Seq2SeqStream
-from squeezer.scheduling.seq2seq import Seq2SeqScheduler
+from squeezer.scheduling.seq2seq import Ran, Seq2SeqScheduler
 from squeezer.sources import ModelSource, SourceError
 from squeezer.tasks import InputError, ModelInfo, seq2seq
 from squeezer.tasks.seq2seq import Seq2SeqParams
@@ -120,6 +123,16 @@ class Seq2SeqRuntime:
         assert self._scheduler is not None, "start() the runtime before serving"
         return self._scheduler
 
+    async def _run(self, job: Callable[[Callable[[], bool]], Any], size: int = 1) -> Ran:
+        """Run `generate` on the worker; when the caller goes away (its deadline, a disconnect), `generate`
+        stops after its current step instead of grinding on for nobody."""
+        stop = threading.Event()
+        try:
+            return await self._worker().submit(lambda: job(stop.is_set), size)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+
     def _check_new_tokens(self, wanted: int | None) -> None:
         """A request may not ask for more new tokens than `--max-new-tokens` (decoders check it in their loop,
         against the context length too)."""
@@ -136,7 +149,7 @@ class Seq2SeqRuntime:
         self._check_new_tokens(request.params.max_new_tokens)
         tokenized = time.perf_counter()
         generator = self.generator
-        ran = await self._worker().submit(lambda: generator.generate(request.input_ids, request.params), len(request.input_ids))
+        ran = await self._run(lambda stop: generator.generate(request.input_ids, request.params, stop=stop), len(request.input_ids))
         output = seq2seq.finish(request, ran.value, self.info.tokenizer)  # type: ignore[arg-type]
         sampled = request.params.do_sample if request.params.do_sample is not None else generator.generation_config.do_sample
         result = Answer(output, self.task, request.truncated, request.n_tokens)
@@ -158,7 +171,7 @@ class Seq2SeqRuntime:
 
     async def generate(self, request: GenerationRequest) -> Completion:
         wanted = seq2seq_params(request.params)
-        ran = await self._worker().submit(lambda: self.generator.generate([request.prompt.ids], wanted))
+        ran = await self._run(lambda stop: self.generator.generate([request.prompt.ids], wanted, stop=stop))
         ids = ran.value[0][1:]  # type: ignore[index]  # after the decoder start token
         reason = self._finish(ids[-1]) if ids else "length"
         text = self.info.tokenizer.decode(ids, skip_special_tokens=True)

@@ -15,6 +15,8 @@ Results travel back to the loop with `call_soon_threadsafe`; the futures are onl
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +28,8 @@ from squeezer.backends import Batch
 from squeezer.config import BatchingConfig
 from squeezer.errors import ModelNotReadyError, QueueFullError
 from squeezer.tasks.base import Feature
+
+log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
 # Runs one padded batch and returns each row's outputs, padding removed.
@@ -181,9 +185,25 @@ class Batcher:
         await self.close()
 
     def _work(self) -> None:
-        """The worker thread: take a batch, run it, hand the results to the event loop, repeat."""
-        while (taken := self._next_batch()) is not None:
+        """The worker thread: take a batch, run it, hand the results to the event loop, repeat. Nothing a
+        request brings may end this thread: its requests would wait forever, and drain with them."""
+        while True:
+            try:
+                taken = self._next_batch()
+            except Exception as exc:  # a bug in cutting batches: answer what waits rather than spin or die
+                log.exception("taking a batch failed")
+                self._fail_pending(exc)
+                continue
+            if taken is None:
+                return
             self._execute(*taken)
+
+    def _fail_pending(self, exc: Exception) -> None:
+        with self._ready:
+            failed, self._pending = self._pending, []
+        if failed and self._loop is not None:
+            stats = BatchStats(len(failed), 0, 0, 0.0)
+            self._loop.call_soon_threadsafe(self._deliver, failed, exc, time.perf_counter(), stats, 0, False)
 
     def _next_batch(self) -> tuple[list[WorkItem], int] | None:
         """Block until there is live work (None once closing), give it the wait window, then cut a batch
@@ -218,23 +238,28 @@ class Batcher:
     def _execute(self, batch: list[WorkItem], number: int) -> None:
         if not batch:
             return
-        types = [it.feature.token_type_ids or [0] * it.length for it in batch]
-        has_types = any(it.feature.token_type_ids is not None for it in batch)
-        padded = Batch.pad([it.feature.input_ids for it in batch], types if has_types else None, self._pad_id)
         start = time.perf_counter()
-        try:
+        stats = BatchStats(len(batch), 0, 0, 0.0)
+        try:  # padding included: a feature it cannot pad fails its batch, never the thread
+            types = [it.feature.token_type_ids or [0] * it.length for it in batch]
+            has_types = any(it.feature.token_type_ids is not None for it in batch)
+            padded = Batch.pad([it.feature.input_ids for it in batch], types if has_types else None, self._pad_id)
+            stats = BatchStats(len(batch), padded.input_ids.size, sum(padded.lengths), 0.0)
             rows: list[Outputs] | Exception = self._run(padded)
         except Exception as exc:  # a backend failure answers every request in the batch, never hangs them
             rows = exc
         self._last_batch_end = time.perf_counter()
-        stats = BatchStats(len(batch), padded.input_ids.size, sum(padded.lengths), self._last_batch_end - start)
+        stats = dataclasses.replace(stats, seconds=self._last_batch_end - start)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._deliver, batch, rows, start, stats, number)
 
-    def _deliver(self, batch: list[WorkItem], rows: list[Outputs] | Exception, start: float, stats: BatchStats, number: int) -> None:
-        """On the event loop: resolve each item's future (a cancelled one is left alone)."""
-        with self._ready:
-            self._in_flight -= 1
+    def _deliver(self, batch: list[WorkItem], rows: list[Outputs] | Exception, start: float, stats: BatchStats, number: int,
+                 taken: bool = True) -> None:
+        """On the event loop: resolve each item's future (a cancelled one is left alone); `taken`: the batch
+        counted as in flight."""
+        if taken:
+            with self._ready:
+                self._in_flight -= 1
         for i, item in enumerate(batch):
             if item.future.done():
                 continue

@@ -285,12 +285,16 @@ class DecodeLoop:
     # --- the worker thread ---------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        """The worker thread. Everything in an iteration is inside the `try`: nothing a request brings may end
+        this thread, or its requests (and a drain) would wait forever."""
         while True:
-            self._drop_cancelled()
-            newcomers = self._wait_and_admit()
-            if newcomers is None:
-                break
+            newcomers: list[DecodeRequest] = []
             try:
+                self._drop_cancelled()
+                admitted = self._wait_and_admit()
+                if admitted is None:
+                    break
+                newcomers = admitted
                 self._prefill_all(newcomers)
                 if self._active:
                     self._step()
@@ -382,18 +386,31 @@ class DecodeLoop:
             self._hook(self._on_step, StepStats(len(runs), self._slots, len(self._waiting), time.perf_counter() - start))
 
     def _advance(self, runs: list[_Running], logits: np.ndarray) -> None:
-        """Choose each sequence's next token, emit it, and let finished sequences leave at once."""
+        """Choose each sequence's next token, emit it, and let finished sequences leave at once.
+
+        A sequence whose token cannot be chosen or decoded fails alone: the others in its step go on.
+        """
         try:
             tokens = choose_tokens([r.chooser for r in runs], logits, [r.history for r in runs])
-            now = time.perf_counter()
-            events = [(run.request, self._next_event(run, token, now, row)) for run, token, row in zip(runs, tokens, logits)]
-        except Exception as exc:  # a failing sampler or tokenizer fails these sequences, not the loop
-            log.exception("choosing or decoding tokens failed")
+        except Exception as exc:  # the batch's shared argmax itself failed: nothing to tell the rows apart
+            log.exception("choosing tokens failed")
             self._fail(runs, exc)
             return
-        for run, (_, event) in zip(runs, events):
+        now = time.perf_counter()
+        events: list[tuple[DecodeRequest, TokenEvent | BaseException]] = []
+        for run, token, row in zip(runs, tokens, logits):
+            try:
+                if isinstance(token, Exception):
+                    raise token
+                event = self._next_event(run, token, now, row)
+            except Exception as exc:  # this sequence's parameters or text broke: it alone fails
+                log.warning("a sequence failed and left the batch: %s: %s", exc.__class__.__name__, exc)
+                self._leave(run, None)
+                events.append((run.request, exc))
+                continue
             if event.is_last:
                 self._leave(run, event.finish_reason)
+            events.append((run.request, event))
         self._deliver(events)
 
     def _next_event(self, run: _Running, token: int, now: float, logits: np.ndarray) -> TokenEvent:

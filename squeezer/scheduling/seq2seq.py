@@ -1,12 +1,15 @@
 """Encoder-decoder requests, one at a time on a single worker thread (a request's inputs share one batch).
 
 The queue is bounded in inputs (`BatchingConfig.max_queue`): past it a request gets 429 at once. A caller
-that goes away before its turn takes its request off the queue; one already generating runs to its end.
+that goes away before its turn takes its request off the queue; one already generating keeps its inputs
+counted until the work really stops (a `generate` told to stop ends after its current step).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +19,29 @@ from typing import TypeVar
 from squeezer.errors import ModelNotReadyError, QueueFullError
 
 T = TypeVar("T")
+
+
+class _Slot:
+    """Whether a queued job started on the worker or was abandoned first; exactly one of the two wins."""
+
+    def __init__(self, queued: float) -> None:
+        self.queued, self.started = queued, queued
+        self._lock = threading.Lock()
+        self._state = "queued"
+
+    def begin(self) -> bool:
+        with self._lock:
+            if self._state == "queued":
+                self._state, self.started = "running", time.perf_counter()
+            return self._state == "running"
+
+    def abandon(self) -> bool:
+        """True when this call abandoned a job that had not started (so it never will)."""
+        with self._lock:
+            if self._state != "queued":
+                return False
+            self._state = "abandoned"
+            return True
 
 
 @dataclass(frozen=True)
@@ -53,21 +79,29 @@ class Seq2SeqScheduler:
             raise ModelNotReadyError("this model is being unloaded; retry to load it again")
         if self._waiting + size > self._max_queue:
             raise QueueFullError(f"too many requests waiting for this model ({self._max_queue} inputs); retry later")
-        queued = time.perf_counter()
-        started: list[float] = []
+        loop = asyncio.get_running_loop()
+        slot = _Slot(time.perf_counter())
 
         def timed() -> T:
-            started.append(time.perf_counter())
-            return job()
+            if not slot.begin():  # cancelled before its turn: it never runs
+                raise asyncio.CancelledError
+            try:
+                return job()
+            finally:  # the slot is free when the work really stops, not when its caller stopped waiting
+                with contextlib.suppress(RuntimeError):  # the event loop is gone (shut down): nothing to free
+                    loop.call_soon_threadsafe(self._release, size)
 
         async def run() -> Ran:
-            value = await asyncio.get_running_loop().run_in_executor(self._executor, timed)
-            begin = started[0] if started else queued
-            return Ran(value, begin - queued, time.perf_counter() - begin)
+            value = await loop.run_in_executor(self._executor, timed)
+            return Ran(value, slot.started - slot.queued, time.perf_counter() - slot.started)
+
+        def ended(_: asyncio.Future[Ran]) -> None:
+            if slot.abandon():  # cancelled before it started, and now it never will: free its slot here
+                self._release(size)
 
         self._waiting += size
         task = asyncio.ensure_future(run())
-        task.add_done_callback(lambda _: self._release(size))  # runs even if cancelled before it started
+        task.add_done_callback(ended)
         return task
 
     def _release(self, size: int) -> None:

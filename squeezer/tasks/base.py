@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar, get_type_hints
 
@@ -244,6 +245,8 @@ def _check_value(name: str, value: Any, kind: Any, meta: Any) -> Any:
         value, ok = float(value), True
     if not ok:
         raise InputError(f"{name}: expected {_JSON_NAMES.get(base, base.__name__)}, got {value!r}")
+    if base is float and not math.isfinite(value):  # Python's JSON reader accepts NaN and Infinity
+        raise InputError(f"{name}: expected a finite number, got {value!r}")
     if meta.get("choices") and value not in meta["choices"]:
         raise InputError(f"{name}: must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")
     if meta.get("check") and not meta["check"](value):

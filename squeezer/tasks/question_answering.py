@@ -15,6 +15,9 @@ import numpy as np
 from squeezer.tasks.base import BaseTask, Feature, InputError, ModelInfo, Prepared, param, parse_params, positive
 
 NO_NULL_SCORE = 1000000  # the pipeline's "large and positive" start for the best empty-answer score
+# Most features one question may split its context into: a small stride over a long context would otherwise
+# become tens of thousands of windows (tokenized, held and queued) from one request under the payload limit.
+MAX_WINDOWS = 256
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,12 @@ def check_room(item: Question, win: Window, tokenizer: Any) -> None:
         raise InputError(
             f"parameters.doc_stride: must be less than the {room} context tokens that fit beside the question, "
             f"got {win.doc_stride}"
+        )
+    windows = 1 + -(-(context - room) // (room - win.doc_stride))  # each next window starts room - stride later
+    if windows > MAX_WINDOWS:
+        raise InputError(
+            f"parameters.doc_stride: a stride of {win.doc_stride} splits this context into {windows} windows, "
+            f"more than the {MAX_WINDOWS} allowed; use a smaller stride or a shorter context"
         )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from squeezer.tasks.base import MAX_SEED, InputError, ModelInfo, param, parse_params, positive, text_items
 
 SEQ2SEQ_TASKS: tuple[str, ...] = ("text2text-generation", "summarization", "translation")
+MAX_BEAMS = 16  # beams one request may ask for: each is a sequence through the model at every step
 OUTPUT_KEYS = {"text2text-generation": "generated_text", "summarization": "summary_text", "translation": "translation_text"}
 
 
@@ -24,7 +25,7 @@ class Seq2SeqParams:
 
     max_new_tokens: int | None = param(**positive("must be at least 1"))
     min_new_tokens: int | None = param(check=lambda v: v >= 0, rule="must be 0 or more")
-    num_beams: int | None = param(**positive("must be at least 1"))
+    num_beams: int | None = param(check=lambda v: 1 <= v <= MAX_BEAMS, rule=f"must be from 1 to {MAX_BEAMS}")
     do_sample: bool | None = param()
     temperature: float | None = param(check=lambda v: v > 0, rule="must be greater than 0")
     top_k: int | None = param(**positive("must be at least 1"))

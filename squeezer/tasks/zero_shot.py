@@ -41,6 +41,10 @@ def check_template(template: str, label: str) -> None:
         raise InputError(f"parameters.hypothesis_template: must contain {{}} where the label goes, got {template!r}")
 
 
+# Most candidate labels in one request: each is a sequence through the model for every input.
+MAX_LABELS = 128
+
+
 @dataclass(frozen=True)
 class ZeroShotParams:
     candidate_labels: list[str] | None = None  # required; None only until parse checks it
@@ -67,6 +71,8 @@ class ZeroShotClassification(BaseTask):
         params = parse_params(ZeroShotParams, parameters)
         if not params.candidate_labels:
             raise InputError("parameters.candidate_labels: required, a list of labels or a comma-separated string")
+        if len(params.candidate_labels) > MAX_LABELS:
+            raise InputError(f"parameters.candidate_labels: at most {MAX_LABELS} labels, got {len(params.candidate_labels)}")
         check_template(params.hypothesis_template, params.candidate_labels[0])
         return items, params, batched
 

@@ -34,7 +34,7 @@ async def served(tiny_model, tiny_decoder_path, tiny_seq2seq_path) -> AsyncItera
     engine = Engine([ModelSource(name, folders[name]) for name in ORDER])
     app = create_app(engine)
     await engine.start()
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://squeezer", timeout=60) as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1", timeout=60) as client:
         yield engine, client
     await engine.close()
 

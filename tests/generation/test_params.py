@@ -34,6 +34,14 @@ def test_params_defaults_and_tgi_names() -> None:
         ({"stop": ["a", "b", "c", "d", "e"]}, "parameters.stop"),
         ({"stop": [""]}, "parameters.stop"),
         ({"do_sample": 1}, "parameters.do_sample"),
+        # Bounds on the work one request may ask for, and values no sampler can use (issue 13).
+        ({"num_return_sequences": 17, "do_sample": True}, "parameters.num_return_sequences"),
+        ({"stop": ["x" * 257]}, "parameters.stop"),
+        ({"temperature": float("nan")}, "parameters.temperature"),
+        ({"top_p": float("inf")}, "parameters.top_p"),
+        ({"repetition_penalty": float("inf")}, "parameters.repetition_penalty"),
+        ({"logit_bias": {"\u00b2": 1}}, "parameters.logit_bias"),  # "²".isdigit(), but int("²") fails
+        ({"logit_bias": {"1" * 40: 1}}, "parameters.logit_bias"),
     ],
 )
 def test_invalid_params_name_the_field(raw: dict[str, Any], field: str) -> None:

@@ -100,3 +100,24 @@ def test_logit_bias_is_added_to_the_scores_and_validated() -> None:
     with pytest.raises(InputError, match="not in the vocabulary"):
         params.check_vocabulary(5)
     params.check_vocabulary(8)
+
+
+@pytest.mark.parametrize("raw", [{"temperature": 1e-45}, {"do_sample": True, "repetition_penalty": 1e-300}])
+def test_a_collapsed_distribution_chooses_its_limit_not_an_error(raw: dict[str, Any]) -> None:
+    """Scores that overflow to infinity (a vanishing temperature or penalty) give softmax NaNs, which
+    multinomial refuses; the limit of such a distribution is the argmax, which is what the row gets."""
+    scores = torch.tensor([[0.5, 3.0, -1.0, 2.5]])
+    chooser = TokenChooser(GenerationParams.parse(raw), seed=1)
+    assert chooser.sampling and chooser.choose(scores, [1]) == 1
+
+
+def test_a_failing_row_gets_its_error_and_the_others_their_tokens() -> None:
+    class Broken(TokenChooser):
+        def choose(self, scores: Any, history: Any) -> int:
+            raise RuntimeError("this row's sampler broke")
+
+    logits = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0], [0.0, 1.0, 4.0]]).numpy()
+    sampled = GenerationParams.parse({"do_sample": True, "top_k": 1})
+    choosers = [TokenChooser(GenerationParams(), None), Broken(sampled, 1), TokenChooser(sampled, 2)]
+    tokens = choose_tokens(choosers, logits, [[0], [0], [0]])
+    assert tokens[0] == 1 and tokens[2] == 2 and isinstance(tokens[1], RuntimeError)

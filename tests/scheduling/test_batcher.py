@@ -161,3 +161,15 @@ async def test_workers_run_batches_at_once_and_keep_every_answer() -> None:
     assert [int(r.outputs[0]["sum"]) for r in results] == [2 * n for n in range(1, 9)]
     await batcher.close()
 
+
+
+async def test_a_feature_that_cannot_be_padded_fails_its_batch_not_the_worker() -> None:
+    """Padding runs on the worker thread too: a failure there answers the batch's requests with the error, and
+    the worker goes on to the next batch (before, the thread died and every later request hung)."""
+    model = FakeModel()
+    batcher = await start(model, max_wait_ms=0)
+    with pytest.raises(Exception):
+        await asyncio.wait_for(batcher.submit([Feature(["not", "a", "token"])]), 5)  # type: ignore[list-item]
+    done = await asyncio.wait_for(batcher.submit([feature(3, 2)]), 5)
+    assert int(done.outputs[0]["sum"]) == 6
+    await asyncio.wait_for(batcher.drain(), 5)  # nothing is left counted in flight

@@ -14,12 +14,11 @@ import torch
 import transformers
 
 from squeezer.backends.torch_decoder import TorchDecoder
-from squeezer.config import ConfigError
+from squeezer.config import ConfigError, DecodingConfig
 from squeezer.errors import ModelNotReadyError, QueueFullError
 from squeezer.generation.chat import chat_prompt_ids
 from squeezer.generation.params import GenerationParams
 from squeezer.scheduling.decoding import DecodeLoop, SequenceStats, StepStats, TokenStream
-from squeezer.config import DecodingConfig
 from squeezer.sources import ModelSource
 from squeezer.tasks.base import InputError
 from squeezer.testing.tiny_decoders import ARCHS, reference_generate, smollm2_gguf
@@ -480,3 +479,38 @@ async def test_smollm2_gguf_greedy_chat_equals_generate(smollm2: ModelSource) ->
         await loop.close()
     assert alone.token_ids == expected[0] and "Paris" in alone.text
     assert [r.token_ids for r in together] == expected
+
+
+async def test_one_sequence_failing_leaves_the_others_in_its_step(llama: Model, make_loop: MakeLoop,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row whose token cannot be chosen fails that request alone; the rest of the batch decodes on, token-exact."""
+    from squeezer.generation import sampling
+
+    choose = sampling.TokenChooser.choose
+
+    def fragile(self: Any, scores: Any, history: Any) -> int:
+        if self._top_k == 3:  # only the hostile request asks for this
+            raise RuntimeError("this request's sampler broke")
+        return choose(self, scores, history)
+
+    monkeypatch.setattr(sampling.TokenChooser, "choose", fragile)
+    model, _ = llama
+    loop = make_loop(llama)
+    good = prompts(2)
+    expected = [reference_generate(model, p, 8) for p in good]
+    hostile = asyncio.ensure_future(loop.generate(good[0], GenerationParams(max_new_tokens=8, do_sample=True, top_k=3)))
+    results = await asyncio.gather(*(loop.generate(p, GenerationParams(max_new_tokens=8)) for p in good))
+    with pytest.raises(RuntimeError, match="sampler broke"):
+        await hostile
+    assert [r.token_ids for r in results] == expected
+    assert (loop.depth, loop.active) == (0, 0)
+
+
+async def test_a_vanishing_temperature_decodes_greedily_among_others(llama: Model, make_loop: MakeLoop) -> None:
+    """Scores that overflow (temperature 1e-45) no longer raise in the sampler: the row takes the argmax."""
+    model, _ = llama
+    loop = make_loop(llama)
+    prompt = prompts(1)[0]
+    cold, plain = await asyncio.gather(loop.generate(prompt, GenerationParams(max_new_tokens=8, temperature=1e-45)),
+                                       loop.generate(prompt, GenerationParams(max_new_tokens=8)))
+    assert cold.token_ids == plain.token_ids == reference_generate(model, prompt, 8)

@@ -1,0 +1,84 @@
+"""The model lifecycle under concurrency and faults: a start that fails, unloads that overlap (issue 13).
+
+The registry is driven with a stand-in runtime (`load_runtime` replaced), so each fault is exact and quick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from squeezer import registry as registry_module
+from squeezer.config import ServeConfig
+from squeezer.errors import ModelNotReadyError
+from squeezer.registry import ModelRegistry
+from squeezer.runtime import RuntimeStats
+from squeezer.sources import ModelSource
+
+
+class StandIn:
+    """A runtime that counts what the registry does to it."""
+
+    kind = "stand-in"
+    task = "feature-extraction"
+    capabilities = frozenset({"infer"})
+    memory_bytes = 1
+
+    def __init__(self, fail_start: bool) -> None:
+        self.fail_start, self.started, self.drains, self.closes = fail_start, 0, 0, 0
+        self.draining = asyncio.Event()
+
+    def describe(self) -> dict[str, Any]:
+        return {"task": self.task}
+
+    def stats(self) -> RuntimeStats:
+        return RuntimeStats(queue_depth=0)
+
+    def start(self) -> None:
+        self.started += 1
+        if self.fail_start:
+            raise RuntimeError("the queue could not be built")
+
+    async def drain(self) -> None:
+        self.drains += 1
+        self.draining.set()
+        await asyncio.sleep(0.05)  # work still finishing
+
+    def close(self) -> None:
+        self.closes += 1
+
+
+def registry_with(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fail_start: bool = False) -> tuple[ModelRegistry, list[StandIn]]:
+    made: list[StandIn] = []
+
+    def load(*_: Any) -> StandIn:
+        made.append(StandIn(fail_start))
+        return made[-1]
+
+    monkeypatch.setattr(registry_module, "load_runtime", load)
+    return ModelRegistry([ModelSource("m", tmp_path)], ServeConfig()), made
+
+
+async def test_a_runtime_that_fails_to_start_is_reported_failed_not_loading(monkeypatch, tmp_path) -> None:
+    registry, made = registry_with(monkeypatch, tmp_path, fail_start=True)
+    entry = registry.load("m")
+    await asyncio.wait_for(entry.settled.wait(), 5)
+    assert entry.state == "failed" and "queue could not be built" in (entry.error or "") and entry.ever_settled
+    assert made[0].closes == 1  # what it had loaded is freed
+    with pytest.raises(ModelNotReadyError, match="failed to load"):
+        await registry.ready("m", wait=False)
+
+
+async def test_overlapping_unloads_drain_and_close_once(monkeypatch, tmp_path) -> None:
+    registry, made = registry_with(monkeypatch, tmp_path)
+    await asyncio.wait_for(registry.load("m").settled.wait(), 5)
+    first = asyncio.ensure_future(registry.unload("m"))
+    await made[0].draining.wait()
+    with pytest.raises(ModelNotReadyError, match="being unloaded"):  # neither served nor reloaded meanwhile
+        await registry.ready("m", wait=False)
+    await asyncio.gather(first, registry.unload("m"), registry.unload("m"))
+    assert (made[0].drains, made[0].closes, len(made)) == (1, 1, 1)
+    assert registry.get("m").state == "unloaded"
