@@ -43,7 +43,7 @@ def shape_vector(vector: list[float], dimensions: int | None, encoding: str) -> 
 
 def check_options(body: dict[str, Any]) -> tuple[str, int | None]:
     encoding = body.get("encoding_format") or "float"
-    if encoding not in {"float", "base64"}:
+    if not isinstance(encoding, str) or encoding not in {"float", "base64"}:
         raise ClientError("encoding_format: must be float or base64", status=422)
     dimensions = body.get("dimensions")
     if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1):
