@@ -17,10 +17,10 @@ import time
 from typing import Any
 
 from squeezer.backends.torch_decoder import TorchDecoder
+from squeezer.config import DecodingConfig
 from squeezer.generation.chat import chat_prompt_ids
 from squeezer.generation.params import GenerationParams
 from squeezer.scheduling.decoding import DecodeLoop
-from squeezer.config import DecodingConfig
 from squeezer.sources import ModelSource
 from squeezer.testing.tiny_decoders import reference_generate, smollm2_gguf
 

@@ -18,7 +18,6 @@ from squeezer.api.guard import Guard
 from squeezer.config import read_api_key
 from squeezer.engine import Engine
 
-
 log = logging.getLogger("squeezer.api")
 
 

@@ -14,11 +14,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from squeezer.api.auth import require_admin_key, require_api_key
-from squeezer.api.chat import chat_for_model
-from squeezer.api.tgi import generate_response
-from squeezer.api.compat import shape_for_client
 from squeezer.api.body import parse_json_or_text, read_body
+from squeezer.api.chat import chat_for_model
+from squeezer.api.compat import shape_for_client
 from squeezer.api.responses import FastJSONResponse, result_headers, unless_disconnected
+from squeezer.api.tgi import generate_response
 from squeezer.engine import Engine
 from squeezer.errors import ClientError, UnknownModelError
 from squeezer.runtime.base import GENERATE, INFER, STREAM

@@ -26,8 +26,8 @@ import numpy as np
 
 from squeezer.backends.decoder import Decoder
 from squeezer.backends.prefix_cache import PrefixCache
-from squeezer.errors import ModelNotReadyError, QueueFullError
 from squeezer.config import DecodingConfig
+from squeezer.errors import ModelNotReadyError, QueueFullError
 from squeezer.generation.logprobs import token_logprobs
 from squeezer.generation.outputs import FinishReason, Generation, TokenEvent
 from squeezer.generation.params import GenerationParams

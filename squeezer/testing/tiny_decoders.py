@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
 ARCHS = ("gpt2", "llama")
 CORPUS = [
     "The quick brown fox jumps over the lazy dog near the river bank.",
