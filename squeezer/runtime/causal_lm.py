@@ -94,7 +94,8 @@ class CausalLMRuntime:
 
     def start(self) -> None:
         on_step, on_finish = self._hooks.bind("on_step", self.model_id), self._hooks.bind("on_finish", self.model_id)
-        self._loop = DecodeLoop(self.decoder, self.info.tokenizer, self._config.decoding, on_step=on_step, on_finish=on_finish)
+        self._loop = DecodeLoop(self.decoder, self.info.tokenizer, self._config.decoding, on_step=on_step, on_finish=on_finish,
+                                max_wait=self._config.limits.request_timeout)
         self._loop.start()
 
     async def drain(self) -> None:

@@ -110,7 +110,7 @@ class Seq2SeqRuntime:
         return RuntimeStats(queue_depth=self._scheduler.depth if self._scheduler else 0)
 
     def start(self) -> None:
-        self._scheduler = Seq2SeqScheduler(self._config.batching.max_queue)
+        self._scheduler = Seq2SeqScheduler(self._config.batching.max_queue, self._config.limits.request_timeout)
 
     async def drain(self) -> None:
         if self._scheduler is not None:

@@ -27,7 +27,7 @@ import numpy as np
 from squeezer.backends.decoder import Decoder
 from squeezer.backends.prefix_cache import PrefixCache
 from squeezer.config import DecodingConfig
-from squeezer.errors import ModelNotReadyError, QueueFullError
+from squeezer.errors import ClientError, ModelNotReadyError, QueueFullError
 from squeezer.generation.logprobs import token_logprobs
 from squeezer.generation.outputs import FinishReason, Generation, TokenEvent
 from squeezer.generation.params import GenerationParams
@@ -146,8 +146,11 @@ class DecodeLoop:
         config: DecodingConfig,
         on_step: Callable[[StepStats], None] | None = None,
         on_finish: Callable[[SequenceStats], None] | None = None,
+        max_wait: float = 0.0,
     ) -> None:
+        """`max_wait`: seconds a request may wait for a slot before it is answered 504 (0: no limit)."""
         self._decoder = decoder
+        self._max_wait = max_wait
         self._tokenizer = tokenizer
         self._config = config
         self._on_step = on_step  # hooks run on the worker thread: keep them quick and thread-safe
@@ -316,6 +319,7 @@ class DecodeLoop:
             admitted: list[DecodeRequest] = []
             widest = max((r.request.reservation for r in self._active), default=0)
             prompt_tokens = 0
+            self._expire()
             while self._waiting:
                 request = self._waiting[0]
                 if request.cancelled:  # dropped unread: skip it
@@ -332,6 +336,17 @@ class DecodeLoop:
                 widest = width
             self._admitting = len(admitted)
             return admitted
+
+    def _expire(self) -> None:
+        """Answer 504 to requests that waited for a slot longer than `max_wait` (called under the lock)."""
+        if not self._max_wait or not self._waiting:
+            return
+        oldest = time.perf_counter() - self._max_wait
+        expired = [r for r in self._waiting if r.arrived < oldest]
+        if expired:
+            self._waiting = deque(r for r in self._waiting if r.arrived >= oldest)
+            error = ClientError(f"waited more than {self._max_wait:g}s for a generation slot (--request-timeout)", status=504)
+            self._deliver([(request, error) for request in expired])
 
     def _drop_cancelled(self) -> None:
         for run in [r for r in self._active if r.request.cancelled]:

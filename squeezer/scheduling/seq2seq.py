@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from squeezer.errors import ModelNotReadyError, QueueFullError
+from squeezer.errors import ClientError, ModelNotReadyError, QueueFullError
 
 T = TypeVar("T")
 
@@ -56,8 +56,9 @@ class Ran:
 class Seq2SeqScheduler:
     """Runs submitted jobs in arrival order on one thread, so the event loop stays free."""
 
-    def __init__(self, max_queue: int) -> None:
-        self._max_queue = max_queue
+    def __init__(self, max_queue: int, max_wait: float = 0.0) -> None:
+        """`max_wait`: seconds a job may wait for the worker before it is answered 504, unrun (0: no limit)."""
+        self._max_queue, self._max_wait = max_queue, max_wait
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="squeezer-seq2seq")
         self._waiting = 0  # inputs queued or running
         self._closing = False
@@ -86,6 +87,8 @@ class Seq2SeqScheduler:
             if not slot.begin():  # cancelled before its turn: it never runs
                 raise asyncio.CancelledError
             try:
+                if self._max_wait and slot.started - slot.queued > self._max_wait:
+                    raise ClientError(f"waited more than {self._max_wait:g}s for the model (--request-timeout)", status=504)
                 return job()
             finally:  # the slot is free when the work really stops, not when its caller stopped waiting
                 with contextlib.suppress(RuntimeError):  # the event loop is gone (shut down): nothing to free

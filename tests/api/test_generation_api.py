@@ -9,7 +9,7 @@ import httpx
 import pytest
 from huggingface_hub import InferenceClient
 
-from squeezer.testing.server import ServerProcess
+from squeezer.testing.server import ServerProcess, metric
 from squeezer.testing.tiny_decoders import reference_generate, smollm2_gguf
 
 PROMPT = "Hello there, how are"
@@ -214,7 +214,12 @@ def test_generation_errors(gen_server, path, body, status, fragment) -> None:
 
 
 def test_disconnect_frees_the_slot_and_metrics_count(gen_server) -> None:
-    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 200}, "stream": True}
+    """A client that hangs up after one token stops its sequence: far fewer than the 200 tokens it asked for are
+    generated (the special tokens, EOS among them, are biased away, so only the disconnect can end it early)."""
+    generated = 'squeezer_generated_tokens_total{model="tiny/llama"}'
+    before = metric(httpx.get(gen_server.url + "/metrics").text, "squeezer_generated_tokens_total", model="tiny/llama")
+    no_specials = {str(i): -100 for i in range(5)}  # <s> </s> <pad> <|im_start|> <|im_end|>
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 200, "logit_bias": no_specials}, "stream": True}
     with httpx.stream("POST", gen_server.url + "/models/tiny/llama", json=body) as response:
         for line in response.iter_lines():
             if line.startswith("data:"):
@@ -222,11 +227,13 @@ def test_disconnect_frees_the_slot_and_metrics_count(gen_server) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         metrics = httpx.get(gen_server.url + "/metrics").text
-        if 'squeezer_generation_occupancy{model="tiny/llama"} 0.0' in metrics:
+        if 'squeezer_generation_occupancy{model="tiny/llama"} 0.0' in metrics and generated in metrics:
             break
         time.sleep(0.1)
     assert 'squeezer_generation_occupancy{model="tiny/llama"} 0.0' in metrics
-    assert "squeezer_time_to_first_token_seconds_bucket" in metrics and "squeezer_generated_tokens_total" in metrics
+    assert "squeezer_time_to_first_token_seconds_bucket" in metrics
+    spent = metric(metrics, "squeezer_generated_tokens_total", model="tiny/llama") - before
+    assert 1 <= spent < 100, f"{spent} tokens generated for a client that left after one"
 
 
 @pytest.mark.slow
@@ -254,3 +261,24 @@ def test_smollm2_gguf_serves_chat_like_generate(tmp_path) -> None:
     assert "Paris" in expected
     # The memory budget counts the float32 model transformers dequantized, not the 4-bit file.
     assert held >= sum(p.numel() * 4 for p in model.parameters()) > 5 * (folder / name).stat().st_size
+
+
+def test_a_full_generation_queue_answers_429_over_http(tiny_decoder_path, tmp_path) -> None:
+    """One slot and one waiting place: of six long requests sent at once, two are accepted and answered in full,
+    and the others are refused with 429 at once (issue 13: back-pressure checked over HTTP, not only in-process)."""
+    import asyncio
+
+    srv = ServerProcess([f"m={tiny_decoder_path('llama')}", "--max-batch-sequences", "1", "--max-waiting", "1"], tmp_path)
+    no_specials = {str(i): -100 for i in range(5)}
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 60, "logit_bias": no_specials}}
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=120) as client:
+            return list(await asyncio.gather(*(client.post("/generate", json=body) for _ in range(6))))
+
+    try:
+        srv.wait_ready()
+        statuses = sorted(r.status_code for r in asyncio.run(burst()))
+    finally:
+        srv.stop()
+    assert statuses.count(200) >= 2 and statuses.count(429) >= 1 and set(statuses) <= {200, 429}, statuses

@@ -514,3 +514,31 @@ async def test_a_vanishing_temperature_decodes_greedily_among_others(llama: Mode
     cold, plain = await asyncio.gather(loop.generate(prompt, GenerationParams(max_new_tokens=8, temperature=1e-45)),
                                        loop.generate(prompt, GenerationParams(max_new_tokens=8)))
     assert cold.token_ids == plain.token_ids == reference_generate(model, prompt, 8)
+
+
+async def test_a_request_that_waits_past_the_timeout_for_a_slot_gets_504(llama: Model) -> None:
+    """--request-timeout bounds the wait for a decode slot (issue 13): the late request is answered 504 and never
+    runs; the one holding the slot finishes as usual."""
+    from squeezer.errors import ClientError
+
+    class HeldFirst(HeldPrefill):
+        def prefill(self, prompt: Sequence[int]) -> Any:
+            self.entered.set()
+            self.release.wait(30)
+            return super().prefill(prompt)
+
+    decoder = HeldFirst(llama[0])
+    loop = DecodeLoop(decoder, llama[1], DecodingConfig(max_batch_sequences=1), max_wait=0.2)
+    loop.start()
+    try:
+        first = asyncio.ensure_future(loop.generate(prompts(1)[0], GenerationParams(max_new_tokens=4)))
+        assert await asyncio.to_thread(decoder.entered.wait, 30)
+        late = asyncio.ensure_future(loop.generate(prompts(2)[1], GenerationParams(max_new_tokens=4)))
+        await asyncio.sleep(0.3)  # the late request now waits past its timeout, behind the held prefill
+        decoder.release.set()
+        with pytest.raises(ClientError) as refused:
+            await late
+        assert refused.value.status == 504 and "request-timeout" in str(refused.value)
+        assert (await first).generated_tokens == 4
+    finally:
+        await loop.close()

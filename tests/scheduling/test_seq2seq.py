@@ -58,3 +58,22 @@ async def test_a_job_cancelled_before_its_turn_never_runs_and_frees_its_slot() -
     await until(lambda: scheduler.depth == 0)
     assert ran == []
     await scheduler.drain()
+
+
+async def test_a_job_that_waits_past_the_timeout_is_answered_504_unrun() -> None:
+    from squeezer.errors import ClientError
+
+    scheduler = Seq2SeqScheduler(max_queue=4, max_wait=0.1)
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+    first = scheduler.start_job(lambda: (started.set(), release.wait(10)), size=1)
+    assert await asyncio.to_thread(started.wait, 5)
+    late = scheduler.start_job(lambda: ran.append("late"), size=1)
+    await asyncio.sleep(0.2)  # past the late job's timeout while the first holds the worker
+    release.set()
+    await first
+    with pytest.raises(ClientError) as refused:
+        await late
+    assert refused.value.status == 504 and ran == []
+    await until(lambda: scheduler.depth == 0)
+    await scheduler.drain()
