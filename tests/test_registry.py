@@ -82,3 +82,37 @@ async def test_overlapping_unloads_drain_and_close_once(monkeypatch, tmp_path) -
     await asyncio.gather(first, registry.unload("m"), registry.unload("m"))
     assert (made[0].drains, made[0].closes, len(made)) == (1, 1, 1)
     assert registry.get("m").state == "unloaded"
+
+
+async def test_the_memory_budget_evicts_the_least_recently_used_of_three(tiny_model) -> None:
+    """Three ~4 MiB models under a 10 MiB budget: two stay loaded, and a load evicts whichever was used least
+    recently, not the first or the last given."""
+    from squeezer.config import ModelConfig
+    from squeezer.engine import Engine
+
+    folder = tiny_model("bert", "base")
+    engine = Engine([ModelSource(name, folder) for name in "xyz"], ServeConfig(model=ModelConfig(max_memory_mb=10)))
+    await engine.start()
+
+    async def states() -> dict[str, str]:
+        """The states once evictions started by the last load have finished (they drain in the background)."""
+        for _ in range(500):
+            now = {m["id"]: m["state"] for m in engine.models()}
+            if not {"loading", "unloading"} & set(now.values()):
+                return now
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"models never settled: {now}")
+
+    try:
+        assert sorted((await states()).values()) == ["ready", "ready", "unloaded"]
+        first, second = [m for m, s in (await states()).items() if s == "ready"]
+        cold = next(m for m, s in (await states()).items() if s == "unloaded")
+        await engine.run(second, "hi")
+        await engine.run(first, "hi")  # `second` is now the least recently used
+        await engine.load(cold)
+        assert await states() == {first: "ready", cold: "ready", second: "unloaded"}
+        await engine.run(first, "hi")  # now `cold` is the least recently used
+        await engine.load(second)
+        assert await states() == {first: "ready", second: "ready", cold: "unloaded"}
+    finally:
+        await engine.close()
