@@ -46,7 +46,7 @@ GRAPH_FILE = "model.onnx"
 # Files never copied from a source into an artifact: weights (the graph replaces them) and VCS metadata.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".onnx_data", ".gguf", ".h5", ".msgpack", ".ckpt", ".ot", ".tflite")
 REQUIRED_KEYS = ("format", "format_version", "model_id", "task", "head", "target", "graph", "files", "checksum")
-VERSIONED = ("squeezer", "onnxruntime", "onnxruntime-gpu", "onnx", "numpy", "transformers", "tokenizers", "torch")
+VERSIONED = ("squeezer", "onnxruntime", "onnxruntime-gpu", "openvino", "onnx", "numpy", "transformers", "tokenizers", "torch")
 
 
 class ArtifactError(ValueError):
@@ -113,6 +113,11 @@ class Artifact:
     @property
     def graph_path(self) -> Path:
         return self.path / self.report["graph"]["file"]
+
+    @property
+    def runtime(self) -> str:
+        """What runs the graph: "onnxruntime" (an ONNX graph) or "openvino" (an IR); older reports name none."""
+        return str(self.report["graph"].get("runtime", "onnxruntime"))
 
     @property
     def head(self) -> str:
@@ -194,7 +199,19 @@ def load_artifact(path: str | Path, *, verify_files: bool = True) -> Artifact:
             raise _fail(folder, f"{name} is missing")
         if verify_files and file_hash(file) != expected:
             raise _fail(folder, f"{name} does not match the checksum in {REPORT_FILE} (truncated or modified)")
+    check_cpu(folder, report)
     return Artifact(folder, report)
+
+
+def check_cpu(folder: Path, report: dict[str, Any]) -> None:
+    """Refuse an artifact whose chosen graph depends on CPU features this machine lacks (`requires`: any one of
+    them), rather than serve it silently slower, or in another precision, than its report measured."""
+    from squeezer.hardware import cpu_info
+
+    needed = report.get("requires") or []
+    if needed and not set(needed) & set(cpu_info()["flags"]):
+        raise _fail(folder, f"it was chosen for a CPU with {' or '.join(needed)}, which this CPU lacks: "
+                            "optimize the model again on this machine")
 
 
 # -------------------------------------------------------------------------------------------- writing

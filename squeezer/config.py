@@ -105,7 +105,7 @@ class ModelConfig:
 class BackendConfig:
     """Which runtime executes the model, and with how many threads."""
 
-    backend: str = setting("torch", "Backend for model folders (artifacts from `squeezer optimize` always use onnxruntime).", choices=("torch", "onnxruntime"))
+    backend: str = setting("torch", "Backend for model folders (an artifact from `squeezer optimize` runs on the runtime its report names).", choices=("torch", "onnxruntime"))
     threads: int = setting(0, "Intra-op threads for the backend; 0 means the cores available to this process.")
     instances: int = setting(
         0,

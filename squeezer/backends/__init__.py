@@ -20,8 +20,14 @@ def _onnx(*args: Any, **kwargs: Any) -> Backend:
     return OnnxBackend(*args, **kwargs)
 
 
-# name -> factory(source, head, model_config, backend_config, max_length, **options) -> Backend; onnxruntime
-# takes the opened `artifact` as an option
-BACKENDS: dict[str, Callable[..., Backend]] = {"torch": _torch, "onnxruntime": _onnx}
+def _openvino(*args: Any, **kwargs: Any) -> Backend:
+    from squeezer.backends.openvino_backend import OpenVinoBackend  # lazy: openvino is an optional extra
+
+    return OpenVinoBackend(*args, **kwargs)
+
+
+# name -> factory(source, head, model_config, backend_config, max_length, **options) -> Backend; the artifact
+# backends take the opened `artifact` as an option
+BACKENDS: dict[str, Callable[..., Backend]] = {"torch": _torch, "onnxruntime": _onnx, "openvino": _openvino}
 
 __all__ = ["BACKENDS", "HEAD_OUTPUTS", "Backend", "Batch", "Capabilities", "split_outputs"]

@@ -12,7 +12,7 @@ from typing import Any
 from squeezer.compiler import fuse as fusion
 from squeezer.compiler import quantize
 from squeezer.compiler.export import Exported
-from squeezer.compiler.recipes import DynamicInt8, Float16, Fuse, Recipe, StaticInt8
+from squeezer.compiler.recipes import DynamicInt8, Float16, Fuse, OpenVino, Recipe, StaticInt8
 
 
 @dataclass
@@ -68,8 +68,20 @@ def _static(step: StaticInt8, prev: Built, dst: Path, ctx: BuildContext) -> Buil
     return Built(dst, prev.fusions, prev.kept_float)
 
 
+def _openvino(step: OpenVino, prev: Built, dst: Path, ctx: BuildContext) -> Built:
+    """The graph as OpenVINO's IR (`.xml` and its `.bin`); the precision is applied when it is compiled."""
+    from squeezer.backends.openvino_backend import import_openvino
+
+    ov = import_openvino()
+    xml = prev.path.with_name(prev.path.stem + "-ir.xml")
+    if not xml.exists():  # one IR per source graph: the f32 and bf16 candidates share it
+        ov.save_model(ov.convert_model(str(prev.path)), str(xml), compress_to_fp16=False)
+    return Built(xml, prev.fusions, prev.kept_float)
+
+
 BUILDERS: dict[type, Callable[[Any, Built, Path, BuildContext], Built]] = {
     Fuse: _fuse,
+    OpenVino: _openvino,
     Float16: _float16,
     DynamicInt8: _dynamic,
     StaticInt8: _static,

@@ -39,7 +39,7 @@ from squeezer.compiler.gate import Gate, gate_candidate
 from squeezer.compiler.optimize_decoder import DECODER
 from squeezer.compiler.package import check_destination, package_files, staging
 from squeezer.compiler.pipeline import Pipeline, Progress
-from squeezer.compiler.recipes import Recipe, recipes_for
+from squeezer.compiler.recipes import OpenVino, Recipe, recipes_for
 from squeezer.compiler.report import Report
 from squeezer.compiler.select import choose, record_timings
 from squeezer.config import BackendConfig, ModelConfig
@@ -167,8 +167,14 @@ def compile_model(src: ModelSource, info: ModelInfo, task: str, target: str, exa
         feeds = sample_feeds(info, exported)
         builder = Builder(BuildContext(exported, scratch, feeds, feeds[:8]))
         recipes = recipes_for(target, config.sweep, config.recipe_names())
+        flags = hardware_fingerprint()["cpu"]["flags"]
         candidates = []
         for i, recipe in enumerate(recipes):
+            missing = recipe.missing_features(flags)
+            if missing:  # reported with the reason, never built
+                say(f"[{i + 1}/{len(recipes)}] {recipe.name}: skipped, {missing}")
+                candidates.append(skipped(recipe, missing))
+                continue
             step_say = lambda msg, name=recipe.name, n=i: say(f"[{n + 1}/{len(recipes)}] {name}: {msg}")  # noqa: E731
             builder.ctx.progress = step_say
             record, backend = evaluate(recipe, builder, gate, head, target, config.threads, spinning, info.max_length, step_say)
@@ -178,9 +184,10 @@ def compile_model(src: ModelSource, info: ModelInfo, task: str, target: str, exa
         ref_timing = time_all(backends, reference.backend, candidates, info, exported, config, say)
         chosen = choose(candidates)
         say(f"chosen: {chosen['name']} ({chosen.get('speedup', '?')}x the PyTorch reference)")
-        shutil.copyfile(scratch / chosen["graph"], tmp / GRAPH_FILE)
+        graph_file = package_graph(scratch / chosen["graph"], tmp)
         package_files(src, info, tmp)
-        return report_data(src, task, target, config, exported, gate, examples, candidates, chosen, ref_timing, spinning)
+        return report_data(src, task, target, config, exported, gate, examples, candidates, chosen, ref_timing, spinning,
+                           graph_file)
     finally:
         for backend in backends.values():
             backend.close()
@@ -190,19 +197,48 @@ def compile_model(src: ModelSource, info: ModelInfo, task: str, target: str, exa
 def evaluate(recipe: Recipe, builder: Builder, gate: Gate, head: str, target: str, threads: int, spinning: bool,
              max_length: int, say: Progress) -> tuple[dict[str, Any], Backend | None]:
     """Build one candidate and gate it; returns its report record, and its backend when it passed."""
-    record: dict[str, Any] = {"name": recipe.name, "dtype": recipe.dtype, "recipe": recipe.describe(), "verdict": "failed",
-                              "reasons": [], "metrics": {}, "timings": {}}
+    record: dict[str, Any] = {"name": recipe.name, "runtime": recipe.runtime, "dtype": recipe.dtype,
+                              "recipe": recipe.describe(), "verdict": "failed", "reasons": [], "metrics": {}, "timings": {},
+                              "requires": list(recipe.requires)}
     start = time.perf_counter()
 
     def build() -> Backend:
         built = builder.build(recipe)
-        record.update(graph=built.path.name, size_bytes=built.path.stat().st_size, build_s=round(time.perf_counter() - start, 2),
+        record.update(graph=built.path.name, size_bytes=graph_size(built.path), build_s=round(time.perf_counter() - start, 2),
                       fusions=built.fusions, kept_float=len(built.kept_float))
-        backend = OnnxBackend.from_graph(built.path, head, target, threads, spinning, max_length, recipe.dtype)
+        if recipe.runtime == "openvino":
+            from squeezer.backends.openvino_backend import OpenVinoBackend  # lazy: openvino is an optional extra
+
+            precision = next(step.precision for step in recipe.steps if isinstance(step, OpenVino))
+            record["precision"] = precision  # the plugin's hint, which the artifact must carry
+            backend: Backend = OpenVinoBackend.from_graph(built.path, head, threads, precision, max_length)
+        else:
+            backend = OnnxBackend.from_graph(built.path, head, target, threads, spinning, max_length, recipe.dtype)
         say(f"gate on {len(gate.plans)} inputs")
         return backend
 
     return record, gate_candidate(record, build, gate.judge, say)
+
+
+def skipped(recipe: Recipe, reason: str) -> dict[str, Any]:
+    """The report record of a recipe this machine cannot run (never built, gated or timed)."""
+    return {"name": recipe.name, "runtime": recipe.runtime, "dtype": recipe.dtype, "recipe": recipe.describe(),
+            "verdict": "skipped", "reasons": [reason], "metrics": {}, "timings": {}}
+
+
+def graph_size(graph: Path) -> int:
+    """A built graph's bytes with the weights stored beside it (an IR's `.bin`, an ONNX graph's `.data`)."""
+    return sum(p.stat().st_size for p in (graph, graph.with_suffix(".bin"), graph.with_name(graph.name + ".data")) if p.exists())
+
+
+def package_graph(graph: Path, tmp: Path) -> str:
+    """Copy the chosen graph into the artifact under its runtime's file name (an IR brings its weights)."""
+    if graph.suffix == ".xml":
+        shutil.copyfile(graph.with_suffix(".bin"), tmp / "model.bin")
+        shutil.copyfile(graph, tmp / "model.xml")
+        return "model.xml"
+    shutil.copyfile(graph, tmp / GRAPH_FILE)
+    return GRAPH_FILE
 
 
 def time_all(backends: dict[str, Backend], reference: Backend, candidates: list[dict[str, Any]], info: ModelInfo,
@@ -216,15 +252,17 @@ def time_all(backends: dict[str, Backend], reference: Backend, candidates: list[
 
 def report_data(src: ModelSource, task: str, target: str, config: OptimizeConfig, exported: Exported, gate: Gate,
                 examples: list[vd.Example], candidates: list[dict[str, Any]], chosen: dict[str, Any],
-                ref_timing: dict[str, Any], spinning: bool) -> dict[str, Any]:
+                ref_timing: dict[str, Any], spinning: bool, graph_file: str) -> dict[str, Any]:
     """squeezer.json's content (see `squeezer.artifact` for the format; files and checksum are added there)."""
     for c in candidates:
         c.pop("graph", None)
     return {
         "model_id": src.model_id, "task": task, "head": TASKS[task].head, "target": target, "profile": config.profile,
-        "graph": {"file": GRAPH_FILE, "inputs": list(exported.inputs), "outputs": list(exported.outputs),
-                  "dtype": chosen["dtype"], "recipe": chosen["name"], "opset": OPSET},
+        "graph": {"file": graph_file, "inputs": list(exported.inputs), "outputs": list(exported.outputs),
+                  "dtype": chosen["dtype"], "recipe": chosen["name"], "opset": OPSET, "runtime": chosen["runtime"],
+                  **({"precision": chosen["precision"]} if "precision" in chosen else {})},
         "session": {"allow_spinning": spinning},
+        "requires": chosen.get("requires", []),  # CPU features the chosen graph needs (any one): refused without them
         "source": {"path": str(src.path), "gguf_file": src.gguf_file},
         "hardware": hardware_fingerprint(), "versions": versions(),
         "accuracy": {"budget": gate.budget, "bounds": gate.limits,

@@ -63,7 +63,22 @@ class Float16:
     keep_io_types: bool = True
 
 
-Step = Fuse | DynamicInt8 | StaticInt8 | Float16 | DecoderWeights
+@dataclass(frozen=True)
+class OpenVino:
+    """The exported graph converted to OpenVINO's IR, run by its CPU plugin at `precision` ("f32" or "bf16").
+
+    bf16 is the plugin's inference precision (its own fusions, bf16 matrix units on AMX or AVX-512 BF16), not a
+    rewrite of the graph: the artifact records it and the OpenVINO backend compiles with it.
+    """
+
+    precision: str = "f32"
+
+
+Step = Fuse | DynamicInt8 | StaticInt8 | Float16 | DecoderWeights | OpenVino
+# CPU features a step needs (any one of them): a recipe is skipped, with this reason, on a CPU without them.
+REQUIRES: dict[Any, tuple[tuple[str, ...], str]] = {
+    OpenVino("bf16"): (("amx_bf16", "avx512_bf16"), "needs a CPU with bf16 units (AMX or AVX-512 BF16)"),
+}
 WEIGHT_DTYPES = {32: "float32", 8: "int8", 4: "int4"}  # DecoderWeights.bits -> the dtype a report names
 
 
@@ -78,10 +93,30 @@ class Recipe:
     note: str = ""
 
     @property
+    def runtime(self) -> str:
+        """What runs the built graph: OpenVINO for an IR, else ONNX Runtime."""
+        return "openvino" if any(isinstance(step, OpenVino) for step in self.steps) else "onnxruntime"
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        """CPU features this recipe's graph needs to run as measured (any one of them), for the artifact."""
+        return tuple(flag for step in self.steps for flag in REQUIRES.get(step, ((), ""))[0])
+
+    def missing_features(self, flags: list[str]) -> str | None:
+        """Why this CPU (its `flags`) cannot run the recipe, or None when it can."""
+        for step in self.steps:
+            needed, reason = REQUIRES.get(step, ((), ""))
+            if needed and not set(needed) & set(flags):
+                return f"{reason}; this CPU reports none of {', '.join(needed)}"
+        return None
+
+    @property
     def dtype(self) -> str:
         weights = [step for step in self.steps if isinstance(step, DecoderWeights)]
         if weights:
             return WEIGHT_DTYPES[weights[-1].bits]
+        if OpenVino("bf16") in self.steps:
+            return "bfloat16"
         kinds = {type(step) for step in self.steps}
         if kinds & {DynamicInt8, StaticInt8}:
             return "int8"
@@ -103,6 +138,8 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("int8-dyn-s8-pc-keep33", (FUSED, DynamicInt8("s8", per_channel=True, keep_sensitive=0.34)),
            note="s8 per channel, the most sensitive third kept float"),
     Recipe("int8-static-qdq-pc", (FUSED, StaticInt8(per_channel=True)), note="static QDQ, calibrated"),
+    Recipe("ov-fp32", (OpenVino("f32"),), note="OpenVINO IR, its CPU plugin in fp32"),
+    Recipe("ov-bf16", (OpenVino("bf16"),), note="OpenVINO IR in bf16 (AMX or AVX-512 BF16 units)"),
     # --sweep full: the remaining variants that matter on some CPUs.
     Recipe("int8-dyn-u8", (FUSED, DynamicInt8("u8")), sweep="full", note="u8/u8, for CPUs without VNNI"),
     Recipe("int8-dyn-s8-rr", (FUSED, DynamicInt8("s8", reduce_range=True)), sweep="full", note="u8/s8, 7-bit weights"),

@@ -81,14 +81,14 @@ def render(data: dict[str, Any]) -> str:
     acc = data.get("accuracy", {})
     metrics = list(acc.get("bounds", {}))
     timing = _timing_columns(data)
-    header = ["candidate", "dtype", "verdict", *metrics, *timing, "vs torch", "MB"]
+    header = ["candidate", "runtime", "dtype", "verdict", *metrics, *timing, "vs torch", "MB"]
     ref = data.get("reference", {})
-    rows = [["torch (reference)", "float32", "reference", *("-" for _ in metrics),
+    rows = [["torch (reference)", "torch", "float32", "reference", *("-" for _ in metrics),
              *(_fmt(ref.get("timings", {}).get(k), 2) for k in timing), "1.00x", "-"]]
     for c in data.get("candidates", []):
         speed = f"{c['speedup']:.2f}x" if c.get("speedup") else "-"
         size = _fmt(c["size_bytes"] / 1e6, 1) if c.get("size_bytes") else "-"
-        rows.append([c["name"], c.get("dtype", "-"), VERDICT_MARKS.get(c["verdict"], c["verdict"]),
+        rows.append([c["name"], c.get("runtime", "onnxruntime"), c.get("dtype", "-"), VERDICT_MARKS.get(c["verdict"], c["verdict"]),
                      *(_fmt(c.get("metrics", {}).get(m)) for m in metrics),
                      *(_fmt(c.get("timings", {}).get(k), 2) for k in timing), speed, size])
     lines = [

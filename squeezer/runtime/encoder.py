@@ -96,11 +96,11 @@ class EncoderRuntime:
 
 def load(source: ModelSource, info: ModelInfo, task_name: str, artifact: Artifact | None, config: ServeConfig,
          hooks: Hooks) -> EncoderRuntime:
-    """The task's head on the configured backend; an artifact always runs on onnxruntime (never torch)."""
+    """The task's head on the configured backend; an artifact runs on the runtime its report names (never torch)."""
     task = TASKS[task_name]
     if not task.supports(info):
         raise SourceError(f"{source.model_id}: this model cannot serve {task_name}")
-    name = "onnxruntime" if artifact is not None else config.backend.backend
+    name = artifact.runtime if artifact is not None else config.backend.backend
     extra = {"artifact": artifact} if artifact is not None else {}
     backend = BACKENDS[name](source, task.head, config.model, config.backend, info.max_length, **extra)
     backend.warmup()

@@ -64,12 +64,12 @@ def test_corrupt_artifact_is_refused_with_a_reason(artifact, tmp_path) -> None:
     assert model["state"] == "failed" and "checksum" in model["error"]
 
 
-def test_serve_optimize_compiles_then_serves_onnx(tiny_model, tmp_path) -> None:
+def test_serve_optimize_compiles_then_serves_the_artifact(tiny_model, tmp_path) -> None:
     srv = ServerProcess([f"m={tiny_model('bert', 'base')}", "--optimize"], tmp_path, env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
     try:
         srv.wait_ready(600)
         model = httpx.get(srv.url + "/info").json()["models"][0]
-        assert model["backend"] == "onnxruntime", srv.logs()
+        assert model["backend"] in ("onnxruntime", "openvino"), srv.logs()  # whichever candidate won here
         assert httpx.post(srv.url + "/models/m", json={"inputs": "hello"}).status_code == 200
     finally:
         srv.stop()

@@ -49,12 +49,14 @@ def artifacts(tiny_model: Callable[[str, str], Path], tmp_path_factory: pytest.T
 
 
 def serve(path: Path, backend_config: BackendConfig | None = None) -> LoadedModel:
-    """An artifact loaded as the server will once sources are wired: info from its files, the onnx backend."""
+    """An artifact loaded as the server will once sources are wired: info from its files, the backend its report
+    names (onnxruntime, or openvino for an IR)."""
     source = ModelSource("tiny", path)
-    report = load_artifact(path).report
-    info, _ = load_info(source, ModelConfig(task=report["task"]))
-    task = TASKS[report["task"]]
-    backend = BACKENDS["onnxruntime"](source, task.head, ModelConfig(), backend_config or BackendConfig(), info.max_length)
+    artifact = load_artifact(path)
+    info, _ = load_info(source, ModelConfig(task=artifact.task))
+    task = TASKS[artifact.task]
+    config = backend_config or BackendConfig()
+    backend = BACKENDS[artifact.runtime](source, task.head, ModelConfig(), config, info.max_length, artifact=artifact)
     backend.warmup()
     return LoadedModel(source, task, info, backend)
 

@@ -1,0 +1,107 @@
+"""OpenVINO as a compilation target and a backend (issue 14): candidates built, gated and timed like ONNX
+Runtime's, an IR artifact served with the same answers through the same task code, without torch, and a bf16
+candidate skipped with its reason on a CPU without bf16 units."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from squeezer.compiler.recipes import RECIPES
+from squeezer.config import ServeConfig
+from squeezer.hardware import hardware_fingerprint
+from squeezer.runtime import load_runtime
+from squeezer.sources import ModelSource
+from tests.compiler.artifacts import build_artifact
+from tests.helpers import assert_close, run_direct
+
+TEXTS = ["I loved every minute of it!", "Terrible service, never again.", "It was fine, I guess, for the price."]
+BF16 = {"amx_bf16", "avx512_bf16"}
+
+
+@pytest.fixture(scope="module")
+def ov_artifacts(tiny_model, tmp_path_factory) -> dict[str, Path]:
+    """An IR artifact per head, built from the fp32 OpenVINO recipe alone, so it is what gets served."""
+    out = {}
+    for head in ("sequence-classification", "base"):
+        report = build_artifact(tiny_model("bert", head), tmp_path_factory.mktemp(f"ov-{head}") / "art", head,
+                                recipes="ov-fp32")
+        out[head] = report.path
+    return out
+
+
+@pytest.mark.parametrize("head", ["sequence-classification", "base"])
+def test_an_ir_artifact_answers_like_the_pytorch_reference(ov_artifacts, tiny_model, load, head: str) -> None:
+    report = json.loads((ov_artifacts[head] / "squeezer.json").read_text())
+    assert report["graph"]["runtime"] == "openvino" and report["graph"]["file"] == "model.xml"
+    runtime = load_runtime(ModelSource("m", ov_artifacts[head], artifact=True), ServeConfig())
+    try:
+        facts = runtime.describe()
+        assert facts["backend"] == "openvino" and facts["dtype"] == report["graph"]["dtype"]
+        assert report["graph"]["precision"] == "f32"
+        reference = load(tiny_model("bert", head))
+        for text in (TEXTS[0], TEXTS):
+            assert_close(run_direct(runtime.model, text).output, run_direct(reference, text).output, 1e-4)  # type: ignore[attr-defined]
+    finally:
+        runtime.close()
+
+
+def test_the_bf16_candidate_is_tried_only_where_the_cpu_has_bf16(tiny_model, tmp_path) -> None:
+    report = build_artifact(tiny_model("bert", "sequence-classification"), tmp_path / "art", "sequence-classification",
+                            recipes="ov-fp32,ov-bf16")
+    bf16 = next(c for c in report.candidates if c["name"] == "ov-bf16")
+    if BF16 & set(hardware_fingerprint()["cpu"]["flags"]):  # built, gated and timed like every candidate
+        assert bf16["verdict"] in ("chosen", "passed", "rejected") and bf16["precision"] == "bf16" and bf16["metrics"]
+    else:
+        assert bf16["verdict"] == "skipped" and "bf16" in bf16["reasons"][0] and not bf16["timings"]
+    recipe = next(r for r in RECIPES if r.name == "ov-bf16")
+    assert "AMX or AVX-512 BF16" in (recipe.missing_features(["avx2", "fma"]) or "")
+    assert recipe.missing_features(["avx2", "avx512_bf16"]) is None and recipe.runtime == "openvino"
+
+
+def test_the_gate_rejects_an_openvino_candidate_that_breaks_accuracy(tiny_model, tmp_path, monkeypatch) -> None:
+    from squeezer.backends.openvino_backend import OpenVinoBackend
+
+    forward = OpenVinoBackend.forward
+
+    def broken(self, batch):  # a conversion that lost the classifier's bias, say
+        return {name: value + 3.0 * np.arange(value.shape[-1]) for name, value in forward(self, batch).items()}
+
+    monkeypatch.setattr(OpenVinoBackend, "forward", broken)
+    report = build_artifact(tiny_model("bert", "sequence-classification"), tmp_path / "art", "sequence-classification",
+                            recipes="fp32,ov-fp32")
+    verdicts = {c["name"]: c for c in report.candidates}
+    assert verdicts["ov-fp32"]["verdict"] == "rejected" and verdicts["ov-fp32"]["reasons"]
+    assert report.chosen["name"] == "fp32"
+
+
+def test_an_ir_artifact_is_served_without_torch(ov_artifacts) -> None:
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from squeezer.config import ServeConfig; from squeezer.runtime import load_runtime\n"
+            "from squeezer.sources import ModelSource; from pathlib import Path\n"
+            "runtime = load_runtime(ModelSource('m', Path(sys.argv[1]), artifact=True), ServeConfig())\n"
+            "print(runtime.describe()['backend'])\n")
+    done = subprocess.run([sys.executable, "-c", code, str(ov_artifacts["base"])], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "openvino"
+
+
+def test_an_artifact_chosen_for_cpu_features_this_cpu_lacks_is_refused(ov_artifacts, tmp_path) -> None:
+    """The fingerprint decides (issue 14): a bf16 artifact copied to a CPU without bf16 units is refused with the
+    reason, not served silently slower or in another precision than its report measured."""
+    import shutil
+
+    from squeezer.artifact import ArtifactError, load_artifact, read_report, write_report
+
+    foreign = tmp_path / "foreign"
+    shutil.copytree(ov_artifacts["base"], foreign)
+    report = read_report(foreign)
+    write_report(foreign, {k: v for k, v in report.items() if k not in ("files", "checksum")} | {"requires": ["amx_made_up"]})
+    with pytest.raises(ArtifactError, match="amx_made_up.*optimize the model again"):
+        load_artifact(foreign)
+    assert load_artifact(ov_artifacts["base"]).report["requires"] == []  # an fp32 IR runs anywhere
