@@ -1,7 +1,7 @@
 """The encoder runtime: one forward pass per input (embeddings, classification, fill-mask, QA, zero-shot).
 
 Requests are planned (parsed and tokenized) on the event loop, their sequences go through the dynamic
-batcher to the backend (torch, or an artifact's onnxruntime graph), and the task shapes the outputs.
+batcher to the backend (torch, or an artifact's ONNX Runtime graph or OpenVINO IR), and the task shapes the outputs.
 """
 
 from __future__ import annotations
