@@ -14,7 +14,6 @@ from squeezer.config import ModelConfig, ServeConfig
 from squeezer.loading import LOAD_LOCK, check_weights, load_info
 from squeezer.runtime import causal_lm, encoder, seq2seq
 from squeezer.runtime.base import (
-    CAPABILITIES,
     Generating,
     Hooks,
     Inferring,
@@ -74,6 +73,6 @@ def load_runtime(source: ModelSource, config: ServeConfig, hooks: Hooks | None =
 
 
 __all__ = [
-    "CAPABILITIES", "RUNTIMES", "Generating", "Hooks", "Inferring", "Prepare", "Runtime", "RuntimeKind", "RuntimeStats",
+    "RUNTIMES", "Generating", "Hooks", "Inferring", "Prepare", "Runtime", "RuntimeKind", "RuntimeStats",
     "Vocabulary", "capabilities_for", "kind_for", "load_runtime",
 ]

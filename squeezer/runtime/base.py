@@ -25,7 +25,6 @@ GENERATE = "generate"  # text for a prompt (`Generating.generate`)
 STREAM = "stream"  # the same, token by token (`Generating.stream`)
 CHAT = "chat"  # chat messages through the model's template (`Generating.prepare` with messages)
 TOKENIZE = "tokenize"  # token spans of a text (TEI /tokenize)
-CAPABILITIES = (INFER, EMBED, GENERATE, STREAM, CHAT, TOKENIZE)
 
 
 @dataclass(frozen=True)
