@@ -1,7 +1,11 @@
 """Bounded LRU caches for work that repeats: whole answers and tokenizations.
 
 Bounded by entry count and by (approximate) bytes, so a flood of distinct large answers cannot grow memory;
-hit and miss counts are kept for the metrics.
+hit and miss counts are kept for the metrics. Keys are charged too: a request's key can be as large as the request.
+
+`SCOPE` names whose request is being answered (the tenant: see `squeezer.api.auth`); every cache that a client
+could observe keys its entries by it, so one tenant never hits, or times, another's entries. The engine sets
+it around a request; a context variable carries it down to tokenization without threading it through every task.
 """
 
 from __future__ import annotations
@@ -9,9 +13,11 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Hashable
+from contextvars import ContextVar
 from typing import Any, Generic, TypeVar
 
 V = TypeVar("V")
+SCOPE: ContextVar[str] = ContextVar("squeezer_cache_scope", default="")
 
 
 def approx_bytes(value: Any) -> int:

@@ -52,7 +52,10 @@ class ServerConfig:
     log_level: str = setting("info", "Log level.", choices=("debug", "info", "warning", "error"))
     log_format: str = setting("text", "Access log format: one line per request, as text or JSON.", choices=("text", "json"))
     api_key: str | None = setting(None, "Require `Authorization: Bearer KEY` on inference and admin routes.")
-    api_key_file: str | None = setting(None, "Read --api-key from this file (keeps the key out of argv and `ps`).")
+    api_key_file: str | None = setting(
+        None, "Read API keys from this file, one per line (keeps them out of argv and `ps`); each key is a tenant "
+        "whose cached answers and prompts no other key can see.",
+    )
     admin_key: str | None = setting(None, "Require this key, not --api-key, to load and unload models.")
     allowed_hosts: str = setting(
         "", "Host headers accepted, comma-separated (a defence against DNS rebinding); empty: the loopback names "
@@ -158,9 +161,10 @@ class CacheConfig:
     result_cache_entries: int = setting(4096, "Most answers kept for identical repeated requests (0 disables).")
     result_cache_mb: int = setting(64, "Most MiB of answers kept in the result cache.")
     token_cache_entries: int = setting(16384, "Most tokenized texts kept per model (0 disables).")
+    token_cache_mb: int = setting(64, "Most MiB of tokenizations (texts included) kept per model.")
 
     def __post_init__(self) -> None:
-        for name in ("result_cache_entries", "result_cache_mb", "token_cache_entries"):
+        for name in ("result_cache_entries", "result_cache_mb", "token_cache_entries", "token_cache_mb"):
             _check(getattr(self, name) >= 0, name, "must be 0 (disabled) or a positive count")
 
 
@@ -251,16 +255,19 @@ class ServeConfig:
 SERVE_GROUPS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(ServeConfig)}  # type: ignore[misc]
 
 
-def read_api_key(config: ServerConfig) -> str | None:
-    """The API key: --api-key, or the first line of --api-key-file (read once, when the app is built)."""
+def read_api_keys(config: ServerConfig) -> tuple[str, ...]:
+    """The API keys: --api-key, or every line of --api-key-file but blank ones and `#` comments (read once, when
+    the app is built). Several keys make several tenants (see `squeezer.api.auth`); none: no key needed."""
     if config.api_key_file is None:
-        return config.api_key
+        return (config.api_key,) if config.api_key else ()
     try:
-        key = Path(config.api_key_file).read_text(encoding="utf-8").strip()
+        text = Path(config.api_key_file).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"--api-key-file ({env_name('api_key_file')}): cannot read it: {exc.strerror}") from None
-    _check(len(key) >= 8, "api_key_file", "the key it holds must be at least 8 characters")
-    return key
+    keys = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    _check(bool(keys), "api_key_file", "it holds no key")
+    _check(all(len(key) >= 8 for key in keys), "api_key_file", "every key it holds must be at least 8 characters")
+    return keys
 
 
 C = TypeVar("C")

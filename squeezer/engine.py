@@ -13,12 +13,13 @@ thin client of this class.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from squeezer.caches import LRUCache, approx_bytes, request_key
+from squeezer.caches import SCOPE, LRUCache, approx_bytes, request_key
 from squeezer.config import ConfigError, ServeConfig
 from squeezer.errors import ClientError, UnknownModelError
 from squeezer.interrupt import Interrupt
@@ -185,16 +186,22 @@ class Engine:
         task: str | None = None,
         wait_for_model: bool = False,
         use_cache: bool = True,
+        scope: str = "",
     ) -> Result:
-        """Run one request (Hugging Face Inference API semantics) and return its answer."""
+        """Run one request (Hugging Face Inference API semantics) and return its answer. `scope` is the tenant:
+        cached answers and tokenizations are only ever shared within one (see `squeezer.caches.SCOPE`)."""
         started = time.perf_counter()
         runtime = cast(Inferring, await self._runtime(model_id, INFER, wait_for_model))
-        key = request_key(model_id, task, inputs, parameters) if use_cache else None
+        key = request_key(scope, model_id, task, inputs, parameters) if use_cache else None
         hit = self.results.get(key) if key is not None else None
         if hit is not None:
             return Result(hit, Timings(total=time.perf_counter() - started), cached=True)
         self._check_limits(inputs)
-        inferred = await self._within_deadline(runtime.infer(inputs, parameters, task), started)
+        scoped = SCOPE.set(scope)
+        try:
+            inferred = await self._within_deadline(runtime.infer(inputs, parameters, task), started)
+        finally:
+            SCOPE.reset(scoped)
         if key is not None and inferred.cacheable:
             self.results.put(key, inferred.answer, approx_bytes(inferred.answer.output) + len(key))  # keys cost too
         timings = Timings(inferred.queue_seconds, inferred.tokenize_seconds, inferred.inference_seconds,
@@ -237,12 +244,15 @@ class Engine:
         messages: list[dict[str, Any]] | None = None,
         parameters: dict[str, Any] | None = None,
         wait_for_model: bool = False,
+        scope: str = "",
     ) -> Completion:
         """Generate for a plain prompt or chat messages (through the model's chat template); waits for the end.
-        An encoder-decoder model answers a prompt too, with its task prefix."""
+        An encoder-decoder model answers a prompt too, with its task prefix. `scope`: whose cached prompts it
+        may start from (the tenant, and a request's cache salt)."""
         runtime = await self._generating(model_id, messages, False, wait_for_model)
         self._check_limits(prompt if messages is None else messages)
-        return await runtime.generate(runtime.prepare(prompt, messages, parameters))
+        request = runtime.prepare(prompt, messages, parameters)
+        return await runtime.generate(dataclasses.replace(request, scope=scope))
 
     async def stream(
         self,
@@ -251,11 +261,13 @@ class Engine:
         messages: list[dict[str, Any]] | None = None,
         parameters: dict[str, Any] | None = None,
         wait_for_model: bool = False,
+        scope: str = "",
     ) -> Streaming:
         """Start a streamed generation; closing its `events` early frees the sequence at the next step."""
         runtime = await self._generating(model_id, messages, True, wait_for_model)
         self._check_limits(prompt if messages is None else messages)
-        return await runtime.stream(runtime.prepare(prompt, messages, parameters))
+        request = runtime.prepare(prompt, messages, parameters)
+        return await runtime.stream(dataclasses.replace(request, scope=scope))
 
     async def tokenize(self, model_id: str, texts: list[str], add_special_tokens: bool = True) -> list[list[TokenSpan]]:
         """Each text's tokens with their character offsets (TEI's /tokenize)."""

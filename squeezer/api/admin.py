@@ -47,7 +47,7 @@ async def info(request: Request) -> dict[str, Any]:
     engine: Engine = request.app.state.engine
     server = request.app.state.server_config
     limits = {"max_payload_bytes": server.max_payload_bytes, **asdict(engine.config.limits), **asdict(engine.config.batching)}
-    return {"models": shown(engine, server), "versions": versions(), "limits": limits, "auth": bool(request.app.state.api_key)}
+    return {"models": shown(engine, server), "versions": versions(), "limits": limits, "auth": bool(request.app.state.api_keys)}
 
 
 @router.get("/models", dependencies=[Depends(require_api_key)])

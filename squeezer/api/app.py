@@ -15,7 +15,7 @@ from squeezer.api import admin, chat, hf, metrics, openai, tei, tgi
 from squeezer.api.access import AccessLog
 from squeezer.api.errors import install_error_handlers
 from squeezer.api.guard import Guard
-from squeezer.config import read_api_key
+from squeezer.config import read_api_keys
 from squeezer.engine import Engine
 
 log = logging.getLogger("squeezer.api")
@@ -51,7 +51,7 @@ def create_app(engine: Engine) -> FastAPI:
     app.state.engine = engine
     app.state.unfinished = False  # set when shutdown gave up waiting for the models (see the CLI)
     app.state.server_config = config
-    app.state.api_key = read_api_key(config)
+    app.state.api_keys = read_api_keys(config)
     app.state.metrics = metrics.Metrics(engine)
     install_error_handlers(app)
     app.add_middleware(Guard, config=config)  # outermost but for the access log: refused before routing

@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from squeezer.api.auth import require_api_key
+from squeezer.api.auth import require_api_key, scope_of
 from squeezer.api.body import model_name, read_json_object
 from squeezer.api.generation import OPENAI_FINISH, sse, strip_stop
 from squeezer.api.openai_logprobs import chat_logprobs, logprob_parameters, text_logprobs
@@ -154,15 +154,16 @@ async def _completions(request: Request, path_model: str | None, chat: bool) -> 
     if messages is None and chat:
         raise ClientError("messages: required", status=422)
     request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+    scope = scope_of(request, body.get("cache_salt"))
     if body.get("stream"):
         options = body.get("stream_options") or {}
         if not isinstance(options, dict):
             raise ClientError(f"stream_options: expected an object, got {type(options).__name__}", status=422)
         include_usage = bool(options.get("include_usage"))
-        streaming = await engine.stream(model_id, prompt, messages, params)
+        streaming = await engine.stream(model_id, prompt, messages, params, scope=scope)
         chunk = chat_chunks if chat else text_chunks
         return sse(chunk(streaming, request_id, include_usage), done_marker=True)
-    completion = await unless_disconnected(request, engine.generate(model_id, prompt, messages, params))
+    completion = await unless_disconnected(request, engine.generate(model_id, prompt, messages, params, scope=scope))
     if chat:
         return FastJSONResponse(chat_object(completion, request_id))
     return FastJSONResponse(text_object(completion, request_id, bool(body.get("echo"))))

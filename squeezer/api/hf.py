@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from squeezer.api.auth import require_admin_key, require_api_key
+from squeezer.api.auth import require_admin_key, require_api_key, tenant_of
 from squeezer.api.body import parse_json_or_text, read_body
 from squeezer.api.chat import chat_for_model
 from squeezer.api.compat import shape_for_client
@@ -119,7 +119,8 @@ async def answer(request: Request, model_id: str, task: str | None) -> FastJSONR
     streamed = isinstance(payload, dict) and payload.get("stream") is True
     if INFER not in capabilities or (streamed and STREAM in capabilities):  # TGI streams seq2seq models too
         return await generation(engine, request, model_id, inputs, parameters, payload, wait)
-    run = engine.run(model_id, inputs, parameters, task=task, wait_for_model=wait, use_cache=option(options, "use_cache", True))
+    run = engine.run(model_id, inputs, parameters, task=task, wait_for_model=wait, use_cache=option(options, "use_cache", True),
+                     scope=tenant_of(request))
     result = await unless_disconnected(request, run)
     request.app.state.metrics.observe_timings(result.timings)
     output = shape_for_client(result.answer.task, result.output, inputs, request.headers.get("user-agent", ""))

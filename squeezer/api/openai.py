@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 
-from squeezer.api.auth import require_api_key
+from squeezer.api.auth import require_api_key, tenant_of
 from squeezer.api.body import read_json_object
 from squeezer.api.responses import FastJSONResponse, result_headers, unless_disconnected
 from squeezer.engine import Engine
@@ -60,7 +60,7 @@ async def embeddings(request: Request) -> FastJSONResponse:
         raise ClientError("model: required; one of " + ", ".join(engine.model_ids()), status=422)
     texts = embedding_inputs(body.get("input"))
     encoding, dimensions = check_options(body)
-    run = engine.run(engine.resolve(model, EMBED), texts, {"normalize": True}, task="feature-extraction")
+    run = engine.run(engine.resolve(model, EMBED), texts, {"normalize": True}, task="feature-extraction", scope=tenant_of(request))
     result = await unless_disconnected(request, run)
     request.app.state.metrics.observe_timings(result.timings)
     data = [

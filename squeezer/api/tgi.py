@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from squeezer.api.auth import require_api_key
+from squeezer.api.auth import require_api_key, tenant_of
 from squeezer.api.body import model_name, read_json_object
 from squeezer.api.generation import sse, tgi_outputs, tgi_top_tokens
 from squeezer.api.responses import FastJSONResponse, unless_disconnected
@@ -48,9 +48,10 @@ async def tgi_events(streaming: Streaming) -> AsyncIterator[dict[str, Any]]:
 async def generate_response(engine: Engine, request: Request, model_id: str, prompt: Any, parameters: Any, stream: bool, wait: bool) -> Any:
     """Answer one prompt, streamed (SSE) or whole; the HF route calls this for generative models too."""
     if stream:
-        streaming = await engine.stream(model_id, prompt, parameters=parameters, wait_for_model=wait)
+        streaming = await engine.stream(model_id, prompt, parameters=parameters, wait_for_model=wait, scope=tenant_of(request))
         return sse(tgi_events(streaming))
-    completion = await unless_disconnected(request, engine.generate(model_id, prompt, parameters=parameters, wait_for_model=wait))
+    generating = engine.generate(model_id, prompt, parameters=parameters, wait_for_model=wait, scope=tenant_of(request))
+    completion = await unless_disconnected(request, generating)
     return tgi_outputs(completion)
 
 

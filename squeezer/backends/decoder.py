@@ -54,11 +54,14 @@ class Decoder(Protocol):
     def cached_tokens(self, handle: int) -> int:
         """How many of a live sequence's prompt tokens came from the prefix cache rather than a prefill."""
 
-    def prefill(self, prompt_ids: Sequence[int]) -> tuple[int, np.ndarray]:
+    def prefill(self, prompt_ids: Sequence[int], scope: str = "") -> tuple[int, np.ndarray]:
         """Run a prompt, keep its cache, and return (handle, next-token logits [vocab])."""
 
-    def prefill_many(self, prompts: Sequence[Sequence[int]]) -> list[tuple[int, np.ndarray]]:
+    def prefill_many(self, prompts: Sequence[Sequence[int]], scopes: Sequence[str] | None = None) -> list[tuple[int, np.ndarray]]:
         """Run several prompts at once, keeping each one's cache: [(handle, logits [vocab])] in their order.
+
+        `scopes` (one per prompt; "" for all when None) say whose prefix-cache entries a prompt may start from
+        and whose its finished sequence joins (see `squeezer.backends.prefix_cache`).
 
         Requests that arrive together are prefilled in one forward rather than one after another, so the last
         of them does not wait for every other prompt before its first token. All or nothing: a bad prompt
@@ -152,8 +155,8 @@ class SlotDecoder:
         self._row_of(handle)  # a KeyError for a handle that is not live
         return self._reused.get(handle, 0)
 
-    def prefill(self, prompt_ids: Sequence[int]) -> tuple[int, np.ndarray]:
-        [result] = self.prefill_many([prompt_ids])  # type: ignore[attr-defined]
+    def prefill(self, prompt_ids: Sequence[int], scope: str = "") -> tuple[int, np.ndarray]:
+        [result] = self.prefill_many([prompt_ids], [scope])  # type: ignore[attr-defined]
         return result  # type: ignore[no-any-return]
 
     def _check_prompts(self, lengths: Sequence[int]) -> None:

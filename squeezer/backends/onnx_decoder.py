@@ -118,7 +118,7 @@ class OnnxDecoder(SlotDecoder):
         self._step_binding: Any = None
         self._step_bound: tuple[int, int] | None = None  # (rows, capacity) the step binding's cache views cover
         self._prefixes = PrefixCache(prefix_cache_bytes)
-        self._history: dict[int, list[int]] = {}  # each live sequence's cached tokens, kept only for a prefix cache
+        self._history: dict[int, tuple[str, list[int]]] = {}  # each live sequence's scope and cached tokens (for a prefix cache)
         self._weights_bytes = weights_bytes
         self.meta = meta
 
@@ -140,17 +140,18 @@ class OnnxDecoder(SlotDecoder):
         session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         return cls(session, meta, max_sequences, prefix_cache_bytes, graph_bytes(graph))
 
-    def prefill_many(self, prompts: Sequence[Sequence[int]]) -> list[tuple[int, np.ndarray]]:
+    def prefill_many(self, prompts: Sequence[Sequence[int]], scopes: Sequence[str] | None = None) -> list[tuple[int, np.ndarray]]:
         """Prefill several prompts; [(handle, next-token logits)] in their order.
 
-        Prompts with no cached beginning run from scratch, right-padded in one forward; each of the others
-        continues from the prefix cache (see `_continue`). Their rows follow the live ones in that order.
+        Prompts with no cached beginning (in their scope) run from scratch, right-padded in one forward; each of
+        the others continues from the prefix cache (see `_continue`). Their rows follow the live ones in that order.
         """
         lengths = [len(p) for p in prompts]
         self._check_prompts(lengths)
+        scopes = list(scopes) if scopes is not None else [""] * len(prompts)
         first = len(self._rows)
         self._fit(first + len(prompts), max([*lengths, *self._lengths]))
-        found = [(i, *self._prefixes.lookup(p)) for i, p in enumerate(prompts)]
+        found = [(i, *self._prefixes.lookup(p, scopes[i])) for i, p in enumerate(prompts)]
         resumed = [(i, entry, shared) for i, entry, shared in found if entry is not None]
         fresh = [i for i, entry, _ in found if entry is None]
         logits = self._from_scratch(first, [prompts[i] for i in fresh])
@@ -159,7 +160,7 @@ class OnnxDecoder(SlotDecoder):
         order = fresh + [i for i, _, _ in resumed]
         handles = self._admit([lengths[i] for i in order])
         if self._prefixes.budget_bytes:
-            self._history.update((handle, list(prompts[i])) for i, handle in zip(order, handles))
+            self._history.update((handle, (scopes[i], list(prompts[i]))) for i, handle in zip(order, handles))
         for (_, _, shared), handle in zip(resumed, handles[len(fresh):]):
             self._reused[handle] = shared
         by_prompt = {i: (handle, row) for i, handle, row in zip(order, handles, logits)}
@@ -207,7 +208,7 @@ class OnnxDecoder(SlotDecoder):
         self._lengths = [length + 1 for length in self._lengths]
         if self._history:
             for handle, token in zip(handles, tokens):
-                self._history[handle].append(token)
+                self._history[handle][1].append(token)
         return logits if order == list(range(n)) else logits[order]
 
     def _fit(self, rows: int, length: int) -> None:
@@ -251,10 +252,10 @@ class OnnxDecoder(SlotDecoder):
 
     def release(self, handle: int) -> None:
         """Free a sequence's row, keeping its tokens' keys and values in the prefix cache first."""
-        tokens = self._history.pop(handle, None)
+        scope, tokens = self._history.pop(handle, ("", []))
         if tokens:
             row = self._row_of(handle)
-            self._prefixes.add(tokens, self._store.save(row, self._lengths[row]))
+            self._prefixes.add(tokens, self._store.save(row, self._lengths[row]), scope)
         super().release(handle)
 
     def _move_row(self, src: int, dst: int, length: int) -> None:

@@ -11,6 +11,11 @@ there is no block size to tune and a hit may end anywhere. The store is bounded 
 least recently used entry first. An entry that is a beginning of a newer one is dropped (the newer one
 answers every lookup the older one would), and a sequence already covered by an entry only refreshes it.
 Copies in and out are a few megabytes for a small model: far cheaper than the forward they save.
+
+Every entry belongs to a scope (the tenant, and the request's `cache_salt` when it gives one): a prompt only
+ever resumes from entries of its own scope. A shared cache would be a side channel: a faster first token, or
+`cached_tokens` in OpenAI's usage, would tell one client, token by token, what another client's prompts began
+with (vLLM salts its block hashes for the same reason).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class Entry:
 
     tokens: np.ndarray
     kv: np.ndarray
+    scope: str = ""
 
     @property
     def nbytes(self) -> int:
@@ -58,8 +64,9 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, prompt: Sequence[int]) -> tuple[Entry | None, int]:
-        """The entry sharing the longest beginning with `prompt`, and that length (at most len(prompt) - 1).
+    def lookup(self, prompt: Sequence[int], scope: str = "") -> tuple[Entry | None, int]:
+        """The entry of `scope` sharing the longest beginning with `prompt`, and that length (at most
+        len(prompt) - 1).
 
         The last prompt token is always left to compute: its forward gives the next-token logits. The caller
         uses what it gets: a lookup counts as a hit (and its tokens as reused) or a miss.
@@ -70,6 +77,8 @@ class PrefixCache:
         tokens = np.asarray(prompt, dtype=np.int64)
         best, best_key, best_len = None, -1, 0
         for key, entry in self._entries.items():
+            if entry.scope != scope:
+                continue
             shared = common_prefix(entry.tokens, tokens)
             if shared > best_len:
                 best, best_key, best_len = entry, key, shared
@@ -82,14 +91,16 @@ class PrefixCache:
         self.tokens_reused += shared
         return best, shared
 
-    def add(self, tokens: Sequence[int], kv: np.ndarray) -> None:
-        """Keep a finished sequence's tokens and keys/values (an array the caller gives up)."""
+    def add(self, tokens: Sequence[int], kv: np.ndarray, scope: str = "") -> None:
+        """Keep a finished sequence's tokens and keys/values (an array the caller gives up) for prompts of `scope`."""
         if self.budget_bytes == 0 or len(tokens) < 2:
             return
-        entry = Entry(np.asarray(tokens, dtype=np.int64), kv)
+        entry = Entry(np.asarray(tokens, dtype=np.int64), kv, scope)
         if entry.nbytes > self.budget_bytes:
             return
         for key, old in list(self._entries.items()):
+            if old.scope != scope:
+                continue
             shared = common_prefix(old.tokens, entry.tokens)
             if shared == len(entry.tokens):  # already covered: keep the longer one, now the most recent
                 self._entries.move_to_end(key)

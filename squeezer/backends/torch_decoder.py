@@ -175,7 +175,7 @@ class TorchDecoder(SlotDecoder):
         model = transformers.AutoModelForCausalLM.from_pretrained(str(source.path), **kwargs)
         return cls(model, max_sequences)
 
-    def prefill_many(self, prompts: Sequence[Sequence[int]]) -> list[tuple[int, np.ndarray]]:
+    def prefill_many(self, prompts: Sequence[Sequence[int]], scopes: Sequence[str] | None = None) -> list[tuple[int, np.ndarray]]:
         """Prefill several prompts in one right-padded forward; [(handle, next-token logits)] in their order."""
         torch, lengths = self._torch, [len(p) for p in prompts]
         self._check_prompts(lengths)

@@ -68,7 +68,7 @@ def load_runtime(source: ModelSource, config: ServeConfig, hooks: Hooks | None =
             model_config = config.model
         info, task = load_info(source, model_config)
         if config.cache.token_cache_entries:
-            info.token_cache = LRUCache(config.cache.token_cache_entries)
+            info.token_cache = LRUCache(config.cache.token_cache_entries, config.cache.token_cache_mb << 20)
         return kind_for(task).load(source, info, task, artifact, dataclasses.replace(config, model=model_config), hooks or Hooks())
 
 

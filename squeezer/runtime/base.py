@@ -104,10 +104,12 @@ class Prompt:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """A validated generation request: its prompt and parameters, ready for `generate` or `stream`."""
+    """A validated generation request: its prompt and parameters, ready for `generate` or `stream`; `scope` is
+    whose cached prompts it may reuse (the tenant, and its cache salt: see `squeezer.backends.prefix_cache`)."""
 
     prompt: Prompt
     params: GenerationParams
+    scope: str = ""
 
 
 @dataclass(frozen=True)

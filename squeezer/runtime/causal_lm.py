@@ -126,11 +126,11 @@ class CausalLMRuntime:
         return self._loop
 
     async def generate(self, request: GenerationRequest) -> Completion:
-        generations = await self._decode_loop().generate_all(request.prompt.ids, request.params)
+        generations = await self._decode_loop().generate_all(request.prompt.ids, request.params, request.scope)
         return Completion(self.model_id, request.prompt, request.params, generations, self.vocabulary)
 
     async def stream(self, request: GenerationRequest) -> Streaming:
-        events = await self._decode_loop().stream(request.prompt.ids, request.params)
+        events = await self._decode_loop().stream(request.prompt.ids, request.params, request.scope)
         return Streaming(self.model_id, request.prompt, request.params, events, self.vocabulary)
 
 

@@ -71,6 +71,7 @@ class DecodeRequest:
     seed: int | None
     events: asyncio.Queue[TokenEvent | BaseException]
     loop: asyncio.AbstractEventLoop
+    scope: str = ""  # whose prefix-cache entries it may start from (see `squeezer.backends.prefix_cache`)
     arrived: float = field(default_factory=time.perf_counter)
     cancelled: bool = False  # set by the event loop, read by the worker: it frees the cache at the next step
 
@@ -221,21 +222,22 @@ class DecodeLoop:
         with self._wake:  # the worker moves requests from one to the next under this lock (or while admitting)
             return bool(self._waiting or self._admitting or self._active)
 
-    async def stream(self, prompt_ids: Sequence[int], params: GenerationParams) -> TokenStream:
-        """Queue one sequence and return its token events; limits and a full queue raise here, before any token."""
+    async def stream(self, prompt_ids: Sequence[int], params: GenerationParams, scope: str = "") -> TokenStream:
+        """Queue one sequence and return its token events; limits and a full queue raise here, before any token.
+        `scope` is the prefix-cache scope (the tenant, and a request's cache salt)."""
         if params.num_return_sequences > 1:
             raise InputError("parameters.num_return_sequences: a streamed request returns one sequence")
-        [request] = self._submit(prompt_ids, params, params.seeds())
+        [request] = self._submit(prompt_ids, params, params.seeds(), scope)
         return TokenStream(request, self._cancel)
 
-    async def generate(self, prompt_ids: Sequence[int], params: GenerationParams) -> Generation:
+    async def generate(self, prompt_ids: Sequence[int], params: GenerationParams, scope: str = "") -> Generation:
         """Generate one sequence (the first seed when several are asked for; see `generate_all`)."""
-        [request] = self._submit(prompt_ids, params, params.seeds()[:1])
+        [request] = self._submit(prompt_ids, params, params.seeds()[:1], scope)
         return await self._collect(request)
 
-    async def generate_all(self, prompt_ids: Sequence[int], params: GenerationParams) -> list[Generation]:
+    async def generate_all(self, prompt_ids: Sequence[int], params: GenerationParams, scope: str = "") -> list[Generation]:
         """Generate `num_return_sequences` sequences concurrently, with seeds counting up from the request's."""
-        requests = self._submit(prompt_ids, params, params.seeds())
+        requests = self._submit(prompt_ids, params, params.seeds(), scope)
         tasks = [asyncio.ensure_future(self._collect(req)) for req in requests]
         try:
             return list(await asyncio.gather(*tasks))
@@ -245,7 +247,8 @@ class DecodeLoop:
                 self._cancel(req)
             raise
 
-    def _submit(self, prompt_ids: Sequence[int], params: GenerationParams, seeds: list[int | None]) -> list[DecodeRequest]:
+    def _submit(self, prompt_ids: Sequence[int], params: GenerationParams, seeds: list[int | None],
+                scope: str) -> list[DecodeRequest]:
         max_new = self._config.new_tokens_for(len(prompt_ids), params.max_new_tokens, self._decoder.max_length)
         loop = asyncio.get_running_loop()
         with self._wake:  # under the lock: a request can never slip in after close() emptied the queue
@@ -253,7 +256,7 @@ class DecodeLoop:
                 raise ModelNotReadyError(UNLOADING)
             if len(self._waiting) + len(seeds) > self._config.max_waiting:
                 raise QueueFullError(f"too many generation requests waiting ({self._config.max_waiting}); retry later")
-            requests = [DecodeRequest(list(prompt_ids), params, max_new, seed, asyncio.Queue(), loop) for seed in seeds]
+            requests = [DecodeRequest(list(prompt_ids), params, max_new, seed, asyncio.Queue(), loop, scope) for seed in seeds]
             self._waiting.extend(requests)
             self._wake.notify()
         return requests
@@ -361,7 +364,7 @@ class DecodeLoop:
                 self._prefill(request, admitted)
             return
         try:
-            results = self._decoder.prefill_many([r.prompt_ids for r in requests])
+            results = self._decoder.prefill_many([r.prompt_ids for r in requests], [r.scope for r in requests])
         except Exception:
             log.warning("batched prefill failed; prefilling its %d prompts one by one", len(requests), exc_info=True)
             for request in requests:
@@ -372,7 +375,7 @@ class DecodeLoop:
 
     def _prefill(self, request: DecodeRequest, admitted: float) -> None:
         try:
-            handle, logits = self._decoder.prefill(request.prompt_ids)
+            handle, logits = self._decoder.prefill(request.prompt_ids, request.scope)
         except Exception as exc:
             self._deliver([(request, exc)])
             return

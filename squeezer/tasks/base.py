@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, get_type_hints
 
 import numpy as np
 
-from squeezer.caches import LRUCache
+from squeezer.caches import SCOPE, LRUCache
 from squeezer.errors import ClientError
 
 
@@ -73,15 +73,17 @@ class ModelInfo:
         """Tokenize one text (or pair) to at most `max_length` tokens; say whether anything was cut.
 
         Called with `truncate=False`, an over-long input is a client error rather than a silent cut.
-        Repeated texts come from the token cache; callers must not mutate what they get.
+        Repeated texts come from the token cache (per tenant: `squeezer.caches.SCOPE`); callers must not mutate
+        what they get.
         """
-        key = (text, pair, truncate, tuple(sorted(kwargs.items())))
+        key = (SCOPE.get(), text, pair, truncate, tuple(sorted(kwargs.items())))
         cached = self.token_cache.get(key) if self.token_cache is not None else None
         if cached is not None:
             return cached
         result = self._encode(text, pair, truncate, kwargs)
         if self.token_cache is not None:
-            self.token_cache.put(key, result)
+            size = len(text) + len(pair or "") + 8 * len(result[0]["input_ids"]) * len(result[0])  # key + token arrays
+            self.token_cache.put(key, result, size)
         return result
 
     def _encode(self, text: str, pair: str | None, truncate: bool, kwargs: dict[str, Any]) -> tuple[Any, bool]:

@@ -138,6 +138,11 @@ def test_prompts_continuing_cached_sequences_decode_as_generate(pair: tuple[Any,
     cache = decoder.prefix_cache
     assert (cache.hits, cache.misses, cache.tokens_reused) == (3, 2, 20 + len(first) + 3 + len(first) - 1)  # misses: first, PROMPTS[0]
     assert [decoder.cached_tokens(h) for h, _ in results] == [20, len(first) + 3, 0, len(first) - 1]
+    others = decoder.prefill_many(prompts, ["tenant-b"] * len(prompts))  # another scope: nothing of the first one's
+    assert [decoder.cached_tokens(h) for h, _ in others] == [0, 0, 0, 0]
+    for (_, mine), (handle, theirs) in zip(results, others):
+        assert close(mine, theirs)
+        decoder.release(handle)
     outputs = continue_greedily(decoder, results, 12)
     for prompt, (_, logits) in zip(prompts, results):
         assert close(logits, full_logits(model, prompt))

@@ -67,3 +67,17 @@ def test_a_zero_budget_keeps_nothing_and_a_negative_one_is_refused() -> None:
     assert len(cache) == 0 and cache.lookup([1, 2, 3, 4]) == (None, 0)
     with pytest.raises(ValueError, match="at least 0"):
         PrefixCache(-1)
+
+
+def test_a_prompt_only_resumes_from_its_own_scope() -> None:
+    """Scopes are tenants: the same tokens cached for one are a miss for another, and neither replaces the other."""
+    cache = PrefixCache(1 << 20)
+    cache.add([1, 2, 3, 4, 5], kv(5, 1.0), scope="a")
+    assert cache.lookup([1, 2, 3, 4, 5, 6], scope="b") == (None, 0)
+    assert cache.lookup([1, 2, 3, 4, 5, 6]) == (None, 0)  # the unscoped default is a scope too
+    cache.add([1, 2, 3, 4, 5, 6], kv(6, 2.0), scope="b")  # covers a's entry, but may not drop it
+    assert len(cache) == 2
+    entry, shared = cache.lookup([1, 2, 3, 4, 5, 9], scope="a")
+    assert shared == 5 and entry is not None and entry.kv[0, 0, 0, 0] == 1.0 and entry.scope == "a"
+    entry, shared = cache.lookup([1, 2, 3, 4, 5, 6, 7], scope="b")
+    assert shared == 6 and entry is not None and entry.kv[0, 0, 0, 0] == 2.0

@@ -35,8 +35,8 @@ class Perturbed:
     def _noisy(self, logits: np.ndarray) -> np.ndarray:
         return logits + self.scale * self.rng.standard_normal(logits.shape).astype(np.float32)
 
-    def prefill_many(self, prompts: Sequence[Sequence[int]]) -> list:
-        return [(h, self._noisy(row)) for h, row in self.inner.prefill_many(prompts)]
+    def prefill_many(self, prompts: Sequence[Sequence[int]], scopes: Sequence[str] | None = None) -> list:
+        return [(h, self._noisy(row)) for h, row in self.inner.prefill_many(prompts, scopes)]
 
     def step(self, handles: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
         return self._noisy(self.inner.step(handles, tokens))

@@ -129,9 +129,9 @@ async def test_requests_admitted_together_are_prefilled_in_one_forward_and_equal
     batches: list[int] = []
 
     class Recording(PacedDecoder):
-        def prefill_many(self, prompts: Sequence[Sequence[int]]) -> Any:
+        def prefill_many(self, prompts: Sequence[Sequence[int]], scopes: Any = None) -> Any:
             batches.append(len(prompts))
-            return super().prefill_many(prompts)
+            return super().prefill_many(prompts, scopes)
 
     loop = make_loop(lm, start=False, decoder=Recording(model))
     tasks = [asyncio.ensure_future(loop.generate(p, GenerationParams(max_new_tokens=n))) for p, n in zip(prompts(), NEW_TOKENS)]
@@ -149,9 +149,9 @@ async def test_a_burst_is_prefilled_in_forwards_of_at_most_max_prefill_tokens(lm
     events: list[Any] = []
 
     class Recording(PacedDecoder):
-        def prefill_many(self, prompts: Sequence[Sequence[int]]) -> Any:
+        def prefill_many(self, prompts: Sequence[Sequence[int]], scopes: Any = None) -> Any:
             events.append([len(p) for p in prompts])
-            return super().prefill_many(prompts)
+            return super().prefill_many(prompts, scopes)
 
         def step(self, handles: Sequence[int], tokens: Sequence[int]) -> Any:
             if events and events[-1] != "step":
@@ -419,10 +419,10 @@ class HeldPrefill(TorchDecoder):
         super().__init__(model)
         self.entered, self.release = threading.Event(), threading.Event()
 
-    def prefill_many(self, prompts: Sequence[Sequence[int]]) -> Any:
+    def prefill_many(self, prompts: Sequence[Sequence[int]], scopes: Any = None) -> Any:
         self.entered.set()
         self.release.wait(30)
-        return super().prefill_many(prompts)
+        return super().prefill_many(prompts, scopes)
 
 
 async def test_drain_waits_for_requests_being_prefilled(llama: Model, make_loop: MakeLoop) -> None:
@@ -522,10 +522,10 @@ async def test_a_request_that_waits_past_the_timeout_for_a_slot_gets_504(llama: 
     from squeezer.errors import ClientError
 
     class HeldFirst(HeldPrefill):
-        def prefill(self, prompt: Sequence[int]) -> Any:
+        def prefill(self, prompt: Sequence[int], scope: str = "") -> Any:
             self.entered.set()
             self.release.wait(30)
-            return super().prefill(prompt)
+            return super().prefill(prompt, scope)
 
     decoder = HeldFirst(llama[0])
     loop = DecodeLoop(decoder, llama[1], DecodingConfig(max_batch_sequences=1), max_wait=0.2)
