@@ -43,6 +43,7 @@ def serve_command(args: argparse.Namespace) -> int:
     import uvicorn
 
     from squeezer.api import create_app
+    from squeezer.api.stopping import GracefulServer
     from squeezer.engine import Engine
 
     config = serve_config(args)
@@ -58,7 +59,7 @@ def serve_command(args: argparse.Namespace) -> int:
     # uvicorn drains on SIGTERM, then re-raises the signal to the previous handler; make that a no-op so a
     # graceful shutdown exits 0, as process managers expect.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    uvicorn.run(
+    listen = uvicorn.Config(
         app,
         host=server.host,
         port=server.port,
@@ -66,6 +67,7 @@ def serve_command(args: argparse.Namespace) -> int:
         access_log=False,  # squeezer.api.access logs one structured line per request instead
         timeout_graceful_shutdown=int(server.shutdown_grace),
     )
+    GracefulServer(listen, app.state.stopping).run()
     if app.state.unfinished:  # worker threads (a compile, a generate) would hold the interpreter's exit
         logging.shutdown()
         os._exit(0)

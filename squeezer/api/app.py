@@ -15,6 +15,7 @@ from squeezer.api import admin, chat, hf, metrics, openai, tei, tgi
 from squeezer.api.access import AccessLog
 from squeezer.api.errors import install_error_handlers
 from squeezer.api.guard import Guard
+from squeezer.api.stopping import Stopping
 from squeezer.config import read_api_keys
 from squeezer.engine import Engine
 
@@ -49,6 +50,7 @@ def create_app(engine: Engine) -> FastAPI:
 
     app = FastAPI(title="Squeezer", lifespan=lifespan, **quiet_fastapi())
     app.state.engine = engine
+    app.state.stopping = Stopping()  # the CLI's server calls its begin() when shutdown starts
     app.state.unfinished = False  # set when shutdown gave up waiting for the models (see the CLI)
     app.state.server_config = config
     app.state.api_keys = read_api_keys(config)

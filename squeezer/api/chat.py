@@ -162,7 +162,7 @@ async def _completions(request: Request, path_model: str | None, chat: bool) -> 
         include_usage = bool(options.get("include_usage"))
         streaming = await engine.stream(model_id, prompt, messages, params, scope=scope)
         chunk = chat_chunks if chat else text_chunks
-        return sse(chunk(streaming, request_id, include_usage), done_marker=True)
+        return sse(chunk(streaming, request_id, include_usage), request.app.state.stopping, done_marker=True)
     completion = await unless_disconnected(request, engine.generate(model_id, prompt, messages, params, scope=scope))
     if chat:
         return FastJSONResponse(chat_object(completion, request_id))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -9,6 +10,7 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 
+from squeezer.api.stopping import MESSAGE, Stopping
 from squeezer.errors import ClientError
 from squeezer.generation.outputs import Generation, output_text
 from squeezer.runtime.base import Completion, Vocabulary
@@ -61,8 +63,9 @@ def strip_stop(text: str, stops: list[str] | None) -> str:
     return text
 
 
-def sse(events: AsyncIterator[Any], done_marker: bool = False) -> StreamingResponse:
-    """Server-sent events, one JSON object per `data:` line; a failure mid-stream becomes an error event.
+def sse(events: AsyncIterator[Any], stopping: Stopping, done_marker: bool = False) -> StreamingResponse:
+    """Server-sent events, one JSON object per `data:` line; a failure mid-stream becomes an error event, and so
+    does a shutdown whose grace runs out before the stream ends (`squeezer.api.stopping`).
 
     When the client disconnects, Starlette cancels the generator: the token stream it reads then frees
     the sequence's slot and cache at the next decode step.
@@ -70,8 +73,14 @@ def sse(events: AsyncIterator[Any], done_marker: bool = False) -> StreamingRespo
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            async for event in events:
-                yield f"data: {json.dumps(event)}\n\n".encode()
+            with stopping.watch() as interrupt:
+                try:
+                    async for event in events:
+                        yield f"data: {json.dumps(event)}\n\n".encode()
+                except asyncio.CancelledError:
+                    if not interrupt.claim():
+                        raise
+                    yield f"data: {json.dumps({'error': MESSAGE, 'error_type': 'unavailable'})}\n\n".encode()
         except ClientError as exc:
             yield f"data: {json.dumps({'error': str(exc), 'error_type': 'validation'})}\n\n".encode()
         except Exception as exc:  # headers are gone: the error travels in the stream

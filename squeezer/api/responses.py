@@ -10,6 +10,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from squeezer.api.stopping import MESSAGE
 from squeezer.engine import Result
 from squeezer.errors import ClientError
 from squeezer.interrupt import Interrupt
@@ -46,7 +47,18 @@ def result_headers(result: Result) -> dict[str, str]:
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await `work` in this task, but cancel it (dropping its queued sequences) if the client disconnects:
-    a watcher reads the connection and interrupts this task on `http.disconnect` (see `squeezer.interrupt`)."""
+    a watcher reads the connection and interrupts this task on `http.disconnect` (see `squeezer.interrupt`).
+    A shutdown whose grace runs out first answers 503 instead (`squeezer.api.stopping`)."""
+    with request.app.state.stopping.watch() as stopped:
+        try:
+            return await _unless_disconnected(request, work)
+        except asyncio.CancelledError:
+            if not stopped.claim():
+                raise
+            raise ClientError(MESSAGE, status=503) from None
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     interrupt = Interrupt()
 
     async def watch() -> None:

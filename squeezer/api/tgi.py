@@ -49,7 +49,7 @@ async def generate_response(engine: Engine, request: Request, model_id: str, pro
     """Answer one prompt, streamed (SSE) or whole; the HF route calls this for generative models too."""
     if stream:
         streaming = await engine.stream(model_id, prompt, parameters=parameters, wait_for_model=wait, scope=tenant_of(request))
-        return sse(tgi_events(streaming))
+        return sse(tgi_events(streaming), request.app.state.stopping)
     generating = engine.generate(model_id, prompt, parameters=parameters, wait_for_model=wait, scope=tenant_of(request))
     completion = await unless_disconnected(request, generating)
     return tgi_outputs(completion)
