@@ -251,7 +251,7 @@ class Engine:
         may start from (the tenant, and a request's cache salt)."""
         runtime = await self._generating(model_id, messages, False, wait_for_model)
         self._check_limits(prompt if messages is None else messages)
-        request = runtime.prepare(prompt, messages, parameters)
+        request = await runtime.prep.run(runtime.prepare, prompt, messages, parameters)
         return await runtime.generate(dataclasses.replace(request, scope=scope))
 
     async def stream(
@@ -266,14 +266,15 @@ class Engine:
         """Start a streamed generation; closing its `events` early frees the sequence at the next step."""
         runtime = await self._generating(model_id, messages, True, wait_for_model)
         self._check_limits(prompt if messages is None else messages)
-        request = runtime.prepare(prompt, messages, parameters)
+        request = await runtime.prep.run(runtime.prepare, prompt, messages, parameters)
         return await runtime.stream(dataclasses.replace(request, scope=scope))
 
     async def tokenize(self, model_id: str, texts: list[str], add_special_tokens: bool = True) -> list[list[TokenSpan]]:
         """Each text's tokens with their character offsets (TEI's /tokenize)."""
         self._check_limits(texts)
         runtime = await self._runtime(model_id, TOKENIZE, False)
-        return [runtime.vocabulary.spans(text, add_special_tokens) for text in texts]
+        spans = runtime.vocabulary.spans
+        return await runtime.prep.run(lambda: [spans(text, add_special_tokens) for text in texts])
 
     async def close(self) -> None:
         """Finish queued work and free every model."""

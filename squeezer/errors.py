@@ -31,5 +31,8 @@ class ModelNotReadyError(ClientError):
     status = 503
 
 
+UNLOADING = "this model is being unloaded; retry to load it again"  # what work refused by a draining model hears
+
+
 class QueueFullError(ClientError):
     status = 429

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol
 from squeezer.generation.outputs import Generation, TokenEvent
 from squeezer.generation.params import GenerationParams
 from squeezer.requests import Answer
+from squeezer.runtime.prep import PrepThread
 
 # What a runtime can be asked for; the dialects name the one they need when they resolve a model.
 INFER = "infer"  # the Inference API's task answers (`Inferring.infer`)
@@ -173,6 +174,11 @@ class Runtime(Protocol):
     def vocabulary(self) -> Vocabulary: ...
 
     @property
+    def prep(self) -> PrepThread:
+        """The thread that prepares (parses, templates, tokenizes) this model's requests, off the event loop."""
+        ...
+
+    @property
     def memory_bytes(self) -> int:
         """What the model holds now (weights as loaded, caches), 0 when it cannot tell."""
         ...
@@ -204,7 +210,7 @@ class Generating(Runtime, Protocol):
     """Runtimes with GENERATE and STREAM (and CHAT where they take messages)."""
 
     def prepare(self, prompt: Any, messages: Any, parameters: Any) -> GenerationRequest:
-        """Validate and tokenize a request before anything is queued (4xx here)."""
+        """Validate and tokenize a request before anything is queued (4xx here); run on `prep`."""
         ...
 
     async def generate(self, request: GenerationRequest) -> Completion: ...

@@ -27,6 +27,7 @@ from squeezer.runtime.base import (
     Streaming,
     Vocabulary,
 )
+from squeezer.runtime.prep import PrepThread
 from squeezer.scheduling.decoding import DecodeLoop
 from squeezer.sources import ModelSource
 from squeezer.tasks import GENERATION_TASKS, InputError, ModelInfo
@@ -52,6 +53,7 @@ class CausalLMRuntime:
                  backend: str = "torch", dtype: str = "float32") -> None:
         self.source, self.info, self.decoder = source, info, decoder
         self.vocabulary = Vocabulary(info.tokenizer)
+        self.prep = PrepThread(source.model_id)
         self._config, self._hooks = config, hooks
         self._backend, self._dtype = backend, dtype
         self._loop: DecodeLoop | None = None
@@ -97,12 +99,15 @@ class CausalLMRuntime:
         self._loop = DecodeLoop(self.decoder, self.info.tokenizer, self._config.decoding, on_step=on_step, on_finish=on_finish,
                                 max_wait=self._config.limits.request_timeout)
         self._loop.start()
+        self.prep.accept()
 
     async def drain(self) -> None:
+        await self.prep.drain()
         if self._loop is not None:
             await self._loop.drain()
 
     def close(self) -> None:
+        self.prep.close()
         self.decoder.close()
 
     def prepare(self, prompt: Any, messages: Any, parameters: Any) -> GenerationRequest:

@@ -14,6 +14,7 @@ from squeezer.config import ServeConfig
 from squeezer.loading import LoadedModel
 from squeezer.requests import answer, plan
 from squeezer.runtime.base import EMBED, INFER, TOKENIZE, CacheStats, Hooks, Inferred, RuntimeStats, Vocabulary
+from squeezer.runtime.prep import PrepThread
 from squeezer.scheduling import Batcher
 from squeezer.sources import ModelSource, SourceError
 from squeezer.tasks import TASKS, ModelInfo
@@ -37,6 +38,7 @@ class EncoderRuntime:
     def __init__(self, model: LoadedModel, config: ServeConfig, hooks: Hooks) -> None:
         self.model = model
         self.vocabulary = Vocabulary(model.info.tokenizer)
+        self.prep = PrepThread(model.model_id)
         self._config, self._hooks = config, hooks
         self._batcher: Batcher | None = None
 
@@ -75,19 +77,22 @@ class EncoderRuntime:
         workers = backend.capabilities().instances
         self._batcher = Batcher(run_batch, pad_id, self._config.batching, on_batch, workers=workers)
         self._batcher.start()
+        self.prep.accept()
 
     async def drain(self) -> None:
+        await self.prep.drain()
         if self._batcher is not None:
             await self._batcher.drain()
 
     def close(self) -> None:
+        self.prep.close()
         self.model.close()
 
     async def infer(self, inputs: Any, parameters: Any, task: str | None) -> Inferred:
-        """Plan (parse, tokenize), run the sequences through the batcher, answer."""
+        """Plan (parse, tokenize: on the prep thread), run the sequences through the batcher, answer."""
         assert self._batcher is not None, "start() the runtime before serving"
         started = time.perf_counter()
-        request = plan(self.model, inputs, parameters, task)
+        request = await self.prep.run(plan, self.model, inputs, parameters, task)
         tokenized = time.perf_counter()
         submitted = await self._batcher.submit(request.features)
         result = answer(self.model, request, submitted.outputs)

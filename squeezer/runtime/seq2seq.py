@@ -32,6 +32,7 @@ from squeezer.runtime.base import (
     Streaming,
     Vocabulary,
 )
+from squeezer.runtime.prep import PrepThread
 from squeezer.runtime.seq2seq_stream import Seq2SeqStream
 from squeezer.scheduling.seq2seq import Ran, Seq2SeqScheduler
 from squeezer.sources import ModelSource, SourceError
@@ -83,6 +84,7 @@ class Seq2SeqRuntime:
         self.source, self.info, self._task = source, info, task
         self.generator = generator  # squeezer.backends.torch_seq2seq.TorchSeq2Seq (torch is an optional extra)
         self.vocabulary = Vocabulary(info.tokenizer)
+        self.prep = PrepThread(source.model_id)
         self._config = config
         self._scheduler: Seq2SeqScheduler | None = None
 
@@ -111,12 +113,15 @@ class Seq2SeqRuntime:
 
     def start(self) -> None:
         self._scheduler = Seq2SeqScheduler(self._config.batching.max_queue, self._config.limits.request_timeout)
+        self.prep.accept()
 
     async def drain(self) -> None:
+        await self.prep.drain()
         if self._scheduler is not None:
             await self._scheduler.drain()
 
     def close(self) -> None:
+        self.prep.close()
         self.generator.close()
 
     def _worker(self) -> Seq2SeqScheduler:

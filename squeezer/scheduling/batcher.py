@@ -26,7 +26,7 @@ import numpy as np
 
 from squeezer.backends import Batch
 from squeezer.config import BatchingConfig
-from squeezer.errors import ModelNotReadyError, QueueFullError
+from squeezer.errors import UNLOADING, ModelNotReadyError, QueueFullError
 from squeezer.tasks.base import Feature
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class Batcher:
         (client gone, timeout) cancels its items, which the worker then skips.
         """
         if self._closing:
-            raise ModelNotReadyError("this model is being unloaded; retry to load it again")
+            raise ModelNotReadyError(UNLOADING)
         if len(self._pending) + len(features) > self._config.max_queue:
             raise QueueFullError(f"too many requests waiting for this model ({self._config.max_queue} sequences); retry later")
         loop = asyncio.get_running_loop()

@@ -27,7 +27,7 @@ import numpy as np
 from squeezer.backends.decoder import Decoder
 from squeezer.backends.prefix_cache import PrefixCache
 from squeezer.config import DecodingConfig
-from squeezer.errors import ClientError, ModelNotReadyError, QueueFullError
+from squeezer.errors import UNLOADING, ClientError, ModelNotReadyError, QueueFullError
 from squeezer.generation.logprobs import token_logprobs
 from squeezer.generation.outputs import FinishReason, Generation, TokenEvent
 from squeezer.generation.params import GenerationParams
@@ -36,7 +36,6 @@ from squeezer.generation.text import SequenceText
 from squeezer.tasks.base import InputError
 
 log = logging.getLogger(__name__)
-UNLOADING = "this model is being unloaded; retry to load it again"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from squeezer.errors import ClientError, ModelNotReadyError, QueueFullError
+from squeezer.errors import UNLOADING, ClientError, ModelNotReadyError, QueueFullError
 
 T = TypeVar("T")
 
@@ -77,7 +77,7 @@ class Seq2SeqScheduler:
         queue or an unloading model raises here, before anything is queued. Cancelling the future takes a
         job that has not started off the queue."""
         if self._closing:
-            raise ModelNotReadyError("this model is being unloaded; retry to load it again")
+            raise ModelNotReadyError(UNLOADING)
         if self._waiting + size > self._max_queue:
             raise QueueFullError(f"too many requests waiting for this model ({self._max_queue} inputs); retry later")
         loop = asyncio.get_running_loop()
