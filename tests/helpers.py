@@ -1,7 +1,12 @@
-"""Run a request through a loaded model without the server: the engine's halves around a direct forward."""
+"""Test helpers: a request run through a loaded model without the server (the engine's halves around a direct
+forward), a deep comparison of JSON-like answers, and waiting on observable state."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -43,3 +48,29 @@ def assert_close(actual: Any, expected: Any, tol: float = 1e-5, path: str = "$")
         if isinstance(expected, np.integer):
             expected = int(expected)
         assert actual == expected, f"{path}: {actual!r} != {expected!r}"
+
+
+async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0) -> None:
+    """Wait for observable state rather than sleeping for a guessed time: poll `condition` (a function, or an
+    async one such as a metrics scrape) on the event loop until it holds; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached within {timeout:g}s")
+        await asyncio.sleep(0.005)
+
+
+def kill_thread(name: str) -> None:
+    """End the running thread called `name` from outside, as a signal or a library can: SystemExit is raised in it
+    at its next Python bytecode (CPython's PyThreadState_SetAsyncExc)."""
+    import ctypes
+    import threading
+
+    [thread] = [t for t in threading.enumerate() if t.name == name]
+    done = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(SystemExit))
+    assert done == 1, f"could not reach thread {name}"

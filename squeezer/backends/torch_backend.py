@@ -33,6 +33,28 @@ def import_torch() -> Any:
     return torch
 
 
+# Weights a checkpoint may lack while the model still answers as its authors meant: sentence-transformers
+# checkpoints drop BERT's pooler, which their mean pooling never reads.
+OPTIONAL_WEIGHTS = ("pooler.",)
+
+
+def pretrained(auto: Any, path: Any, **kwargs: Any) -> Any:
+    """`auto.from_pretrained(path, ...)`, refusing files that lack weights the model needs.
+
+    transformers fills a missing weight with random values and only logs a warning, so a folder whose weights
+    belong to another architecture (or lost a file) would load and answer, wrongly. Here that is an error that
+    says which weights are missing.
+    """
+    model, info = auto.from_pretrained(str(path), output_loading_info=True, **kwargs)
+    missing = sorted(k for k in info.get("missing_keys", ()) if not any(part in k for part in OPTIONAL_WEIGHTS))
+    if missing:
+        arch = type(model).__name__
+        raise ValueError(f"{len(missing)} weights that {arch} needs are not in the model's files "
+                         f"(first: {', '.join(missing[:3])}): they belong to another architecture or are "
+                         "incomplete, and serving them would answer with random weights")
+    return model
+
+
 def module_bytes(model: Any) -> int:
     """Bytes of a module's parameters and buffers as loaded: a GGUF file dequantized to float32, or float16
     safetensors upcast, hold several times their file's size, so files are no measure of memory."""
@@ -57,7 +79,7 @@ class TorchBackend:
             kwargs["gguf_file"] = source.gguf_file
         else:
             kwargs["use_safetensors"] = not model_config.allow_pickle or None
-        self._model = auto.from_pretrained(str(source.path), **kwargs).eval()
+        self._model = pretrained(auto, source.path, **kwargs).eval()
         self._accepts_types = "token_type_ids" in self._model.forward.__code__.co_varnames
         self._bytes = module_bytes(self._model)
 

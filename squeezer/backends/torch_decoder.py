@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from squeezer.backends.decoder import SlotDecoder, cache_size, context_length, eos_ids
-from squeezer.backends.torch_backend import import_torch, module_bytes
+from squeezer.backends.torch_backend import import_torch, module_bytes, pretrained
 from squeezer.config import ModelConfig
 from squeezer.hardware import available_cpus
 from squeezer.sources import ModelSource, resolve
@@ -172,7 +172,7 @@ class TorchDecoder(SlotDecoder):
             kwargs["gguf_file"] = source.gguf_file
         else:
             kwargs["use_safetensors"] = not model_config.allow_pickle or None
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(source.path), **kwargs)
+        model = pretrained(transformers.AutoModelForCausalLM, source.path, **kwargs)
         return cls(model, max_sequences)
 
     def prefill_many(self, prompts: Sequence[Sequence[int]], scopes: Sequence[str] | None = None) -> list[tuple[int, np.ndarray]]:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from squeezer.backends.decoder import eos_ids
-from squeezer.backends.torch_backend import import_torch, module_bytes
+from squeezer.backends.torch_backend import import_torch, module_bytes, pretrained
 from squeezer.config import ModelConfig
 from squeezer.hardware import available_cpus
 from squeezer.sources import ModelSource
@@ -77,7 +77,7 @@ class TorchSeq2Seq:
             "dtype": torch.float32,
             "use_safetensors": not model_config.allow_pickle or None,
         }
-        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(source.path), **kwargs).eval()
+        model = pretrained(transformers.AutoModelForSeq2SeqLM, source.path, **kwargs).eval()
         return cls(model, tokenizer, task)
 
     def generate(

@@ -72,6 +72,10 @@ def run_optimize(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("squeezer optimize: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk (or a file-size limit) while writing: the staging folder is already gone
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"squeezer optimize: error: cannot write{where}: {exc.strerror or exc}; nothing was written", file=sys.stderr)
+        return 1
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

@@ -57,7 +57,7 @@ def load_model(path: Path, head: str, gguf_file: str | None, trust_remote_code: 
     torch = import_torch()
     import transformers
 
-    from squeezer.backends.torch_backend import AUTO_CLASSES
+    from squeezer.backends.torch_backend import AUTO_CLASSES, pretrained
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": torch.float32, "attn_implementation": "eager"}
     if gguf_file:
@@ -65,7 +65,7 @@ def load_model(path: Path, head: str, gguf_file: str | None, trust_remote_code: 
     else:
         kwargs["use_safetensors"] = not allow_pickle or None
     try:
-        return getattr(transformers, AUTO_CLASSES[head]).from_pretrained(str(path), **kwargs).eval()
+        return pretrained(getattr(transformers, AUTO_CLASSES[head]), path, **kwargs).eval()
     except (ValueError, KeyError, OSError, ImportError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"cannot export {path}: transformers cannot load it as a {head!r} model ({first[:300]})") from None

@@ -130,6 +130,8 @@ class Batcher:
         self._closing = False
         self._in_flight = 0  # batches taken but not yet delivered: guarded by _ready
         self._batches = 0
+        self._alive = 0  # worker threads running: guarded by _ready
+        self._dead: ModelNotReadyError | None = None  # set when the last worker thread is gone for good
 
     @property
     def depth(self) -> int:
@@ -138,6 +140,7 @@ class Batcher:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._alive = self._n_workers
         for i in range(self._n_workers):
             worker = threading.Thread(target=self._work, name=f"squeezer-forward-{i}", daemon=True)
             worker.start()
@@ -166,6 +169,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         items = [WorkItem(f, loop.create_future()) for f in features]
         with self._ready:
+            if self._dead is not None:  # under the lock: nothing is queued where no worker will ever take it
+                raise self._dead
             self._pending.extend(items)
             self._ready.notify()
         try:  # one sequence (the usual request) needs no gathering future
@@ -185,8 +190,24 @@ class Batcher:
         await self.close()
 
     def _work(self) -> None:
-        """The worker thread: take a batch, run it, hand the results to the event loop, repeat. Nothing a
-        request brings may end this thread: its requests would wait forever, and drain with them."""
+        """The worker thread; if it is ended all the same (an exception injected from outside, a library's
+        SystemExit), what it held is answered, and once no worker is left so is everything queued, and the
+        batcher refuses work with a 503 that says why rather than queue it for nobody."""
+        try:
+            self._serve()
+        except BaseException as exc:
+            log.critical("a forward worker thread stopped: %r", exc)
+            error = ModelNotReadyError(f"this model's worker thread stopped ({type(exc).__name__}); unload and load it again")
+            with self._ready:
+                self._alive -= 1
+                if self._alive > 0:
+                    return
+                self._dead = error
+            self._fail_pending(error)
+
+    def _serve(self) -> None:
+        """Take a batch, run it, hand the results to the event loop, repeat. Nothing a request brings may end
+        this loop: its requests would wait forever, and drain with them."""
         while True:
             try:
                 taken = self._next_batch()
@@ -199,6 +220,7 @@ class Batcher:
             self._execute(*taken)
 
     def _fail_pending(self, exc: Exception) -> None:
+        """Answer everything queued with `exc` (on the event loop)."""
         with self._ready:
             failed, self._pending = self._pending, []
         if failed and self._loop is not None:
@@ -248,6 +270,11 @@ class Batcher:
             rows: list[Outputs] | Exception = self._run(padded)
         except Exception as exc:  # a backend failure answers every request in the batch, never hangs them
             rows = exc
+        except BaseException as exc:  # the thread is being ended: answer its batch before it goes
+            stopped = ModelNotReadyError(f"this model's worker thread stopped ({type(exc).__name__}) during the forward")
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._deliver, batch, stopped, start, stats, number)
+            raise
         self._last_batch_end = time.perf_counter()
         stats = dataclasses.replace(stats, seconds=self._last_batch_end - start)
         assert self._loop is not None

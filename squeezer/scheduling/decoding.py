@@ -164,6 +164,8 @@ class DecodeLoop:
         self._thread: threading.Thread | None = None
         self._closing = False
         self._draining = False
+        self._newcomers: list[DecodeRequest] = []  # admitted by the worker, not yet active (being prefilled)
+        self._dead: ModelNotReadyError | None = None  # set if the worker thread is ended from outside
 
     @property
     def depth(self) -> int:
@@ -251,6 +253,8 @@ class DecodeLoop:
         max_new = self._config.new_tokens_for(len(prompt_ids), params.max_new_tokens, self._decoder.max_length)
         loop = asyncio.get_running_loop()
         with self._wake:  # under the lock: a request can never slip in after close() emptied the queue
+            if self._dead is not None:
+                raise self._dead
             if self._closing or self._draining:
                 raise ModelNotReadyError(UNLOADING)
             if len(self._waiting) + len(seeds) > self._config.max_waiting:
@@ -290,23 +294,40 @@ class DecodeLoop:
     # --- the worker thread ---------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        """The worker thread. Everything in an iteration is inside the `try`: nothing a request brings may end
-        this thread, or its requests (and a drain) would wait forever."""
+        """The worker thread; if it is ended all the same (an exception injected from outside, a library's
+        SystemExit), every request it held or that waits is answered, and later ones are refused with a 503
+        that says why, rather than queued for nobody."""
+        try:
+            self._serve()
+        except BaseException as exc:
+            log.critical("the decode worker thread stopped: %r", exc)
+            error = ModelNotReadyError(f"this model's worker thread stopped ({type(exc).__name__}); unload and load it again")
+            with self._wake:
+                self._dead = error
+                waiting = [*self._newcomers, *self._waiting]
+                self._waiting.clear()
+                self._admitting = 0
+            self._fail(list(self._active), error)
+            self._deliver([(request, error) for request in waiting])
+
+    def _serve(self) -> None:
+        """Admit, prefill, step, repeat. Everything in an iteration is inside the `try`: nothing a request
+        brings may end this loop, or its requests (and a drain) would wait forever."""
         while True:
-            newcomers: list[DecodeRequest] = []
+            self._newcomers = []
             try:
                 self._drop_cancelled()
                 admitted = self._wait_and_admit()
                 if admitted is None:
                     break
-                newcomers = admitted
-                self._prefill_all(newcomers)
+                self._newcomers = admitted
+                self._prefill_all(admitted)
                 if self._active:
                     self._step()
             except Exception as exc:  # a failed step (or a bug) fails the requests, never hangs them
                 log.exception("decode step failed")
                 self._fail(list(self._active), exc)
-                self._deliver([(request, exc) for request in newcomers])  # finished ones never read it
+                self._deliver([(request, exc) for request in self._newcomers])  # finished ones never read it
             finally:
                 self._admitting = 0  # each newcomer is now active, answered or failed
         self._fail(list(self._active), ModelNotReadyError(UNLOADING))

@@ -7,10 +7,11 @@ import subprocess
 import sys
 
 import httpx
+import numpy as np
 import pytest
 
 from squeezer.testing.server import ServerProcess
-from tests.helpers import assert_close
+from tests.helpers import assert_close, run_direct
 
 # Runs the CLI with torch made unimportable: serving an artifact must not need it.
 NO_TORCH = ("-c", "import sys; sys.modules['torch'] = None; from squeezer.cli import main; sys.exit(main())")
@@ -48,29 +49,65 @@ def test_artifact_served_without_torch_matches_the_reference(artifact, tiny_mode
     assert_close([[r["score"] for r in one] for one in ours], [[r["score"] for r in one] for one in reference], tolerance)
 
 
-def test_corrupt_artifact_is_refused_with_a_reason(artifact, tmp_path) -> None:
+def test_faulty_artifacts_are_refused_with_a_reason_while_a_good_one_serves(artifact, tmp_path) -> None:
+    """Truncated, from another squeezer's format version, edited by hand, or missing a file: each model fails to
+    load with what is wrong (RELIABILITY.md, faults), and the good model beside them answers."""
     import shutil
 
-    broken = tmp_path / "broken"
-    shutil.copytree(artifact, broken)
-    graph = broken / json.loads((broken / "squeezer.json").read_text())["graph"]["file"]
-    graph.write_bytes(graph.read_bytes()[:1000])
-    srv = ServerProcess([f"m={broken}"], tmp_path)
+    def broken(name: str, damage) -> str:
+        folder = tmp_path / name
+        shutil.copytree(artifact, folder)
+        damage(folder, json.loads((folder / "squeezer.json").read_text()))
+        return f"{name}={folder}"
+
+    def truncate(folder, report) -> None:
+        graph = folder / report["graph"]["file"]
+        graph.write_bytes(graph.read_bytes()[:1000])
+
+    def rewrite(folder, report, **changes) -> None:
+        (folder / "squeezer.json").write_text(json.dumps({**report, **changes}))
+
+    specs = [
+        f"good={artifact}",
+        broken("truncated", truncate),
+        broken("future", lambda f, r: rewrite(f, r, format_version=r["format_version"] + 1)),
+        broken("edited", lambda f, r: rewrite(f, r, task="fill-mask")),
+        broken("missing", lambda f, r: (f / r["graph"]["file"]).unlink()),
+    ]
+    srv = ServerProcess(specs, tmp_path)
     try:
         srv.wait_ready()
-        model = httpx.get(srv.url + "/info").json()["models"][0]
+        models = {m["id"]: m for m in httpx.get(srv.url + "/info").json()["models"]}
+        answered = httpx.post(srv.url + "/models/good", json={"inputs": TEXTS})
+        refused = httpx.post(srv.url + "/models/future", json={"inputs": TEXTS})
     finally:
         srv.stop()
-    assert model["state"] == "failed" and "checksum" in model["error"]
+    assert models["good"]["state"] == "ready" and answered.status_code == 200
+    reasons = {"truncated": "checksum", "future": "format version", "edited": "modified after it was written",
+               "missing": "is missing"}
+    for name, reason in reasons.items():
+        assert models[name]["state"] == "failed" and reason in models[name]["error"], models[name]
+        assert "rebuild it with `squeezer optimize`" in models[name]["error"]
+        assert str(tmp_path) not in models[name]["error"]  # no absolute path without --show-paths
+    assert refused.status_code == 503 and "format version" in refused.json()["error"]
 
 
-def test_serve_optimize_compiles_then_serves_the_artifact(tiny_model, tmp_path) -> None:
-    srv = ServerProcess([f"m={tiny_model('bert', 'base')}", "--optimize"], tmp_path, env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+def test_serve_optimize_compiles_then_serves_the_artifact(tiny_model, load, tmp_path) -> None:
+    folder = tiny_model("bert", "base")
+    srv = ServerProcess([f"m={folder}", "--optimize"], tmp_path, env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
     try:
         srv.wait_ready(600)
         model = httpx.get(srv.url + "/info").json()["models"][0]
         assert model["backend"] in ("onnxruntime", "openvino"), srv.logs()  # whichever candidate won here
-        assert httpx.post(srv.url + "/models/m", json={"inputs": "hello"}).status_code == 200
+        response = httpx.post(srv.url + "/models/m", json={"inputs": TEXTS})
+        assert response.status_code == 200, response.text
     finally:
         srv.stop()
     assert list((tmp_path / "cache" / "squeezer" / "optimize").iterdir())
+    # The answers are the unoptimized model's, within the gate's bound for embeddings: each text's mean-pooled
+    # token embeddings at a cosine of 0.99 or more (whatever candidate won: fp32, bf16 or int8).
+    ours, reference = response.json(), run_direct(load(folder), TEXTS).output
+    assert [np.shape(one) for one in ours] == [np.shape(one) for one in reference]
+    for got, want in zip(ours, reference):
+        a, b = np.mean(got[0], axis=0), np.mean(want[0], axis=0)
+        assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) >= 0.99, model

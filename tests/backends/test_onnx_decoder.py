@@ -246,14 +246,9 @@ def test_quantized_graphs_decode_close_to_the_float_one(bits: int, fold: bool, t
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, list[list[int]], Path]:
+def smollm2(tmp_path_factory: pytest.TempPathFactory, smollm2_file: tuple[Path, str]) -> tuple[Any, list[list[int]], Path]:
     """(SmolLM2-135M-Instruct in float32 from its GGUF, two tokenized prompts, a folder to build graphs in)."""
-    from squeezer.testing.tiny_decoders import smollm2_gguf
-
-    try:
-        folder, name = smollm2_gguf()
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
+    folder, name = smollm2_file
     model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, dtype=torch.float32).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), gguf_file=name)
     texts = ["The capital of France is", "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\""]

@@ -43,8 +43,6 @@ def test_int8_variant_keeps_min_cosine_of_099(minilm) -> None:
     assert all(c["metrics"]["min_cosine"] >= 0.99 for c in passed_int8)
     assert report.chosen["metrics"]["min_cosine"] >= 0.99
     assert report.data["accuracy"]["validation"]["examples"] == len(vd.builtin("feature-extraction"))
-    best_int8 = min(passed_int8, key=lambda c: c["timings"]["score"])
-    assert best_int8["speedup"] > 1.0  # faster than the PyTorch reference on this machine
 
 
 def test_served_artifact_matches_the_report(minilm, load, minilm_path: Path) -> None:

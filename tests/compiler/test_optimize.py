@@ -155,6 +155,24 @@ def test_a_killed_run_leaves_nothing_after_the_next_one(tiny_model, tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "out"])
 
 
+def test_a_full_disk_while_optimizing_is_a_clear_error_and_leaves_nothing(tiny_model, tmp_path: Path) -> None:
+    """Writes fail part-way (a file-size limit stands in for a full disk: the same failed write, EFBIG for
+    ENOSPC): the command says what failed, exits non-zero without a traceback, and leaves no folder behind."""
+    import resource
+
+    def small_files() -> None:  # in the child: files past 200 kB cannot be written, and that is an error, not a kill
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    out = tmp_path / "out"
+    done = subprocess.run(optimize_cmd(tiny_model("bert", "base"), out, "fp32"), capture_output=True, text=True,
+                          timeout=300, preexec_fn=small_files, cwd=Path(__file__).parents[2])
+    assert done.returncode in (1, 2), done.stderr[-2000:]  # 2 when the export step reports it, 1 for a plain write
+    assert "squeezer optimize: error:" in done.stderr and "File too large" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_destination_checks(tiny_model, tmp_path: Path, tiny_artifact) -> None:
     folder = tiny_model("bert", "base")
     occupied = tmp_path / "occupied"

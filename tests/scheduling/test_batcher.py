@@ -10,10 +10,11 @@ import pytest
 
 from squeezer.backends import Batch
 from squeezer.config import BatchingConfig
-from squeezer.errors import QueueFullError
+from squeezer.errors import ModelNotReadyError, QueueFullError
 from squeezer.scheduling import Batcher, BatchStats, WorkItem
 from squeezer.scheduling.batcher import take_batch
 from squeezer.tasks.base import Feature
+from tests.helpers import kill_thread, until
 
 
 class FakeModel:
@@ -21,12 +22,14 @@ class FakeModel:
 
     def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
         self.batches: list[np.ndarray] = []
+        self.calls = 0  # batches taken and handed to the model, counted before the gate
         self.delay = delay
         self.fail = fail
         self.gate = threading.Event()
         self.gate.set()
 
     def __call__(self, batch: Batch) -> list[dict[str, np.ndarray]]:
+        self.calls += 1
         self.gate.wait(5)
         if self.fail:
             raise RuntimeError("backend exploded")
@@ -92,9 +95,9 @@ async def test_queue_bound_answers_429_at_once() -> None:
     model.gate.clear()  # the model is stuck: nothing leaves the queue
     batcher = await start(model, max_queue=4, max_batch_size=1)
     first = asyncio.create_task(batcher.submit([feature(2)]))
-    await asyncio.sleep(0.05)  # taken by the loop, now running
+    await until(lambda: model.calls == 1)  # taken by the worker, now running (stuck)
     queued = asyncio.create_task(batcher.submit([feature(2)] * 4))
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.depth == 4)  # the queue is full
     with pytest.raises(QueueFullError) as err:
         await batcher.submit([feature(2)])
     assert err.value.status == 429
@@ -108,14 +111,14 @@ async def test_cancelled_request_is_dropped_before_running() -> None:
     model.gate.clear()
     batcher = await start(model, max_batch_size=1)
     running = asyncio.create_task(batcher.submit([feature(1, 1)]))
-    await asyncio.sleep(0.05)
+    await until(lambda: model.calls == 1)  # taken by the worker, now running (stuck)
     doomed = asyncio.create_task(batcher.submit([feature(1, 7)]))
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.depth == 1)  # queued behind it
     doomed.cancel()
     model.gate.set()
     await running
-    await asyncio.sleep(0.05)
-    assert all(7 not in b for b in model.batches)
+    await batcher.submit([feature(1, 3)])  # queued after the doomed one: once answered, the doomed one had its turn
+    assert all(7 not in b for b in model.batches) and any(3 in b for b in model.batches)
     assert batcher.depth == 0
     await batcher.close()
 
@@ -173,3 +176,23 @@ async def test_a_feature_that_cannot_be_padded_fails_its_batch_not_the_worker() 
     done = await asyncio.wait_for(batcher.submit([feature(3, 2)]), 5)
     assert int(done.outputs[0]["sum"]) == 6
     await asyncio.wait_for(batcher.drain(), 5)  # nothing is left counted in flight
+
+
+async def test_a_worker_killed_mid_forward_answers_everyone_and_then_refuses() -> None:
+    """The thread ended from outside (RELIABILITY.md, faults): the batch it ran and the queue behind it are
+    answered with a 503 that says why, and later requests are refused at once, never queued for nobody."""
+    model = FakeModel()
+    model.gate.clear()
+    batcher = await start(model, max_wait_ms=0)
+    running = asyncio.ensure_future(batcher.submit([feature(3)]))
+    await until(lambda: model.calls == 1)
+    kill_thread("squeezer-forward-0")  # raised once the forward's wait returns to Python
+    queued = asyncio.ensure_future(batcher.submit([feature(5)]))
+    await until(lambda: batcher.depth == 1)
+    model.gate.set()
+    for request in (running, queued):
+        with pytest.raises(ModelNotReadyError, match="worker thread stopped"):
+            await asyncio.wait_for(request, 10)
+    with pytest.raises(ModelNotReadyError, match="worker thread stopped"):
+        await asyncio.wait_for(batcher.submit([feature(2)]), 1)
+    await asyncio.wait_for(batcher.drain(), 5)  # nothing left behind for a drain to wait on

