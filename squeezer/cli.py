@@ -51,7 +51,7 @@ def serve_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     specs = args.models or os.environ.get(env_name("models"), "").split()
     prepare = None
-    if config.model.optimize:  # the compiler's step runs above the loader: serving never imports the compiler
+    if config.model.optimize or config.model.optimize_in_background:  # serving never imports the compiler: the CLI does
         from squeezer.compiler.serving import optimizer
 
         prepare = optimizer(config.model)

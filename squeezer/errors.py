@@ -36,3 +36,10 @@ UNLOADING = "this model is being unloaded; retry to load it again"  # what work 
 
 class QueueFullError(ClientError):
     status = 429
+
+
+def error_text(exc: BaseException, hide: str | None = None) -> str:
+    """`Type: message` for /info and 503 answers, with the folder `hide` (a source's parent) cut from paths,
+    so the server's file layout stays private unless --show-paths."""
+    text = f"{exc.__class__.__name__}: {exc}"
+    return text.replace(hide.rstrip("/") + "/", "") if hide else text

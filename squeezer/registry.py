@@ -3,7 +3,8 @@
 Loading never blocks the event loop (it runs in a thread); a request for a model that is loading gets the
 Inference API's 503 with an estimated time, or waits for it when asked to; a request for an unloaded model
 starts loading it again. A memory budget unloads the least recently used models when a load passes it.
-Each entry knows its task (so what it can do) from its configuration, loaded or not.
+Each entry knows its task (so what it can do) from its configuration, loaded or not. With
+`optimize_in_background`, a model serves at once and its compiled artifact is swapped in when ready (`swap`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from squeezer.background import BackgroundOptimizer
 from squeezer.config import ServeConfig
 from squeezer.detect import configured_task
-from squeezer.errors import ModelNotReadyError, UnknownModelError
+from squeezer.errors import ModelNotReadyError, UnknownModelError, error_text
 from squeezer.runtime import Hooks, Prepare, Runtime, capabilities_for, load_runtime
 from squeezer.sources import ModelSource
 
@@ -37,7 +39,9 @@ class ModelEntry:
     last_used: float = field(default_factory=time.monotonic)
     settled: asyncio.Event = field(default_factory=asyncio.Event)
     ever_settled: bool = False  # loaded or failed at least once (the server's startup is over for it)
-    lifecycle: asyncio.Lock = field(default_factory=asyncio.Lock)  # one unload (or eviction) at a time
+    lifecycle: asyncio.Lock = field(default_factory=asyncio.Lock)  # one unload, eviction or swap at a time
+    served: ModelSource | None = None  # the artifact swapped in for `source`: what later loads load
+    optimization: dict[str, Any] | None = None  # background optimization: its state and verdict (see background)
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -58,6 +62,8 @@ class ModelEntry:
             out["load_seconds"] = round(self.load_seconds, 3)
         if self.runtime:
             out.update(self.runtime.describe(), memory_bytes=self.memory_bytes)
+        if self.optimization:
+            out["optimization"] = self.optimization
         return out
 
 
@@ -66,7 +72,10 @@ class ModelRegistry:
 
     def __init__(self, sources: Sequence[ModelSource], config: ServeConfig, hooks: Hooks | None = None,
                  prepare: Prepare | None = None) -> None:
-        self._config, self._hooks, self._prepare = config, hooks or Hooks(), prepare
+        background = config.model.optimize_in_background and prepare is not None
+        self._config, self._hooks = config, hooks or Hooks()
+        self._prepare = None if background else prepare  # run before a load (--optimize), or ...
+        self._optimizer = BackgroundOptimizer(prepare, self.swap, config.server.show_paths) if background else None  # ... while serving
         self.entries: dict[str, ModelEntry] = {s.model_id: ModelEntry(s, configured_task(s, config.model.task)) for s in sources}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -90,17 +99,15 @@ class ModelRegistry:
 
     async def _load(self, entry: ModelEntry) -> None:
         try:
-            runtime = await asyncio.to_thread(load_runtime, entry.source, self._config, self._hooks, self._prepare)
+            source = entry.served or entry.source
+            runtime = await asyncio.to_thread(load_runtime, source, self._config, self._hooks, self._prepare)
             try:
                 runtime.start()
             except BaseException:
                 runtime.close()
                 raise
         except Exception as exc:  # a model that fails to load (or to start) is reported, and the server stays up
-            error = f"{exc.__class__.__name__}: {exc}"
-            if not self._config.server.show_paths:  # the server's file layout stays private (see /info)
-                error = error.replace(str(entry.source.path.parent) + "/", "")
-            entry.state, entry.error = "failed", error
+            entry.state, entry.error = "failed", error_text(exc, self._hidden(entry))
             entry.ever_settled = True
             entry.settled.set()
             return
@@ -109,6 +116,38 @@ class ModelRegistry:
         entry.ever_settled = True
         entry.settled.set()
         await self._enforce_budget(keep=entry)
+        if self._optimizer is not None and entry.optimization is None and not entry.source.artifact:
+            self._optimizer.begin(entry)
+
+    def _hidden(self, entry: ModelEntry) -> str | None:
+        """The folder to cut from errors shown to clients: the server's file layout stays private (see /info)."""
+        return None if self._config.server.show_paths else str(entry.source.path.parent)
+
+    async def swap(self, entry: ModelEntry, artifact: ModelSource) -> dict[str, Any]:
+        """Serve `artifact` in place of what the model runs now, without failing or reordering a request: new
+        requests go to the new runtime from the moment it is in place; work the old one accepted finishes there,
+        then it is freed. Memory for both is made first (evicting other models), or the swap waits for the next
+        load. Returns the record for /info."""
+        async with entry.lifecycle:
+            entry.served = artifact
+            if entry.state != "ready" or entry.runtime is None:
+                return {"state": "serving", "note": "the artifact serves from the next load"}
+            needed = sum(p.stat().st_size for p in artifact.path.iterdir() if p.is_file())
+            if not await self._make_room(needed, keep=entry):
+                return {"state": "kept", "reason": "--max-memory-mb cannot hold both backends during the swap; "
+                                                   "the artifact serves from the next load"}
+            try:
+                new = await asyncio.to_thread(load_runtime, artifact, self._config, self._hooks, None)
+                new.start()
+            except Exception as exc:
+                entry.served = None
+                return {"state": "failed", "reason": error_text(exc, self._hidden(entry))}
+            old, entry.runtime = entry.runtime, new
+            try:
+                await old.drain()
+            finally:
+                old.close()
+        return {"state": "serving", "backend": new.describe().get("backend")}
 
     async def unload(self, model_id: str) -> ModelEntry:
         """Finish the model's queued work, then free it; it reloads on the next request or /load."""
@@ -127,16 +166,22 @@ class ModelRegistry:
         return entry
 
     async def _enforce_budget(self, keep: ModelEntry) -> None:
+        await self._make_room(0, keep)
+
+    async def _make_room(self, needed: int, keep: ModelEntry) -> bool:
+        """Unload the least recently used models but `keep` until `needed` more bytes fit the budget; whether
+        they do."""
         budget = self._config.model.max_memory_mb * 1024 * 1024
         if not budget:
-            return
+            return True
         ready = sorted((e for e in self.entries.values() if e.state == "ready" and e is not keep), key=lambda e: e.last_used)
-        used = sum(e.memory_bytes for e in self.entries.values() if e.state == "ready")
+        used = sum(e.memory_bytes for e in self.entries.values() if e.state == "ready") + needed
         for victim in ready:
             if used <= budget:
                 break
             used -= victim.memory_bytes
             await self.unload(victim.source.model_id)
+        return used <= budget
 
     async def ready(self, model_id: str, wait: bool) -> Runtime:
         """The model's runtime once ready: 503 while it loads (unless `wait`), after it failed, or when unloaded
@@ -156,6 +201,8 @@ class ModelRegistry:
         return entry.runtime
 
     async def close(self) -> None:
+        if self._optimizer is not None:
+            self._optimizer.close()
         for task in list(self._tasks):
             await asyncio.gather(task, return_exceptions=True)
         for model_id, entry in self.entries.items():

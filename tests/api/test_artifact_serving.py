@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import httpx
 import numpy as np
@@ -111,3 +112,25 @@ def test_serve_optimize_compiles_then_serves_the_artifact(tiny_model, load, tmp_
     for got, want in zip(ours, reference):
         a, b = np.mean(got[0], axis=0), np.mean(want[0], axis=0)
         assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) >= 0.99, model
+
+
+def test_serve_optimize_in_background_answers_at_once_then_swaps_in(tiny_model, tmp_path) -> None:
+    """`--optimize-in-background`: ready on torch before any compile ends; /info then says the artifact serves."""
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    srv = ServerProcess([f"m={tiny_model('bert', 'base')}", "--optimize-in-background"], tmp_path, env=env)
+    try:
+        srv.wait_ready(120)
+        first = httpx.post(srv.url + "/models/m", json={"inputs": TEXTS})
+        seen = [httpx.get(srv.url + "/info").json()["models"][0]]
+        deadline = time.monotonic() + 600
+        while seen[-1]["optimization"]["state"] == "compiling" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            seen.append(httpx.get(srv.url + "/info").json()["models"][0])
+        later = httpx.post(srv.url + "/models/m", json={"inputs": TEXTS})
+    finally:
+        srv.stop()
+    assert first.status_code == 200 and seen[0]["backend"] == "torch", seen[0]
+    assert seen[-1]["optimization"]["state"] == "serving", (seen[-1], srv.logs())
+    assert seen[-1]["backend"] == seen[-1]["optimization"]["backend"] in ("onnxruntime", "openvino")
+    assert later.status_code == 200
+    assert [np.shape(one) for one in later.json()] == [np.shape(one) for one in first.json()]
