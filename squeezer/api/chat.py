@@ -29,7 +29,7 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 # OpenAI body field -> generation parameter.
 RENAMED = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens", "n": "num_return_sequences"}
 PASSED = ("temperature", "top_p", "seed", "stop", "frequency_penalty", "presence_penalty", "logit_bias")
-UNSUPPORTED_IF_SET = ("tools", "response_format")
+UNSUPPORTED_IF_SET = ("tools",)
 
 
 def openai_parameters(body: dict[str, Any], chat: bool) -> dict[str, Any]:
@@ -39,10 +39,30 @@ def openai_parameters(body: dict[str, Any], chat: bool) -> dict[str, Any]:
             raise ClientError(f"{name}: not supported by this server", status=422)
     params = {RENAMED.get(k, k): v for k, v in body.items() if (k in RENAMED or k in PASSED) and v is not None}
     params.update(logprob_parameters(body, chat))
+    grammar = response_grammar(body.get("response_format"))
+    if grammar is not None:
+        params["grammar"] = grammar
     params.setdefault("temperature", 1.0)  # OpenAI samples by default
     if params["temperature"] != 0:
         params["do_sample"] = True
     return params
+
+
+def response_grammar(response_format: Any) -> dict[str, Any] | None:
+    """OpenAI's `response_format` as a TGI grammar: json_object is any JSON object, json_schema its schema."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json", "value": {"type": "object"}}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise ClientError("response_format.json_schema: expected {\"name\", \"schema\": {...}}", status=422)
+        return {"type": "json", "value": spec["schema"]}
+    raise ClientError('response_format.type: expected "text", "json_object" or "json_schema"', status=422)
 
 
 def usage(prompt: int, generated: int, cached: int) -> dict[str, Any]:

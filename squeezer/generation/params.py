@@ -61,6 +61,7 @@ class GenerationParams:
                                       rule=f"must be from 1 to {MAX_RETURN_SEQUENCES}")
     details: bool = param(False)
     top_n_tokens: int | None = param(check=lambda v: 0 <= v <= MAX_TOP_N_TOKENS, rule=f"must be 0 to {MAX_TOP_N_TOKENS}")
+    grammar: dict | None = param()  # type: ignore[type-arg]  # TGI's {"type": "json" | "regex", "value"}: see generation.grammar
 
     def __post_init__(self) -> None:
         if self.stop is not None and len(self.stop) > MAX_STOP_SEQUENCES:

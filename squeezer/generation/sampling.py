@@ -12,11 +12,14 @@ never needs it, and greedy decoding runs on numpy alone.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from squeezer.tasks.base import InputError
+
+if TYPE_CHECKING:
+    from squeezer.generation.grammar import Constraint
 
 
 def _torch() -> Any:
@@ -62,7 +65,9 @@ class SamplingParams(Protocol):
 class TokenChooser:
     """Picks one sequence's next tokens as transformers' `generate` does for the same parameters."""
 
-    def __init__(self, params: SamplingParams, seed: int | None, prompt_length: int = 0) -> None:
+    def __init__(self, params: SamplingParams, seed: int | None, prompt_length: int = 0,
+                 constraint: Constraint | None = None) -> None:
+        self.constraint = constraint  # a grammar the output must follow (masks the logits first)
         self._penalty = params.repetition_penalty if params.repetition_penalty not in (None, 1.0) else None
         self._frequency, self._presence = params.frequency_penalty or 0.0, params.presence_penalty or 0.0
         self._prompt_length = prompt_length
@@ -77,7 +82,17 @@ class TokenChooser:
     @property
     def plain(self) -> bool:
         """Greedy with no processor: the batch's argmax gives this sequence's token."""
-        return not self.sampling and not self._penalized
+        return not self.sampling and not self._penalized and self.constraint is None
+
+    def choose_row(self, row: np.ndarray, history: Sequence[int]) -> int:
+        """The next token from one row of logits [1, vocab] (numpy), through the grammar's mask when there is one;
+        greedy without processors needs no torch, so a constrained greedy row runs on a torch-less server."""
+        if self.constraint is not None:
+            row = self.constraint.mask(row)
+        token = self.choose(_torch().from_numpy(row), history) if self.sampling or self._penalized else int(row.argmax())
+        if self.constraint is not None:
+            self.constraint.advance(token)
+        return token
 
     def process(self, scores: Any, history: Sequence[int]) -> Any:
         """Apply the processors to scores [1, vocab], in generate's order; returns a new tensor."""
@@ -143,12 +158,9 @@ def choose_tokens(
     if plain:
         for i, token in zip(plain, logits[plain].argmax(axis=-1).tolist()):
             tokens[i] = token
-    processed = [i for i, chooser in enumerate(choosers) if not chooser.plain]
-    if processed:
-        scores = _torch().from_numpy(logits)
-        for i in processed:
-            try:
-                tokens[i] = choosers[i].choose(scores[i : i + 1], histories[i])
-            except Exception as exc:  # noqa: BLE001  # handed back: the decode loop fails this row only
-                tokens[i] = exc
+    for i in [i for i, chooser in enumerate(choosers) if not chooser.plain]:
+        try:
+            tokens[i] = choosers[i].choose_row(logits[i : i + 1], histories[i])
+        except Exception as exc:  # noqa: BLE001  # handed back: the decode loop fails this row only
+            tokens[i] = exc
     return tokens

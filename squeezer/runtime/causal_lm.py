@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from squeezer.backends.decoder import Decoder
 from squeezer.config import ServeConfig
 from squeezer.generation.chat import chat_prompt_ids
+from squeezer.generation.grammar import Grammars
 from squeezer.generation.params import GenerationParams
 from squeezer.runtime.base import (
     CHAT,
@@ -54,6 +55,7 @@ class CausalLMRuntime:
         self.source, self.info, self.decoder = source, info, decoder
         self.vocabulary = Vocabulary(info.tokenizer)
         self.prep = PrepThread(source.model_id)
+        self.grammars = Grammars(info.tokenizer, decoder.eos_token_ids)
         self._config, self._hooks = config, hooks
         self._backend, self._dtype = backend, dtype
         self._loop: DecodeLoop | None = None
@@ -97,7 +99,7 @@ class CausalLMRuntime:
     def start(self) -> None:
         on_step, on_finish = self._hooks.bind("on_step", self.model_id), self._hooks.bind("on_finish", self.model_id)
         self._loop = DecodeLoop(self.decoder, self.info.tokenizer, self._config.decoding, on_step=on_step, on_finish=on_finish,
-                                max_wait=self._config.limits.request_timeout)
+                                max_wait=self._config.limits.request_timeout, grammars=self.grammars)
         self._loop.start()
         self.prep.accept()
 
@@ -113,6 +115,8 @@ class CausalLMRuntime:
     def prepare(self, prompt: Any, messages: Any, parameters: Any) -> GenerationRequest:
         params = GenerationParams.parse(parameters)
         params.check_vocabulary(len(self.info.tokenizer))
+        if params.grammar:
+            self.grammars.check(params.grammar)  # compiled here, on the prep thread: a bad grammar is a 422
         return GenerationRequest(self._prompt(prompt, messages), params)
 
     def _prompt(self, prompt: Any, messages: Any) -> Prompt:

@@ -62,6 +62,8 @@ def seq2seq_params(params: GenerationParams) -> Seq2SeqParams:
                          "support them here")
     if params.top_n_tokens:
         raise InputError("parameters.top_n_tokens: encoder-decoder models do not report log-probabilities here")
+    if params.grammar:
+        raise InputError("parameters.grammar: structured output is served for causal LMs, not encoder-decoder models")
     sampling = params.sampling
     return Seq2SeqParams(
         max_new_tokens=params.max_new_tokens,

@@ -28,6 +28,7 @@ from squeezer.backends.decoder import Decoder
 from squeezer.backends.prefix_cache import PrefixCache
 from squeezer.config import DecodingConfig
 from squeezer.errors import UNLOADING, ClientError, ModelNotReadyError, QueueFullError
+from squeezer.generation.grammar import Constraint, Grammars
 from squeezer.generation.logprobs import token_logprobs
 from squeezer.generation.outputs import FinishReason, Generation, TokenEvent
 from squeezer.generation.params import GenerationParams
@@ -147,9 +148,12 @@ class DecodeLoop:
         on_step: Callable[[StepStats], None] | None = None,
         on_finish: Callable[[SequenceStats], None] | None = None,
         max_wait: float = 0.0,
+        grammars: Grammars | None = None,
     ) -> None:
-        """`max_wait`: seconds a request may wait for a slot before it is answered 504 (0: no limit)."""
+        """`max_wait`: seconds a request may wait for a slot before it is answered 504 (0: no limit); `grammars`:
+        the model's compiled grammars, for requests that constrain their output."""
         self._decoder = decoder
+        self._grammars = grammars
         self._max_wait = max_wait
         self._tokenizer = tokenizer
         self._config = config
@@ -401,12 +405,20 @@ class DecodeLoop:
             return
         self._advance([self._start(request, handle, admitted)], logits[None])
 
+    def _constraint(self, request: DecodeRequest) -> Constraint | None:
+        grammar = request.params.grammar
+        if not grammar:
+            return None
+        if self._grammars is None:
+            raise InputError("parameters.grammar: this model was started without structured output")
+        return self._grammars.constraint(grammar)
+
     def _start(self, request: DecodeRequest, handle: int, admitted: float) -> _Running:
         """Put a prefilled sequence in the batch with its sampler and text state."""
         run = _Running(
             request,
             handle,
-            TokenChooser(request.params, request.seed, len(request.prompt_ids)),
+            TokenChooser(request.params, request.seed, len(request.prompt_ids), self._constraint(request)),
             SequenceText(self._tokenizer, request.prompt_ids, request.params, self._eos, request.max_new_tokens),
             list(request.prompt_ids),
             admitted,

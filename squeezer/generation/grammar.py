@@ -1,0 +1,126 @@
+"""Constrained decoding: a sequence's output kept inside a grammar (a JSON schema, a regular expression), token by
+token, so it is valid by construction rather than prompted and hoped for.
+
+The grammar engine is llguidance (MIT; Rust; works on numpy logits; vLLM and llama.cpp use it), chosen over
+xgrammar and outlines-core because it needs no torch, builds its token trie from the Hugging Face tokenizer
+itself, and computes a token mask in microseconds for large vocabularies (it is lazy: only the tokens the
+lexer can reach are walked). Requests name grammars as TGI does (`{"type": "json" | "regex", "value": ...}`);
+OpenAI's `response_format` maps onto the json form (see `squeezer.api.chat`).
+
+A `Grammars` belongs to one model: its llguidance tokenizer (built once, about a second) and a bounded cache of
+compiled grammars, each copied for every sequence that uses it. A `Constraint` is one sequence's matcher: it
+masks that row's logits before the choice and follows the chosen token; rows without one pay nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from squeezer.caches import LRUCache
+from squeezer.tasks.base import InputError
+
+GRAMMAR_TYPES = ("json", "regex")
+MAX_GRAMMAR_CHARS = 64_000  # a schema or pattern's text; compiling one costs time on the prep thread
+COMPILED_GRAMMARS = 64  # distinct grammars kept compiled per model
+
+
+def _llguidance() -> Any:
+    try:
+        import llguidance
+        import llguidance.hf
+        import llguidance.numpy
+    except ImportError:
+        raise InputError("structured output needs llguidance (a dependency of squeezer): pip install llguidance") from None
+    return llguidance
+
+
+def grammar_text(grammar: Any) -> str:
+    """The llguidance grammar for a request's `grammar` parameter, or an InputError (422) naming the problem."""
+    if not isinstance(grammar, dict) or grammar.get("type") not in GRAMMAR_TYPES or "value" not in grammar:
+        raise InputError('parameters.grammar: expected {"type": "json" | "regex", "value": schema or pattern}')
+    kind, value = grammar["type"], grammar["value"]
+    if kind == "json":
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise InputError("parameters.grammar.value: the JSON schema is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise InputError("parameters.grammar.value: a JSON schema must be an object")
+        # JSON as json.dumps writes it (", " and ": "), not any whitespace anywhere: a model may otherwise wander
+        # in blanks between tokens that matter, and every blank is a decode step (the schema may say otherwise)
+        text = json.dumps({"x-guidance": {"whitespace_flexible": False}, **value})
+    elif isinstance(value, str) and value:
+        text = value
+    else:
+        raise InputError("parameters.grammar.value: a regex grammar needs a non-empty pattern")
+    if len(text) > MAX_GRAMMAR_CHARS:
+        raise InputError(f"parameters.grammar.value: {len(text)} characters exceed the limit of {MAX_GRAMMAR_CHARS}")
+    return str(_llguidance().grammar_from("json_schema" if kind == "json" else "regex", text))
+
+
+class Constraint:
+    """One sequence's grammar state: masks its logits row, then follows the token chosen from it."""
+
+    def __init__(self, matcher: Any, vocab: int) -> None:
+        self._matcher, self._vocab = matcher, vocab
+        self._bitmask = _llguidance().numpy.allocate_token_bitmask(1, vocab)
+
+    def mask(self, row: np.ndarray) -> np.ndarray:
+        """A copy of `row` [1, vocab] with every token the grammar forbids at -inf."""
+        llg = _llguidance()
+        llg.numpy.fill_next_token_bitmask(self._matcher, self._bitmask, 0)
+        masked = np.array(row[:, : self._vocab], dtype=np.float32)
+        llg.numpy.apply_token_bitmask_inplace(masked, self._bitmask)
+        if not np.isfinite(masked).any():
+            raise InputError(f"parameters.grammar: no token can continue the output ({self._matcher.get_error() or 'dead end'})")
+        if masked.shape[1] < row.shape[1]:  # logits past the tokenizer's vocabulary are padding: never allowed
+            masked = np.concatenate([masked, np.full((1, row.shape[1] - masked.shape[1]), -np.inf, np.float32)], axis=1)
+        return masked
+
+    def advance(self, token: int) -> None:
+        if not self._matcher.consume_token(token):
+            raise InputError(f"parameters.grammar: token {token} breaks the grammar ({self._matcher.get_error()})")
+
+
+class Grammars:
+    """One model's llguidance tokenizer and its compiled grammars (thread-safe: prep and decode threads use it)."""
+
+    def __init__(self, tokenizer: Any, eos_ids: Iterable[int]) -> None:
+        self._hf, self._eos = tokenizer, sorted(eos_ids)
+        self._tokenizer: Any = None
+        self._compiled: LRUCache[Any] = LRUCache(COMPILED_GRAMMARS)
+        self._lock = threading.Lock()
+
+    def _llg_tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            self._tokenizer = _llguidance().hf.from_tokenizer(self._hf, eos_token=self._eos or None)
+        return self._tokenizer
+
+    def _prototype(self, grammar: Any) -> Any:
+        text = grammar_text(grammar)
+        with self._lock:
+            found = self._compiled.get(text)
+            if found is None:
+                llg = _llguidance()
+                found = llg.LLMatcher(self._llg_tokenizer(), text)
+                if found.is_error():
+                    raise InputError(f"parameters.grammar: cannot compile it: {found.get_error()}")
+                self._compiled.put(text, found)
+            return found
+
+    def check(self, grammar: Any) -> None:
+        """Compile (and cache) a request's grammar before it is queued: a bad one is a 422 here."""
+        self._prototype(grammar)
+
+    def constraint(self, grammar: Any) -> Constraint:
+        """A fresh matcher for one sequence (a copy of the compiled grammar)."""
+        prototype = self._prototype(grammar)
+        with self._lock:
+            matcher = prototype.deep_copy()
+        return Constraint(matcher, self._llg_tokenizer().vocab_size)

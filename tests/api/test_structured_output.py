@@ -1,0 +1,73 @@
+"""Structured output over HTTP (issue 15, first slice): OpenAI's `response_format` (the openai client's `parse`
+with a pydantic model included) and TGI's `grammar` (through huggingface_hub), streamed and whole, on a tiny
+random decoder, whose answers would be anything without the grammar."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Literal
+
+import httpx
+import pytest
+from huggingface_hub import InferenceClient
+from openai import OpenAI
+from pydantic import BaseModel
+
+from squeezer.testing.server import ServerProcess
+
+CHAT = [{"role": "user", "content": "Is the sky blue? Answer in JSON."}]
+
+
+class Verdict(BaseModel):
+    answer: Literal["yes", "no", "maybe"]
+    sure: bool
+
+
+@pytest.fixture(scope="module")
+def server(tiny_decoder_path, tmp_path_factory):
+    srv = ServerProcess([f"llm={tiny_decoder_path('llama')}"], tmp_path_factory.mktemp("structured"))
+    srv.wait_ready()
+    yield srv
+    srv.stop()
+
+
+def test_openai_parse_returns_the_pydantic_model(server) -> None:
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+    for temperature in (0, 1.0):
+        parsed = client.beta.chat.completions.parse(model="llm", messages=CHAT, response_format=Verdict,
+                                                    temperature=temperature, seed=3, max_tokens=60)
+        choice = parsed.choices[0]
+        assert isinstance(choice.message.parsed, Verdict), choice.message.content
+        assert choice.finish_reason == "stop"
+
+
+def test_json_object_streamed_and_whole(server) -> None:
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+    whole = client.chat.completions.create(model="llm", messages=CHAT, response_format={"type": "json_object"},
+                                           temperature=0, max_tokens=200)
+    chunks = client.chat.completions.create(model="llm", messages=CHAT, response_format={"type": "json_object"},
+                                            temperature=0, max_tokens=200, stream=True)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == whole.choices[0].message.content
+    if whole.choices[0].finish_reason == "stop":  # an open-ended object may also run to max_tokens
+        assert isinstance(json.loads(streamed), dict)
+
+
+def test_tgi_grammar_through_huggingface_hub(server) -> None:
+    client = InferenceClient(model=server.url)
+    schema = {**Verdict.model_json_schema(), "additionalProperties": False}  # closed, as the model has no other keys
+    text = client.text_generation("Is the sky blue?", max_new_tokens=60, grammar={"type": "json", "value": schema})
+    Verdict.model_validate_json(text)
+    regex = client.text_generation("Pick:", max_new_tokens=10, grammar={"type": "regex", "value": "(red|green|blue)!"})
+    assert re.fullmatch("(red|green|blue)!", regex), regex
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "json_schema"),
+    ({"response_format": {"type": "yaml"}}, "response_format.type"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/missing"}}}}, "grammar"),
+])
+def test_a_bad_response_format_is_a_422(server, body, message) -> None:
+    response = httpx.post(server.url + "/v1/chat/completions", json={"model": "llm", "messages": CHAT, **body})
+    assert response.status_code == 422 and message in response.json()["error"], response.text
