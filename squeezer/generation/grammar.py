@@ -52,8 +52,8 @@ def grammar_text(grammar: Any) -> str:
                 raise InputError("parameters.grammar.value: the JSON schema is not valid JSON") from None
         if not isinstance(value, dict):
             raise InputError("parameters.grammar.value: a JSON schema must be an object")
-        # JSON as json.dumps writes it (", " and ": "), not any whitespace anywhere: a model may otherwise wander
-        # in blanks between tokens that matter, and every blank is a decode step (the schema may say otherwise)
+        # compact JSON (no blanks between tokens), not any whitespace anywhere: a model may otherwise wander in
+        # blanks between the tokens that matter, and every blank is a decode step (the schema may say otherwise)
         text = json.dumps({"x-guidance": {"whitespace_flexible": False}, **value})
     elif isinstance(value, str) and value:
         text = value
