@@ -246,13 +246,14 @@ class Engine:
         parameters: dict[str, Any] | None = None,
         wait_for_model: bool = False,
         scope: str = "",
+        tools: list[dict[str, Any]] | None = None,
     ) -> Completion:
         """Generate for a plain prompt or chat messages (through the model's chat template); waits for the end.
         An encoder-decoder model answers a prompt too, with its task prefix. `scope`: whose cached prompts it
-        may start from (the tenant, and a request's cache salt)."""
+        may start from (the tenant, and a request's cache salt). `tools`: OpenAI's functions for a chat."""
         runtime = await self._generating(model_id, messages, False, wait_for_model)
         self._check_limits(prompt if messages is None else messages)
-        request = await runtime.prep.run(runtime.prepare, prompt, messages, parameters)
+        request = await runtime.prep.run(runtime.prepare, prompt, messages, parameters, tools)
         return await runtime.generate(dataclasses.replace(request, scope=scope))
 
     async def stream(
@@ -263,11 +264,12 @@ class Engine:
         parameters: dict[str, Any] | None = None,
         wait_for_model: bool = False,
         scope: str = "",
+        tools: list[dict[str, Any]] | None = None,
     ) -> Streaming:
         """Start a streamed generation; closing its `events` early frees the sequence at the next step."""
         runtime = await self._generating(model_id, messages, True, wait_for_model)
         self._check_limits(prompt if messages is None else messages)
-        request = await runtime.prep.run(runtime.prepare, prompt, messages, parameters)
+        request = await runtime.prep.run(runtime.prepare, prompt, messages, parameters, tools)
         return await runtime.stream(dataclasses.replace(request, scope=scope))
 
     async def tokenize(self, model_id: str, texts: list[str], add_special_tokens: bool = True) -> list[list[TokenSpan]]:

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from squeezer.api.auth import require_api_key, scope_of
+from squeezer.api.tools import ToolPlan, tool_plan
 from squeezer.api.body import model_name, read_json_object
 from squeezer.api.generation import OPENAI_FINISH, sse, strip_stop
 from squeezer.api.openai_logprobs import chat_logprobs, logprob_parameters, text_logprobs
@@ -29,14 +30,10 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 # OpenAI body field -> generation parameter.
 RENAMED = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens", "n": "num_return_sequences"}
 PASSED = ("temperature", "top_p", "seed", "stop", "frequency_penalty", "presence_penalty", "logit_bias")
-UNSUPPORTED_IF_SET = ("tools",)
 
 
 def openai_parameters(body: dict[str, Any], chat: bool) -> dict[str, Any]:
-    """Map an OpenAI request onto generation parameters; refuse what would silently change the answer."""
-    for name in UNSUPPORTED_IF_SET:
-        if body.get(name) not in (None, 0, 0.0, {}, []):
-            raise ClientError(f"{name}: not supported by this server", status=422)
+    """Map an OpenAI request onto generation parameters (tools aside: see `squeezer.api.tools`)."""
     params = {RENAMED.get(k, k): v for k, v in body.items() if (k in RENAMED or k in PASSED) and v is not None}
     params.update(logprob_parameters(body, chat))
     grammar = response_grammar(body.get("response_format"))
@@ -77,12 +74,22 @@ def completion_usage(completion: Completion) -> dict[str, Any]:
                  max(g.cached_tokens for g in generations))
 
 
-def chat_object(completion: Completion, request_id: str) -> dict[str, Any]:
+def assistant_turn(text: str, finish: str, plan: ToolPlan | None) -> tuple[dict[str, Any], str]:
+    """The assistant's message and finish reason: the tool call it made, when it made one."""
+    calls = plan.calls(text) if plan is not None else None
+    if calls:
+        return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
+    return {"role": "assistant", "content": text}, finish
+
+
+def chat_object(completion: Completion, request_id: str, plan: ToolPlan | None = None) -> dict[str, Any]:
+    turns = [assistant_turn(strip_stop(g.text, completion.params.stop), OPENAI_FINISH[g.finish_reason], plan)
+             for g in completion.generations]
     choices = [
         {
             "index": i,
-            "message": {"role": "assistant", "content": strip_stop(g.text, completion.params.stop)},
-            "finish_reason": OPENAI_FINISH[g.finish_reason],
+            "message": turns[i][0],
+            "finish_reason": turns[i][1],
             "logprobs": None if g.logprobs is None or g.top_tokens is None
             else chat_logprobs(completion.vocabulary, g.token_ids, g.logprobs, g.top_tokens),
         }
@@ -122,6 +129,24 @@ async def chat_chunks(streaming: Streaming, request_id: str, include_usage: bool
     yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
     async for chunk in _deltas(streaming, base, shape, include_usage):
         yield chunk
+
+
+async def tool_chunks(streaming: Streaming, request_id: str, include_usage: bool, plan: ToolPlan) -> AsyncIterator[dict[str, Any]]:
+    """A chat that may call a tool, streamed: the answer is held until it ends (whether it is a call is known only
+    then), then sent as one delta, `tool_calls` in OpenAI's streamed shape or the text."""
+    base = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": streaming.model_id}
+    yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+    text, last = "", None
+    async for event in streaming.events:
+        text, last = text + event.text, event
+    if last is None:
+        return
+    message, finish = assistant_turn(strip_stop(text, streaming.params.stop), OPENAI_FINISH[last.finish_reason or "length"], plan)
+    delta = ({"tool_calls": [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]}
+             if message.get("tool_calls") else {"content": message["content"]})
+    yield {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    if include_usage:
+        yield {**base, "choices": [], "usage": usage(last.prompt_tokens, last.generated_tokens, last.cached_tokens)}
 
 
 async def text_chunks(streaming: Streaming, request_id: str, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
@@ -173,6 +198,14 @@ async def _completions(request: Request, path_model: str | None, chat: bool) -> 
     prompt, messages = (None, body.get("messages")) if chat else (body.get("prompt"), None)
     if messages is None and chat:
         raise ClientError("messages: required", status=422)
+    plan = tool_plan(body) if chat else None
+    if not chat and body.get("tools"):
+        raise ClientError("tools: only chat completions call tools", status=422)
+    tools = plan.tools if plan is not None else None
+    if plan is not None and plan.forced:
+        if "grammar" in params:
+            raise ClientError("response_format: cannot be combined with a required tool call", status=422)
+        params["grammar"] = plan.grammar()
     request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     scope = scope_of(request, body.get("cache_salt"))
     if body.get("stream"):
@@ -180,12 +213,14 @@ async def _completions(request: Request, path_model: str | None, chat: bool) -> 
         if not isinstance(options, dict):
             raise ClientError(f"stream_options: expected an object, got {type(options).__name__}", status=422)
         include_usage = bool(options.get("include_usage"))
-        streaming = await engine.stream(model_id, prompt, messages, params, scope=scope)
-        chunk = chat_chunks if chat else text_chunks
-        return sse(chunk(streaming, request_id, include_usage), request.app.state.stopping, done_marker=True)
-    completion = await unless_disconnected(request, engine.generate(model_id, prompt, messages, params, scope=scope))
+        streaming = await engine.stream(model_id, prompt, messages, params, scope=scope, tools=tools)
+        chunks = (tool_chunks(streaming, request_id, include_usage, plan) if plan is not None
+                  else (chat_chunks if chat else text_chunks)(streaming, request_id, include_usage))
+        return sse(chunks, request.app.state.stopping, done_marker=True)
+    generating = engine.generate(model_id, prompt, messages, params, scope=scope, tools=tools)
+    completion = await unless_disconnected(request, generating)
     if chat:
-        return FastJSONResponse(chat_object(completion, request_id))
+        return FastJSONResponse(chat_object(completion, request_id, plan))
     return FastJSONResponse(text_object(completion, request_id, bool(body.get("echo"))))
 
 

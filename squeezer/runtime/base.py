@@ -209,8 +209,9 @@ class Inferring(Runtime, Protocol):
 class Generating(Runtime, Protocol):
     """Runtimes with GENERATE and STREAM (and CHAT where they take messages)."""
 
-    def prepare(self, prompt: Any, messages: Any, parameters: Any) -> GenerationRequest:
-        """Validate and tokenize a request before anything is queued (4xx here); run on `prep`."""
+    def prepare(self, prompt: Any, messages: Any, parameters: Any, tools: Any = None) -> GenerationRequest:
+        """Validate and tokenize a request before anything is queued (4xx here); run on `prep`. `tools`: OpenAI's
+        function list, shown to the model through its chat template."""
         ...
 
     async def generate(self, request: GenerationRequest) -> Completion: ...

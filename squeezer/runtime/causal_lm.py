@@ -112,19 +112,19 @@ class CausalLMRuntime:
         self.prep.close()
         self.decoder.close()
 
-    def prepare(self, prompt: Any, messages: Any, parameters: Any) -> GenerationRequest:
+    def prepare(self, prompt: Any, messages: Any, parameters: Any, tools: Any = None) -> GenerationRequest:
         params = GenerationParams.parse(parameters)
         params.check_vocabulary(len(self.info.tokenizer))
         if params.grammar:
             self.grammars.check(params.grammar)  # compiled here, on the prep thread: a bad grammar is a 422
-        return GenerationRequest(self._prompt(prompt, messages), params)
+        return GenerationRequest(self._prompt(prompt, messages, tools), params)
 
-    def _prompt(self, prompt: Any, messages: Any) -> Prompt:
+    def _prompt(self, prompt: Any, messages: Any, tools: Any) -> Prompt:
         """A plain prompt is tokenized as the text-generation pipeline does (no special tokens added); chat
         messages go through the model's own chat template."""
         tokenizer = self.info.tokenizer
         if messages is not None:
-            ids = chat_prompt_ids(tokenizer, messages)
+            ids = chat_prompt_ids(tokenizer, messages, tools)
             return Prompt(tokenizer.decode(ids), ids)
         if not isinstance(prompt, str) or not prompt:
             raise InputError("inputs: expected a non-empty string prompt")

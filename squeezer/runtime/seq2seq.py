@@ -162,9 +162,9 @@ class Seq2SeqRuntime:
         result = Answer(output, self.task, request.truncated, request.n_tokens)
         return Inferred(result, ran.queue_seconds, tokenized - started, ran.inference_seconds, cacheable=not sampled)
 
-    def prepare(self, prompt: Any, messages: Any, parameters: Any) -> GenerationRequest:
+    def prepare(self, prompt: Any, messages: Any, parameters: Any, tools: Any = None) -> GenerationRequest:
         """The task prefix and the text, cut to the model's maximum as the pipeline does (no CHAT capability: the
-        engine refuses messages before they get here)."""
+        engine refuses messages, and with them tools, before they get here)."""
         params = GenerationParams.parse(parameters)
         self._check_new_tokens(params.max_new_tokens)
         if not isinstance(prompt, str) or not prompt:
