@@ -87,8 +87,9 @@ class ModelConfig:
     max_memory_mb: int = setting(0, "Memory budget for loaded models in MiB; the least recently used is unloaded past it (0: none).")
     optimize: bool = setting(False, "Compile each model with `squeezer optimize` (or reuse its cached artifact) before serving it.")
     optimize_in_background: bool = setting(
-        False, "Serve each model at once on PyTorch, compile it meanwhile, and swap the artifact in once it passes the "
-        "accuracy gate (queued work finishes on the old backend; the cached artifact loads at once on the next start).",
+        True, "Serve each model at once as loaded, compile it meanwhile, and swap the artifact in once it passes the "
+        "accuracy gate (accepted work finishes on the old backend; the next start reuses the cached artifact). "
+        "--no-optimize-in-background serves models as loaded; --optimize compiles before serving instead.",
     )
     optimize_profile: str = setting(
         "latency", "What --optimize makes fast: latency (one request at a time) or throughput (many requests batched).",
@@ -99,8 +100,6 @@ class ModelConfig:
         from squeezer.tasks import ALL_TASKS  # tasks import nothing from config: no cycle
 
         _check(self.max_memory_mb >= 0, "max_memory_mb", "must be 0 (no budget) or a size in MiB")
-        _check(not (self.optimize and self.optimize_in_background), "optimize_in_background",
-               "choose one: --optimize compiles before serving, --optimize-in-background while serving")
         _check(self.optimize_profile in PROFILES, "optimize_profile",
                f"must be {' or '.join(PROFILES)}, got {self.optimize_profile!r}")
         _check(

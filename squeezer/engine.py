@@ -91,14 +91,15 @@ class Engine:
     """Serves several models; `run`, `generate` and `stream` are the entry points for inference."""
 
     def __init__(self, sources: Sequence[ModelSource], config: ServeConfig | None = None, prepare: Prepare | None = None) -> None:
-        """`prepare` is the compiler's step (`serve --optimize` passes it): it runs on each source before it loads,
-        or, with `optimize_in_background`, while the model serves as it is (then the artifact is swapped in)."""
+        """`prepare` is the compiler's step (the CLI passes it): with `optimize` it runs on each source before it
+        loads, else with `optimize_in_background` while the model serves as loaded (then the artifact is swapped
+        in). Without it, models serve as loaded: the engine never imports the compiler itself."""
         ids = [s.model_id for s in sources]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise ValueError(f"model ids must be unique; give each an ID= prefix: {', '.join(duplicates)}")
         self.config = config or ServeConfig()
-        if (self.config.model.optimize or self.config.model.optimize_in_background) and prepare is None:
+        if self.config.model.optimize and prepare is None:
             raise ConfigError("optimize needs the compiler's prepare step: pass prepare=squeezer.compiler.serving.optimizer(...)")
         self._sources, self._prepare = list(sources), prepare
         self.hooks = Hooks()  # metrics set these before start(): on_batch, on_step, on_finish

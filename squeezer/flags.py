@@ -20,7 +20,7 @@ def add_config_arguments(parser: argparse.ArgumentParser | Any, cls: type) -> No
     for f in dataclasses.fields(cls):
         help_text = f"{f.metadata['help']} [env {env_name(f.name)}; default {f.default!r}]"
         if kinds[f.name] is bool:
-            parser.add_argument(flag_name(f.name), action="store_true", default=None, help=help_text)
+            parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             parser.add_argument(flag_name(f.name), type=kinds[f.name], choices=f.metadata.get("choices"), help=help_text)
 

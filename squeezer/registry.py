@@ -72,7 +72,7 @@ class ModelRegistry:
 
     def __init__(self, sources: Sequence[ModelSource], config: ServeConfig, hooks: Hooks | None = None,
                  prepare: Prepare | None = None) -> None:
-        background = config.model.optimize_in_background and prepare is not None
+        background = config.model.optimize_in_background and not config.model.optimize and prepare is not None
         self._config, self._hooks = config, hooks or Hooks()
         self._prepare = None if background else prepare  # run before a load (--optimize), or ...
         self._optimizer = BackgroundOptimizer(prepare, self.swap, config.server.show_paths) if background else None  # ... while serving

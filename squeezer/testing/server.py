@@ -29,7 +29,8 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"server-{self.port}.log"
-        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+        # a fixed backend to test or measure: no compile in the background unless a test asks (flag or env)
+        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "SQUEEZER_OPTIMIZE_IN_BACKGROUND": "0", **(env or {})}
         cmd = [sys.executable, *launcher, "serve", *args, "--port", str(self.port)]
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
