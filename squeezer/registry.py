@@ -15,12 +15,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from squeezer.artifact import read_report
 from squeezer.background import BackgroundOptimizer
 from squeezer.config import ServeConfig
 from squeezer.detect import configured_task
 from squeezer.errors import ModelNotReadyError, UnknownModelError, error_text
 from squeezer.runtime import Hooks, Prepare, Runtime, capabilities_for, load_runtime
 from squeezer.sources import ModelSource
+
+def verdict(artifact: ModelSource) -> dict[str, Any]:
+    """Why the artifact serves, from its report: the candidate the gate and the clock chose, its speed-up over the
+    reference and its accuracy figures (for /info and the log)."""
+    report = read_report(artifact.path)
+    chosen = next((c for c in report.get("candidates", []) if c.get("name") == report.get("chosen")), {})
+    return {"chosen": report.get("chosen"), "speedup": chosen.get("speedup"), "metrics": chosen.get("metrics", {})}
+
 
 DEFAULT_LOAD_ESTIMATE = 20.0  # seconds, until a model has loaded once and we know better
 
@@ -147,7 +156,7 @@ class ModelRegistry:
                 await old.drain()
             finally:
                 old.close()
-        return {"state": "serving", "backend": new.describe().get("backend")}
+        return {"state": "serving", "backend": new.describe().get("backend"), **verdict(artifact)}
 
     async def unload(self, model_id: str) -> ModelEntry:
         """Finish the model's queued work, then free it; it reloads on the next request or /load."""

@@ -61,6 +61,7 @@ async def test_the_artifact_is_swapped_in_under_load(tiny_model, tmp_path: Path,
         answers = await load
         info = engine.models()[0]
         assert info["optimization"]["state"] == "serving", info
+        assert info["optimization"]["chosen"] and info["optimization"]["speedup"] > 0  # why: the gate's verdict
         assert info["backend"] in ("onnxruntime", "openvino") and info["state"] == "ready"
         assert {backend for _, _, backend in answers} == {"torch", info["backend"]}  # answered on both sides
         for text, output, _ in answers:  # every answer, before, during and after the swap, is the model's
