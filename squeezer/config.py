@@ -66,6 +66,10 @@ class ServerConfig:
         "403, so a web page cannot drive a server on this machine.",
     )
     show_paths: bool = setting(False, "Show models' source paths on /info and /models (hidden by default).")
+    reasoning: str = setting(
+        "split", "A reasoning model's <think> block on the chat route: split into `reasoning_content`, or inline in the content.",
+        choices=("split", "inline"),
+    )
     shutdown_grace: float = setting(30.0, "Seconds to finish accepted requests after SIGTERM before exiting.")
 
     def __post_init__(self) -> None:

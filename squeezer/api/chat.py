@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from squeezer.api.auth import require_api_key, scope_of
+from squeezer.api.reasoning import ReasoningStream, opens_reasoning, split_reasoning
 from squeezer.api.tools import ToolPlan, tool_plan
 from squeezer.api.body import model_name, read_json_object
 from squeezer.api.generation import OPENAI_FINISH, sse, strip_stop
@@ -74,16 +75,26 @@ def completion_usage(completion: Completion) -> dict[str, Any]:
                  max(g.cached_tokens for g in generations))
 
 
-def assistant_turn(text: str, finish: str, plan: ToolPlan | None) -> tuple[dict[str, Any], str]:
-    """The assistant's message and finish reason: the tool call it made, when it made one."""
+def assistant_turn(text: str, finish: str, plan: ToolPlan | None, opened: bool | None = None) -> tuple[dict[str, Any], str]:
+    """The assistant's message and finish reason: its reasoning apart (unless `opened` is None: inline), and the
+    tool call it made, when it made one."""
+    reasoning, text = split_reasoning(text, opened) if opened is not None else (None, text)
     calls = plan.calls(text) if plan is not None else None
+    message: dict[str, Any] = {"role": "assistant", "content": None if calls else text}
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
     if calls:
-        return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
-    return {"role": "assistant", "content": text}, finish
+        return {**message, "tool_calls": calls}, "tool_calls"
+    return message, finish
 
 
-def chat_object(completion: Completion, request_id: str, plan: ToolPlan | None = None) -> dict[str, Any]:
-    turns = [assistant_turn(strip_stop(g.text, completion.params.stop), OPENAI_FINISH[g.finish_reason], plan)
+def reasoning_opened(request: Request, prompt: str) -> bool | None:
+    """For `assistant_turn`: None when reasoning stays inline, else whether the prompt opened the block."""
+    return opens_reasoning(prompt) if request.app.state.server_config.reasoning == "split" else None
+
+
+def chat_object(completion: Completion, request_id: str, plan: ToolPlan | None = None, opened: bool | None = None) -> dict[str, Any]:
+    turns = [assistant_turn(strip_stop(g.text, completion.params.stop), OPENAI_FINISH[g.finish_reason], plan, opened)
              for g in completion.generations]
     choices = [
         {
@@ -116,22 +127,33 @@ def text_object(completion: Completion, request_id: str, echo: bool) -> dict[str
 Shape = Callable[[str, list[TokenEvent], int], dict[str, Any]]
 
 
-async def chat_chunks(streaming: Streaming, request_id: str, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+async def chat_chunks(streaming: Streaming, request_id: str, include_usage: bool,
+                      opened: bool | None = None) -> AsyncIterator[dict[str, Any]]:
+    """Streamed chat; with `opened` not None, the reasoning block goes to `delta.reasoning_content`."""
     base = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": streaming.model_id}
     wanted = streaming.params.wants_logprobs
+    splitter = ReasoningStream(opened) if opened is not None else None
+
+    def delta(reasoning: str, content: str) -> dict[str, str]:
+        return {**({"reasoning_content": reasoning} if reasoning else {}), **({"content": content} if content else {})}
 
     def shape(text: str, events: list[TokenEvent], sent: int) -> dict[str, Any]:
-        out: dict[str, Any] = {"delta": {"content": text} if text else {}}
+        out: dict[str, Any] = {"delta": delta(*splitter.feed(text)) if splitter else delta("", text)}
         if wanted:
             out["logprobs"] = chat_logprobs(streaming.vocabulary, *_columns(events))
         return out
 
     yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
     async for chunk in _deltas(streaming, base, shape, include_usage):
+        choices = chunk["choices"]
+        if splitter and choices and choices[0]["finish_reason"] is not None:  # the end: what the splitter held
+            held = delta(*splitter.flush())
+            choices[0]["delta"] = {k: choices[0]["delta"].get(k, "") + held.get(k, "") for k in {*choices[0]["delta"], *held}}
         yield chunk
 
 
-async def tool_chunks(streaming: Streaming, request_id: str, include_usage: bool, plan: ToolPlan) -> AsyncIterator[dict[str, Any]]:
+async def tool_chunks(streaming: Streaming, request_id: str, include_usage: bool, plan: ToolPlan,
+                      opened: bool | None = None) -> AsyncIterator[dict[str, Any]]:
     """A chat that may call a tool, streamed: the answer is held until it ends (whether it is a call is known only
     then), then sent as one delta, `tool_calls` in OpenAI's streamed shape or the text."""
     base = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": streaming.model_id}
@@ -141,9 +163,12 @@ async def tool_chunks(streaming: Streaming, request_id: str, include_usage: bool
         text, last = text + event.text, event
     if last is None:
         return
-    message, finish = assistant_turn(strip_stop(text, streaming.params.stop), OPENAI_FINISH[last.finish_reason or "length"], plan)
+    message, finish = assistant_turn(strip_stop(text, streaming.params.stop), OPENAI_FINISH[last.finish_reason or "length"],
+                                     plan, opened)
     delta = ({"tool_calls": [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]}
              if message.get("tool_calls") else {"content": message["content"]})
+    if message.get("reasoning_content") is not None:
+        delta["reasoning_content"] = message["reasoning_content"]
     yield {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
     if include_usage:
         yield {**base, "choices": [], "usage": usage(last.prompt_tokens, last.generated_tokens, last.cached_tokens)}
@@ -214,13 +239,18 @@ async def _completions(request: Request, path_model: str | None, chat: bool) -> 
             raise ClientError(f"stream_options: expected an object, got {type(options).__name__}", status=422)
         include_usage = bool(options.get("include_usage"))
         streaming = await engine.stream(model_id, prompt, messages, params, scope=scope, tools=tools)
-        chunks = (tool_chunks(streaming, request_id, include_usage, plan) if plan is not None
-                  else (chat_chunks if chat else text_chunks)(streaming, request_id, include_usage))
+        opened = reasoning_opened(request, streaming.prompt.text) if chat else None
+        if plan is not None:
+            chunks = tool_chunks(streaming, request_id, include_usage, plan, opened)
+        elif chat:
+            chunks = chat_chunks(streaming, request_id, include_usage, opened)
+        else:
+            chunks = text_chunks(streaming, request_id, include_usage)
         return sse(chunks, request.app.state.stopping, done_marker=True)
     generating = engine.generate(model_id, prompt, messages, params, scope=scope, tools=tools)
     completion = await unless_disconnected(request, generating)
     if chat:
-        return FastJSONResponse(chat_object(completion, request_id, plan))
+        return FastJSONResponse(chat_object(completion, request_id, plan, reasoning_opened(request, completion.prompt.text)))
     return FastJSONResponse(text_object(completion, request_id, bool(body.get("echo"))))
 
 
