@@ -15,6 +15,7 @@ from openai import OpenAI
 from pydantic import BaseModel
 
 from squeezer.testing.server import ServerProcess
+from tests.api.test_decoder_artifact_serving import artifact  # noqa: F401 (a fixture: the compiled tiny llama)
 
 CHAT = [{"role": "user", "content": "Is the sky blue? Answer in JSON."}]
 
@@ -71,3 +72,40 @@ def test_tgi_grammar_through_huggingface_hub(server) -> None:
 def test_a_bad_response_format_is_a_422(server, body, message) -> None:
     response = httpx.post(server.url + "/v1/chat/completions", json={"model": "llm", "messages": CHAT, **body})
     assert response.status_code == 422 and message in response.json()["error"], response.text
+
+
+def test_a_compiled_decoder_with_its_prefix_cache_follows_the_grammar(artifact, tmp_path) -> None:  # noqa: F811
+    """The ONNX Runtime decoder (no torch on the greedy path) and its prefix cache: the second, identical request
+    resumes from the first one's cached prompt and still answers inside the grammar."""
+    srv = ServerProcess([f"m={artifact}"], tmp_path)
+    client = OpenAI(base_url=srv.url + "/v1", api_key="unused")
+    try:
+        srv.wait_ready()
+        answers = [client.beta.chat.completions.parse(model="m", messages=CHAT, response_format=Verdict, temperature=0,
+                                                      max_tokens=60) for _ in range(2)]
+    finally:
+        srv.stop()
+    assert all(isinstance(a.choices[0].message.parsed, Verdict) for a in answers)
+    assert answers[1].usage.prompt_tokens_details.cached_tokens > 0
+    assert answers[0].choices[0].message.content == answers[1].choices[0].message.content
+
+
+@pytest.mark.slow
+def test_smollm2_answers_a_pydantic_model_and_calls_a_tool(smollm2_file, tmp_path) -> None:
+    """The real model: parse() into a pydantic model, and a required tool call with valid arguments."""
+    folder, name = smollm2_file
+    srv = ServerProcess([f"smol={folder / name}"], tmp_path)
+    client = OpenAI(base_url=srv.url + "/v1", api_key="unused")
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 40}}, "required": ["city"]}}}
+    try:
+        srv.wait_ready(600)
+        parsed = client.beta.chat.completions.parse(model="smol", messages=CHAT, response_format=Verdict,
+                                                    temperature=0, max_tokens=40)
+        called = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Weather in Paris?"}],
+                                                tools=[weather], tool_choice="required", temperature=0, max_tokens=60)
+    finally:
+        srv.stop()
+    assert isinstance(parsed.choices[0].message.parsed, Verdict)
+    call = called.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather" and isinstance(json.loads(call.function.arguments)["city"], str)
