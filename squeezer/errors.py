@@ -34,6 +34,11 @@ class ModelNotReadyError(ClientError):
 UNLOADING = "this model is being unloaded; retry to load it again"  # what work refused by a draining model hears
 
 
+def worker_stopped(exc: BaseException) -> ModelNotReadyError:
+    """What requests hear when a model's worker thread was ended from outside (see the schedulers)."""
+    return ModelNotReadyError(f"this model's worker thread stopped ({type(exc).__name__}); unload and load it again")
+
+
 class QueueFullError(ClientError):
     status = 429
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from squeezer.backends import Batch
 from squeezer.config import BatchingConfig
-from squeezer.errors import UNLOADING, ModelNotReadyError, QueueFullError
+from squeezer.errors import UNLOADING, ModelNotReadyError, QueueFullError, worker_stopped
 from squeezer.tasks.base import Feature
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ class Batcher:
             self._serve()
         except BaseException as exc:
             log.critical("a forward worker thread stopped: %r", exc)
-            error = ModelNotReadyError(f"this model's worker thread stopped ({type(exc).__name__}); unload and load it again")
+            error = worker_stopped(exc)
             with self._ready:
                 self._alive -= 1
                 if self._alive > 0:
@@ -271,7 +271,7 @@ class Batcher:
         except Exception as exc:  # a backend failure answers every request in the batch, never hangs them
             rows = exc
         except BaseException as exc:  # the thread is being ended: answer its batch before it goes
-            stopped = ModelNotReadyError(f"this model's worker thread stopped ({type(exc).__name__}) during the forward")
+            stopped = worker_stopped(exc)
             assert self._loop is not None
             self._loop.call_soon_threadsafe(self._deliver, batch, stopped, start, stats, number)
             raise

@@ -27,7 +27,7 @@ import numpy as np
 from squeezer.backends.decoder import Decoder
 from squeezer.backends.prefix_cache import PrefixCache
 from squeezer.config import DecodingConfig
-from squeezer.errors import UNLOADING, ClientError, ModelNotReadyError, QueueFullError
+from squeezer.errors import UNLOADING, ClientError, ModelNotReadyError, QueueFullError, worker_stopped
 from squeezer.generation.grammar import Constraint, Grammars
 from squeezer.generation.logprobs import token_logprobs
 from squeezer.generation.outputs import FinishReason, Generation, TokenEvent
@@ -305,7 +305,7 @@ class DecodeLoop:
             self._serve()
         except BaseException as exc:
             log.critical("the decode worker thread stopped: %r", exc)
-            error = ModelNotReadyError(f"this model's worker thread stopped ({type(exc).__name__}); unload and load it again")
+            error = worker_stopped(exc)
             with self._wake:
                 self._dead = error
                 waiting = [*self._newcomers, *self._waiting]
