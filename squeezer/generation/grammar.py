@@ -65,27 +65,36 @@ def grammar_text(grammar: Any) -> str:
 
 
 class Constraint:
-    """One sequence's grammar state: masks its logits row, then follows the token chosen from it."""
+    """One sequence's grammar state: its matcher, which `mask_rows` asks for the allowed tokens and `advance`
+    moves past the token chosen."""
 
     def __init__(self, matcher: Any, vocab: int) -> None:
-        self._matcher, self._vocab = matcher, vocab
-        self._bitmask = _llguidance().numpy.allocate_token_bitmask(1, vocab)
-
-    def mask(self, row: np.ndarray) -> np.ndarray:
-        """A copy of `row` [1, vocab] with every token the grammar forbids at -inf."""
-        llg = _llguidance()
-        llg.numpy.fill_next_token_bitmask(self._matcher, self._bitmask, 0)
-        masked = np.array(row[:, : self._vocab], dtype=np.float32)
-        llg.numpy.apply_token_bitmask_inplace(masked, self._bitmask)
-        if not np.isfinite(masked).any():
-            raise InputError(f"parameters.grammar: no token can continue the output ({self._matcher.get_error() or 'dead end'})")
-        if masked.shape[1] < row.shape[1]:  # logits past the tokenizer's vocabulary are padding: never allowed
-            masked = np.concatenate([masked, np.full((1, row.shape[1] - masked.shape[1]), -np.inf, np.float32)], axis=1)
-        return masked
+        self.matcher, self.vocab = matcher, vocab
 
     def advance(self, token: int) -> None:
-        if not self._matcher.consume_token(token):
-            raise InputError(f"parameters.grammar: token {token} breaks the grammar ({self._matcher.get_error()})")
+        if not self.matcher.consume_token(token):
+            raise InputError(f"parameters.grammar: token {token} breaks the grammar ({self.matcher.get_error()})")
+
+
+_EXECUTOR: list[Any] = []  # llguidance's thread pool for masks, made once per process
+
+
+def mask_rows(constraints: list[Constraint], rows: np.ndarray) -> list[np.ndarray | InputError]:
+    """Each row of logits [n, vocab] with the tokens its grammar forbids at -inf (a copy, [1, vocab] each), or an
+    InputError for a grammar that allows nothing more. One call computes every mask of the step, in parallel."""
+    llg = _llguidance()
+    if not _EXECUTOR:
+        _EXECUTOR.append(llg.LLExecutor())
+    vocab = constraints[0].vocab  # one model's constraints share its tokenizer
+    bitmask = llg.numpy.allocate_token_bitmask(len(constraints), vocab)
+    llg.numpy.fill_next_token_bitmask_par(_EXECUTOR[0], [(c.matcher, i) for i, c in enumerate(constraints)], bitmask)
+    masked = np.array(rows[:, :vocab], dtype=np.float32)
+    llg.numpy.apply_token_bitmask_inplace(masked, bitmask)
+    if masked.shape[1] < rows.shape[1]:  # logits past the tokenizer's vocabulary are padding: never allowed
+        masked = np.concatenate([masked, np.full((len(rows), rows.shape[1] - vocab), -np.inf, np.float32)], axis=1)
+    return [masked[i : i + 1] if np.isfinite(masked[i]).any() else
+            InputError(f"parameters.grammar: no token can continue the output ({c.matcher.get_error() or 'dead end'})")
+            for i, c in enumerate(constraints)]
 
 
 class Grammars:

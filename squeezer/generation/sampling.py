@@ -12,14 +12,13 @@ never needs it, and greedy decoding runs on numpy alone.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from squeezer.generation.grammar import Constraint, mask_rows
 from squeezer.tasks.base import InputError
 
-if TYPE_CHECKING:
-    from squeezer.generation.grammar import Constraint
 
 
 def _torch() -> Any:
@@ -85,10 +84,9 @@ class TokenChooser:
         return not self.sampling and not self._penalized and self.constraint is None
 
     def choose_row(self, row: np.ndarray, history: Sequence[int]) -> int:
-        """The next token from one row of logits [1, vocab] (numpy), through the grammar's mask when there is one;
-        greedy without processors needs no torch, so a constrained greedy row runs on a torch-less server."""
-        if self.constraint is not None:
-            row = self.constraint.mask(row)
+        """The next token from one row of logits [1, vocab] (numpy; already masked by its grammar, if it has one),
+        which the grammar then follows; greedy without processors needs no torch, so a constrained greedy row runs
+        on a torch-less server."""
         token = self.choose(_torch().from_numpy(row), history) if self.sampling or self._penalized else int(row.argmax())
         if self.constraint is not None:
             self.constraint.advance(token)
@@ -158,9 +156,19 @@ def choose_tokens(
     if plain:
         for i, token in zip(plain, logits[plain].argmax(axis=-1).tolist()):
             tokens[i] = token
+    rows: dict[int, np.ndarray | Exception] = {}
+    constrained = [i for i, chooser in enumerate(choosers) if chooser.constraint is not None]
+    if constrained:
+        try:
+            rows.update(zip(constrained, mask_rows([choosers[i].constraint for i in constrained], logits[constrained])))  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001  # the masks of the step failed: those rows fail, the others go on
+            rows.update((i, exc) for i in constrained)
     for i in [i for i, chooser in enumerate(choosers) if not chooser.plain]:
         try:
-            tokens[i] = choosers[i].choose_row(logits[i : i + 1], histories[i])
+            row = rows.get(i, logits[i : i + 1])
+            if isinstance(row, Exception):
+                raise row
+            tokens[i] = choosers[i].choose_row(row, histories[i])
         except Exception as exc:  # noqa: BLE001  # handed back: the decode loop fails this row only
             tokens[i] = exc
     return tokens
