@@ -5,7 +5,7 @@ tool prompt (`squeezer.generation.chat.TOOL_PROMPT`) that asks for `{"name", "ar
 `tool_choice` "required" or a named function, a grammar makes the answer exactly such a call, with arguments
 valid for that function's schema; with "auto" the model may answer in text, and an answer that is a call (bare, or
 in `<tool_call>` tags as Hermes-style templates write it) becomes `tool_calls`; "none" hides the tools.
-One call per answer (`parallel_tool_calls` is accepted; the model makes one call at a time here).
+With `parallel_tool_calls` (OpenAI's default) an answer may also be a JSON list of calls, up to MAX_CALLS.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 from squeezer.errors import ClientError
 
+MAX_CALLS = 8  # calls in one answer with parallel_tool_calls
 TAGGED = re.compile(r"^\s*<tool_call>\s*(.*?)\s*(</tool_call>)?\s*$", re.DOTALL)
 
 
@@ -28,6 +29,7 @@ class ToolPlan:
     tools: list[dict[str, Any]]
     names: frozenset[str]
     forced: bool
+    parallel: bool = True
 
     def grammar(self) -> dict[str, Any] | None:
         """The TGI-style grammar of a call to one of `tools`, when the answer must be one."""
@@ -37,7 +39,9 @@ class ToolPlan:
                   "properties": {"name": {"enum": [t["function"]["name"]]},
                                  "arguments": t["function"].get("parameters") or {"type": "object"}}}
                  for t in self.tools]
-        return {"type": "json", "value": calls[0] if len(calls) == 1 else {"anyOf": calls}}
+        one = calls[0] if len(calls) == 1 else {"anyOf": calls}
+        several = {"type": "array", "items": one, "minItems": 1, "maxItems": MAX_CALLS}
+        return {"type": "json", "value": {"anyOf": [one, several]} if self.parallel else one}
 
     def calls(self, text: str) -> list[dict[str, Any]] | None:
         """The answer as OpenAI's `tool_calls`, or None when it is not a call to one of the tools."""
@@ -46,15 +50,18 @@ class ToolPlan:
             value = json.loads(tagged.group(1) if tagged else text)
         except ValueError:
             return None
-        if not (isinstance(value, dict) and value.get("name") in self.names and isinstance(value.get("arguments"), dict)):
+        listed = value if isinstance(value, list) and self.parallel and 0 < len(value) <= MAX_CALLS else [value]
+        if not all(isinstance(v, dict) and v.get("name") in self.names and isinstance(v.get("arguments"), dict) for v in listed):
             return None
         return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                 "function": {"name": value["name"], "arguments": json.dumps(value["arguments"])}}]
+                 "function": {"name": v["name"], "arguments": json.dumps(v["arguments"])}} for v in listed]
 
 
 def tool_plan(body: dict[str, Any]) -> ToolPlan | None:
     """Read `tools` and `tool_choice` (422 for what cannot work); None when the chat uses no tools."""
-    tools, choice = body.get("tools"), body.get("tool_choice", "auto")
+    tools, choice, parallel = body.get("tools"), body.get("tool_choice", "auto"), body.get("parallel_tool_calls", True)
+    if not isinstance(parallel, bool):
+        raise ClientError("parallel_tool_calls: expected true or false", status=422)
     if not tools or choice == "none":
         if choice not in ("none", "auto", "required") and not isinstance(choice, dict):
             raise ClientError('tool_choice: expected "none", "auto", "required" or {"type": "function", ...}', status=422)
@@ -68,10 +75,10 @@ def tool_plan(body: dict[str, Any]) -> ToolPlan | None:
         if name not in names:
             raise ClientError(f"tool_choice: no function named {name!r} among the tools", status=422)
         checked = [t for t in checked if t["function"]["name"] == name]
-        return ToolPlan(checked, frozenset([name]), forced=True)
+        return ToolPlan(checked, frozenset([name]), forced=True, parallel=parallel)
     if choice not in ("auto", "required"):
         raise ClientError('tool_choice: expected "none", "auto", "required" or {"type": "function", ...}', status=422)
-    return ToolPlan(checked, frozenset(names), forced=choice == "required")
+    return ToolPlan(checked, frozenset(names), forced=choice == "required", parallel=parallel)
 
 
 def _listed(tools: Any) -> list[Any]:

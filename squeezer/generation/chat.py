@@ -70,7 +70,8 @@ def _message_text(content: Any, name: str) -> str:
 
 TOOL_PROMPT = (
     "You can call these functions. To call one, answer with only a JSON object "
-    '{{"name": <function name>, "arguments": <its arguments as an object>}}.\n{tools}'
+    '{{"name": <function name>, "arguments": <its arguments as an object>}}; to call several, a JSON list of '
+    "such objects.\n{tools}"
 )
 
 

@@ -50,15 +50,18 @@ def weather_args(call) -> dict:
 def test_required_and_named_choices_are_calls(server) -> None:
     client = OpenAI(base_url=server.url + "/v1", api_key="unused")
     for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
-        for temperature in (0, 1.0):
+        for temperature, parallel in ((0, False), (1.0, False), (0, True), (1.0, True)):
             done = client.chat.completions.create(model="llm", messages=ASK, tools=[WEATHER, TIME], tool_choice=choice,
-                                                  temperature=temperature, seed=5, max_tokens=80)
+                                                  temperature=temperature, seed=5, max_tokens=160,
+                                                  parallel_tool_calls=parallel)
             message = done.choices[0].message
-            if choice == "required" and message.tool_calls[0].function.name == "get_time":
-                assert json.loads(message.tool_calls[0].function.arguments)["zone"] in ("UTC", "CET")
-            else:
-                weather_args(message.tool_calls[0])
             assert message.content is None and done.choices[0].finish_reason == "tool_calls"
+            assert 1 <= len(message.tool_calls) <= (8 if parallel else 1)
+            for call in message.tool_calls:
+                if choice == "required" and call.function.name == "get_time":
+                    assert json.loads(call.function.arguments)["zone"] in ("UTC", "CET")
+                else:
+                    weather_args(call)
 
 
 def test_a_streamed_call_and_the_conversation_after_it(server) -> None:
@@ -95,6 +98,7 @@ def test_huggingface_hub_chat_completion_with_tools(server) -> None:
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "no function named"),
     ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice"),
     ({"tools": [WEATHER, WEATHER]}, "unique"),
+    ({"tools": [WEATHER], "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
     ({"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}}, "response_format"),
 ])
 def test_bad_tool_requests_are_422(server, extra, message) -> None:
@@ -111,4 +115,8 @@ def test_an_auto_answer_is_a_call_only_when_it_is_one() -> None:
         assert found["function"]["name"] == "get_weather" and json.loads(found["function"]["arguments"])["city"] == "Oslo"
     for text in ("It is sunny.", '{"name": "other", "arguments": {}}', '{"name": "get_weather"}'):
         assert plan.calls(text) is None
+    both = plan.calls(f"[{call}, {call}]")
+    assert both is not None and len(both) == 2 and both[0]["id"] != both[1]["id"]
+    single = tool_plan({"tools": [WEATHER], "parallel_tool_calls": False})
+    assert single is not None and single.calls(f"[{call}]") is None
     assert tool_plan({"tools": [WEATHER], "tool_choice": "none"}) is None
