@@ -6,7 +6,7 @@ Measures, in one run on this machine:
 1. the in-process ceiling: the same backend on length-sorted batches of 32, no HTTP, one batch at a time
    on every core and as many at once as the backend has instances (the faster counts);
 2. squeezer serving the model, driven by wrk (a C load generator: a Python one would measure itself);
-3. the out-of-the-box deployment (bench/baseline_app.py: FastAPI calling the model per request), same load.
+3. the out-of-the-box deployment (squeezer/benchmark/baseline.py: FastAPI calling the model per request), same load.
 Each request is one sentence of 8 to 48 words with `use_cache: false`, so no answer comes from a cache.
 Needs Debian's `wrk`.
 """
@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.workload import sentences
+from squeezer.benchmark.workloads import sentences
 from squeezer.config import BackendConfig
 from squeezer.sources import DEFAULT_MODEL_SPEC, resolve
 from squeezer.testing.server import ServerProcess, free_port
@@ -110,7 +110,7 @@ def measure_squeezer(spec: str, bodies: Path, args: argparse.Namespace, logs: Pa
 def measure_baseline(folder: Path, bodies: Path, args: argparse.Namespace, logs: Path) -> dict[str, float]:
     port = free_port()
     env = {**os.environ, "BASELINE_MODEL": str(folder)}
-    cmd = [sys.executable, "-m", "uvicorn", "bench.baseline_app:app", "--port", str(port), "--log-level", "warning"]
+    cmd = [sys.executable, "-m", "uvicorn", "squeezer.benchmark.baseline:app", "--port", str(port), "--log-level", "warning"]
     with (logs / "baseline.log").open("w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=HERE.parent)
         try:

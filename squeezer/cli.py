@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from squeezer.benchmark.cli import add_bench_parser
 from squeezer.compiler.cli import add_optimize_parser
 from squeezer.config import SERVE_GROUPS, ConfigError, ServeConfig, env_name
 from squeezer.flags import add_config_arguments, config_from_args
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_arguments(serve.add_argument_group(cls.__name__, cls.__doc__), cls)
     serve.set_defaults(handler=serve_command)
     add_optimize_parser(commands)
+    add_bench_parser(commands)
     return parser
 
 

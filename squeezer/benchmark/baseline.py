@@ -1,7 +1,7 @@
 """The out-of-the-box deployment the benchmark compares against: FastAPI calling the model per request.
 
 SentenceTransformer.encode for sentence-transformers folders, else a transformers pipeline; run with
-`uvicorn bench.baseline_app:app` and BASELINE_MODEL=<folder>.
+`uvicorn squeezer.benchmark.baseline:app` and BASELINE_MODEL=<folder> (what `squeezer bench` calls rung (a)).
 """
 
 from __future__ import annotations
@@ -19,19 +19,19 @@ if (_folder / "modules.json").is_file():
 
     _model = SentenceTransformer(str(_folder), device="cpu")
 
-    def _run(text: str) -> list:
+    def _run(text: str | list[str]) -> list:
         return _model.encode(text).tolist()
 else:
     from transformers import pipeline
 
     _pipe = pipeline(os.environ.get("BASELINE_TASK", "feature-extraction"), model=str(_folder))
 
-    def _run(text: str) -> list:
+    def _run(text: str | list[str]) -> list:
         return _pipe(text)
 
 
 class Body(BaseModel):
-    inputs: str
+    inputs: str | list[str]
     options: dict = {}
 
 

@@ -1,0 +1,51 @@
+"""`squeezer bench`: flags, the run, and the files it writes (results.json, report.md) and prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from squeezer.sources import DEFAULT_MODEL_SPEC
+
+QUICK = {"workload": ["embed-short"], "concurrency": [4], "duration": 3.0}
+
+
+def add_bench_parser(commands: Any) -> None:
+    from squeezer.benchmark.workloads import WORKLOADS
+
+    bench = commands.add_parser("bench", help="Measure the speed-up ladder on this machine.",
+                                description="Each rung (out of the box, squeezer on PyTorch, squeezer optimized) served "
+                                "in turn and driven by the same load; answers checked against the first rung's.")
+    bench.add_argument("model", nargs="?", default=DEFAULT_MODEL_SPEC.split("=", 1)[1], metavar="MODEL",
+                       help="SOURCE to benchmark (default: the packaged all-MiniLM-L6-v2)")
+    bench.add_argument("--workload", action="append", choices=sorted(WORKLOADS), help="repeatable (default: all)")
+    bench.add_argument("--concurrency", action="append", type=int, help="clients; repeatable (default: 1, 4, 16, 64)")
+    bench.add_argument("--duration", type=float, default=10.0, help="seconds of load per figure (default 10)")
+    bench.add_argument("--out", default="bench-results", help="folder for results.json and report.md")
+    bench.add_argument("--quick", action="store_true", help="embed-short at 4 clients for 3 s per rung (a smoke run)")
+    bench.set_defaults(handler=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from squeezer.benchmark.ladder import run
+    from squeezer.benchmark.report import markdown
+    from squeezer.benchmark.workloads import WORKLOADS
+
+    workloads = QUICK["workload"] if args.quick else (args.workload or list(WORKLOADS))
+    concurrency = QUICK["concurrency"] if args.quick else (args.concurrency or [1, 4, 16, 64])
+    duration = QUICK["duration"] if args.quick else args.duration
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as logs:
+        results = run(f"{args.model}", workloads, concurrency, duration, Path(logs),  # type: ignore[arg-type]
+                      lambda message: print(f"squeezer bench: {message}", file=sys.stderr, flush=True))
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    report = markdown(results)
+    (out / "report.md").write_text(report)
+    print(report)
+    print(f"written: {out / 'results.json'}, {out / 'report.md'}")
+    return 0
