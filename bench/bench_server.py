@@ -14,22 +14,19 @@ Needs Debian's `wrk`.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+from squeezer.benchmark.ladder import Baseline
+from squeezer.benchmark.load import drive
 from squeezer.benchmark.workloads import sentences
 from squeezer.config import BackendConfig
 from squeezer.sources import DEFAULT_MODEL_SPEC, resolve
-from squeezer.testing.server import ServerProcess, free_port
-
-HERE = Path(__file__).parent
+from squeezer.testing.server import ServerProcess
 
 
 def ceiling(spec: str, texts: list[str], instances: int, batch: int = 32) -> float:
@@ -65,67 +62,20 @@ def best_ceiling(spec: str, texts: list[str]) -> tuple[float, dict[int, float]]:
     return max(found.values()), found
 
 
-def run_wrk(url: str, path: str, bodies: Path, clients: int, seconds: int) -> dict[str, float]:
-    env = {**os.environ, "BODIES": str(bodies), "TARGET_PATH": path}
-    cmd = ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--latency", "--timeout", "30s", "-s", str(HERE / "wrk_post.lua"), url]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    percentiles = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50_ms": to_ms(percentiles["50"]),
-        "p99_ms": to_ms(percentiles["99"]),
-        "errors": int(errors.group(1)) if errors else 0,
-    }
-
-
-def to_ms(value: str) -> float:
-    number, unit = re.match(r"([\d.]+)(\w+)", value).groups()  # type: ignore[union-attr]
-    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
-
-
-def wait_http(url: str, timeout: float = 300) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    raise TimeoutError(url)
-
-
-def measure_squeezer(spec: str, bodies: Path, args: argparse.Namespace, logs: Path) -> dict[str, float]:
-    server = ServerProcess([spec, "--log-level", "warning"], logs)
+def measure(server: Any, bodies: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """A started server (squeezer, or the baseline app) under the load: warm-up, then the measured run."""
     try:
         server.wait_ready(600)
-        run_wrk(server.url, "/models/bench", bodies, args.clients, 3)  # warm-up
-        return run_wrk(server.url, "/models/bench", bodies, args.clients, args.duration)
+        drive(server.url, "/models/bench", bodies, args.clients, 3)  # warm-up
+        return drive(server.url, "/models/bench", bodies, args.clients, args.duration).as_dict()
     finally:
         server.stop()
-
-
-def measure_baseline(folder: Path, bodies: Path, args: argparse.Namespace, logs: Path) -> dict[str, float]:
-    port = free_port()
-    env = {**os.environ, "BASELINE_MODEL": str(folder)}
-    cmd = [sys.executable, "-m", "uvicorn", "squeezer.benchmark.baseline:app", "--port", str(port), "--log-level", "warning"]
-    with (logs / "baseline.log").open("w") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=HERE.parent)
-        try:
-            wait_http(f"http://127.0.0.1:{port}/docs")
-            run_wrk(f"http://127.0.0.1:{port}", "/models/bench", bodies, args.clients, 3)
-            return run_wrk(f"http://127.0.0.1:{port}", "/models/bench", bodies, args.clients, args.duration)
-        finally:
-            proc.terminate()
-            proc.wait(30)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL_SPEC.split("=", 1)[1], help="SOURCE to serve (folder, artifact, package:...)")
-    parser.add_argument("--baseline-model", help="model folder for the out-of-the-box app (default: --model's folder)")
+    parser.add_argument("--baseline-model", help="model SOURCE for the out-of-the-box app (default: --model)")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--duration", type=int, default=20)
     parser.add_argument("--sentences", type=int, default=2000)
@@ -134,14 +84,12 @@ def main() -> None:
         sys.exit("this benchmark needs wrk: apt-get install wrk")
     spec = f"bench={args.model}"
     texts = sentences(args.sentences)
+    bodies = [{"inputs": t, "options": {"use_cache": False}} for t in texts]
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
-        bodies = logs / "bodies.jsonl"
-        bodies.write_text("\n".join(json.dumps({"inputs": t, "options": {"use_cache": False}}) for t in texts) + "\n")
         top, ceilings = best_ceiling(spec, texts)
-        ours = measure_squeezer(spec, bodies, args, logs)
-        baseline_folder = Path(args.baseline_model) if args.baseline_model else resolve(spec).path
-        base = measure_baseline(baseline_folder, bodies, args, logs)
+        ours = measure(ServerProcess([spec, "--log-level", "warning"], logs), bodies, args)
+        base = measure(Baseline(args.baseline_model or args.model, logs), bodies, args)
     print(f"\n{args.clients} clients, {args.duration}s, one sentence of 8-48 words per request, use_cache=false")
     print(f"{'':34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for n, rate in ceilings.items():
