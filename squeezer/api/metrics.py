@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from squeezer.engine import Engine, Timings
 from squeezer.scheduling import BatchStats
-from squeezer.scheduling.decoding import SequenceStats, StepStats
+from squeezer.scheduling.decode_request import SequenceStats, StepStats
 
 router = APIRouter()
 

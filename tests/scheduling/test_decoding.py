@@ -18,7 +18,8 @@ from squeezer.config import ConfigError, DecodingConfig
 from squeezer.errors import ModelNotReadyError, QueueFullError
 from squeezer.generation.chat import chat_prompt_ids
 from squeezer.generation.params import GenerationParams
-from squeezer.scheduling.decoding import DecodeLoop, SequenceStats, StepStats, TokenStream
+from squeezer.scheduling.decode_request import SequenceStats, StepStats, TokenStream
+from squeezer.scheduling.decoding import DecodeLoop
 from squeezer.sources import ModelSource
 from squeezer.tasks.base import InputError
 from squeezer.testing.tiny_decoders import ARCHS, reference_generate
