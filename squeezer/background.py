@@ -52,8 +52,9 @@ class BackgroundOptimizer:
     """Compiles served models one after another (a compile already uses every core) and hands each artifact to
     `swap`; records how it went on the entry."""
 
-    def __init__(self, prepare: Prepare, swap: Swap, show_paths: bool) -> None:
-        self._prepare, self._swap, self._show_paths = prepare, swap, show_paths
+    def __init__(self, prepare: Prepare, swap: Swap, hidden: Callable[[Any], str | None]) -> None:
+        """`hidden(entry)`: the folder to cut from a failure's text (the registry's rule for errors shown)."""
+        self._prepare, self._swap, self._hidden = prepare, swap, hidden
         self._one_at_a_time = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -70,8 +71,7 @@ class BackgroundOptimizer:
             try:
                 artifact = await in_daemon_thread(self._prepare, entry.source)
             except Exception as exc:
-                hide = None if self._show_paths else str(entry.source.path.parent)
-                entry.optimization = {"state": "failed", "reason": error_text(exc, hide)}
+                entry.optimization = {"state": "failed", "reason": error_text(exc, self._hidden(entry))}
                 log.warning("%s: optimizing in the background failed; it keeps serving as it is: %s",
                             entry.source.model_id, entry.optimization["reason"])
                 return

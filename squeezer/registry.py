@@ -23,15 +23,15 @@ from squeezer.errors import ModelNotReadyError, UnknownModelError, error_text
 from squeezer.runtime import Hooks, Prepare, Runtime, capabilities_for, load_runtime
 from squeezer.sources import ModelSource
 
+DEFAULT_LOAD_ESTIMATE = 20.0  # seconds, until a model has loaded once and we know better
+
+
 def verdict(artifact: ModelSource) -> dict[str, Any]:
     """Why the artifact serves, from its report: the candidate the gate and the clock chose, its speed-up over the
     reference and its accuracy figures (for /info and the log)."""
     report = read_report(artifact.path)
     chosen = next((c for c in report.get("candidates", []) if c.get("name") == report.get("chosen")), {})
     return {"chosen": report.get("chosen"), "speedup": chosen.get("speedup"), "metrics": chosen.get("metrics", {})}
-
-
-DEFAULT_LOAD_ESTIMATE = 20.0  # seconds, until a model has loaded once and we know better
 
 
 @dataclass
@@ -84,7 +84,7 @@ class ModelRegistry:
         background = config.model.optimize_in_background and not config.model.optimize and prepare is not None
         self._config, self._hooks = config, hooks or Hooks()
         self._prepare = None if background else prepare  # run before a load (--optimize), or ...
-        self._optimizer = BackgroundOptimizer(prepare, self.swap, config.server.show_paths) if background else None  # ... while serving
+        self._optimizer = BackgroundOptimizer(prepare, self.swap, self._hidden) if background else None  # ... while serving
         self.entries: dict[str, ModelEntry] = {s.model_id: ModelEntry(s, configured_task(s, config.model.task)) for s in sources}
         self._tasks: set[asyncio.Task[None]] = set()
 

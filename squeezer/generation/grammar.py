@@ -8,12 +8,14 @@ lexer can reach are walked). Requests name grammars as TGI does (`{"type": "json
 OpenAI's `response_format` maps onto the json form (see `squeezer.api.chat`).
 
 A `Grammars` belongs to one model: its llguidance tokenizer (built once, about a second) and a bounded cache of
-compiled grammars, each copied for every sequence that uses it. A `Constraint` is one sequence's matcher: it
-masks that row's logits before the choice and follows the chosen token; rows without one pay nothing.
+compiled grammars, each copied for every sequence that uses it. A `Constraint` is one sequence's matcher;
+`mask_rows` masks every constrained row of a step in one call before the choice, and each constraint then follows
+its chosen token. Rows without one pay nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Iterable
@@ -76,18 +78,19 @@ class Constraint:
             raise InputError(f"parameters.grammar: token {token} breaks the grammar ({self.matcher.get_error()})")
 
 
-_EXECUTOR: list[Any] = []  # llguidance's thread pool for masks, made once per process
+@functools.cache
+def _executor() -> Any:
+    """llguidance's thread pool for masks, made once per process."""
+    return _llguidance().LLExecutor()
 
 
 def mask_rows(constraints: list[Constraint], rows: np.ndarray) -> list[np.ndarray | InputError]:
     """Each row of logits [n, vocab] with the tokens its grammar forbids at -inf (a copy, [1, vocab] each), or an
     InputError for a grammar that allows nothing more. One call computes every mask of the step, in parallel."""
     llg = _llguidance()
-    if not _EXECUTOR:
-        _EXECUTOR.append(llg.LLExecutor())
     vocab = constraints[0].vocab  # one model's constraints share its tokenizer
     bitmask = llg.numpy.allocate_token_bitmask(len(constraints), vocab)
-    llg.numpy.fill_next_token_bitmask_par(_EXECUTOR[0], [(c.matcher, i) for i, c in enumerate(constraints)], bitmask)
+    llg.numpy.fill_next_token_bitmask_par(_executor(), [(c.matcher, i) for i, c in enumerate(constraints)], bitmask)
     masked = np.array(rows[:, :vocab], dtype=np.float32)
     llg.numpy.apply_token_bitmask_inplace(masked, bitmask)
     if masked.shape[1] < rows.shape[1]:  # logits past the tokenizer's vocabulary are padding: never allowed

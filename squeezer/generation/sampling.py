@@ -20,7 +20,6 @@ from squeezer.generation.grammar import Constraint, mask_rows
 from squeezer.tasks.base import InputError
 
 
-
 def _torch() -> Any:
     """torch, for sampling and logits processors (they follow transformers' generate exactly, seeded draws
     included). Greedy decoding needs none of it, so a compiled decoder served without torch still answers."""
@@ -66,7 +65,7 @@ class TokenChooser:
 
     def __init__(self, params: SamplingParams, seed: int | None, prompt_length: int = 0,
                  constraint: Constraint | None = None) -> None:
-        self.constraint = constraint  # a grammar the output must follow (masks the logits first)
+        self.constraint = constraint  # a grammar the output must follow (`choose_tokens` masks its row first)
         self._penalty = params.repetition_penalty if params.repetition_penalty not in (None, 1.0) else None
         self._frequency, self._presence = params.frequency_penalty or 0.0, params.presence_penalty or 0.0
         self._prompt_length = prompt_length
