@@ -20,7 +20,7 @@ from squeezer.sources import DEFAULT_MODEL_SPEC, ModelSource, resolve
 def main() -> int:
     with tempfile.TemporaryDirectory() as root:
         out = Path(root) / "minilm-cuda"
-        config = OptimizeConfig(target="cuda", no_cache=True, timing_rounds=8)
+        config = OptimizeConfig(target="cuda", cache=False, timing_rounds=8)
         report = optimize(DEFAULT_MODEL_SPEC, out, config, progress=lambda m: print(f"  {m}", flush=True))
         print(report.table())
         failures = []

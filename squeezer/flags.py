@@ -20,6 +20,9 @@ def add_config_arguments(parser: argparse.ArgumentParser | Any, cls: type) -> No
     for f in dataclasses.fields(cls):
         help_text = f"{f.metadata['help']} [env {env_name(f.name)}; default {f.default!r}]"
         if kinds[f.name] is bool:
+            # argparse reads any "--no-" spelling as False, so a field named no_x could never be switched on
+            if f.name.startswith("no_"):
+                raise TypeError(f"{cls.__name__}.{f.name}: name the positive setting; --no-{f.name[3:]} comes for free")
             parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             parser.add_argument(flag_name(f.name), type=kinds[f.name], choices=f.metadata.get("choices"), help=help_text)

@@ -24,6 +24,19 @@ def built_once(factory: pytest.TempPathFactory, builder: Callable[..., Path]) ->
     return get
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_optimize_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The optimization cache lives in this session's temp folder (servers started here inherit it): an
+    earlier run's artifacts must not answer this run's tests, and must not pile up on the machine's disk."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME")
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """tiny_model(arch, head) -> folder of a tiny random encoder with that head."""

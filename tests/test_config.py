@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+
 import pytest
 
 from squeezer.cli import build_parser, serve_config
-from squeezer.config import BackendConfig, BatchingConfig, ConfigError, ModelConfig, ServerConfig, from_sources
+from squeezer.compiler.config import OptimizeConfig
+from squeezer.config import (
+    SERVE_GROUPS, BackendConfig, BatchingConfig, ConfigError, ModelConfig, ServerConfig, field_types, flag_name, from_sources,
+)
+from squeezer.flags import add_config_arguments, config_from_args
 
 
 def test_invalid_values_say_which_setting_to_change() -> None:
@@ -46,3 +53,30 @@ def test_every_config_field_has_a_flag(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.model.allow_pickle and config.model.task == "fill-mask"
     assert config.batching.max_batch_tokens == 512
     assert config.backend.threads == 1
+
+
+def bool_fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if field_types(cls)[f.name] is bool]
+
+
+@pytest.mark.parametrize("command, classes", [(["serve"], list(SERVE_GROUPS.values())), (["optimize", "/x", "--out", "/y"], [OptimizeConfig])])
+def test_every_boolean_flag_means_what_it_says_both_ways(command: list[str], classes: list[type]) -> None:
+    """`--x` switches a setting on and `--no-x` off; argparse reads every "--no-" spelling as False, so a field
+    once named `no_cache` made `optimize --no-cache` read the cache after all."""
+    parser = build_parser()
+    for cls in classes:
+        for name in bool_fields(cls):
+            flag = flag_name(name)
+            on = config_from_args(cls, parser.parse_args([*command, flag]))
+            off = config_from_args(cls, parser.parse_args([*command, "--no-" + flag[2:]]))
+            assert (getattr(on, name), getattr(off, name)) == (True, False), flag
+    assert config_from_args(OptimizeConfig, parser.parse_args(["optimize", "/x", "--out", "/y", "--no-cache"])).cache is False
+
+
+def test_a_negative_boolean_field_is_refused() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Negative:
+        no_color: bool = dataclasses.field(default=False, metadata={"help": "no colour"})
+
+    with pytest.raises(TypeError, match="name the positive setting"):
+        add_config_arguments(argparse.ArgumentParser(), Negative)

@@ -45,7 +45,7 @@ class OptimizeConfig:
     threads: int = setting(0, "Threads for measuring and serving; 0 means the cores available to this process.")
     timing_rounds: int = setting(12, "Timed rounds per candidate after warm-up; the best round counts (noise only adds time).")
     cache_dir: str | None = setting(None, "Where finished optimizations are cached; default ~/.cache/squeezer/optimize.")
-    no_cache: bool = setting(False, "Neither read nor write the cache.")
+    cache: bool = setting(True, "Read finished optimizations from the cache and store new ones; --no-cache does neither.")
     trust_remote_code: bool = setting(False, "Run model code shipped with the model; only for sources you trust.")
     allow_pickle: bool = setting(False, "Allow loading pickle weights (.bin); only for sources you trust.")
 

@@ -72,7 +72,7 @@ def optimize(source: str | ModelSource, out_dir: str | Path, config: OptimizeCon
     key = cache.cache_key(parts)
     cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else cache.default_dir()
     with staging(out) as tmp:
-        hit = None if config.no_cache else cache.lookup(cache_dir, key)
+        hit = cache.lookup(cache_dir, key) if config.cache else None
         if hit is not None:
             say(f"cache hit: {hit}")
             reuse(hit, tmp, key)
@@ -80,7 +80,7 @@ def optimize(source: str | ModelSource, out_dir: str | Path, config: OptimizeCon
             data = pipeline.compile(src, info, task, target, examples, config, tmp, say)
             data["source"]["content_hash"] = parts["model"]
             write_report(tmp, {**data, "cache": {"key": key, "hit": False}})
-            if not config.no_cache:
+            if config.cache:
                 try:
                     cache.store(cache_dir, key, tmp)
                 except OSError as exc:  # a full or read-only cache must not fail the optimization
@@ -120,7 +120,7 @@ def resolve_target(target: str) -> str:
 
 def cache_parts(src: ModelSource, task: str, target: str, config: OptimizeConfig, examples: list[vd.Example]) -> dict[str, Any]:
     """Everything an optimization's result depends on; paths and cache settings are not among them."""
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("cache_dir", "no_cache", "validation_data")}
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("cache_dir", "cache", "validation_data")}
     return {"model": source_hash(src), "task": task, "target": target, "settings": settings, "hardware": hardware_fingerprint(),
             "versions": versions(), "code": cache.code_hash(), "validation": vd.digest(examples)}
 

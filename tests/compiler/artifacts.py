@@ -33,6 +33,6 @@ def has_cuda() -> bool:
 
 def build_artifact(folder: Path, out: Path, head: str, **settings: Any) -> Report:
     """Optimize a tiny model folder into `out` quickly; `settings` override OptimizeConfig fields."""
-    values: dict[str, Any] = {"task": TASK_OF_HEAD[head], "no_cache": True, "timing_rounds": 3, "recipes": QUICK_RECIPES}
+    values: dict[str, Any] = {"task": TASK_OF_HEAD[head], "cache": False, "timing_rounds": 3, "recipes": QUICK_RECIPES}
     values.update(settings)
     return optimize(ModelSource(folder.name, folder), out, OptimizeConfig(**values), progress=lambda _: None)

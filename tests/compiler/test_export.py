@@ -113,7 +113,7 @@ def svd_model(folder: Path) -> Path:
 def test_unsupported_op_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
     folder = svd_model(tmp_path / "svd-model")
     out = tmp_path / "out"
-    config = OptimizeConfig(task="feature-extraction", trust_remote_code=True, no_cache=True)
+    config = OptimizeConfig(task="feature-extraction", trust_remote_code=True, cache=False)
     with pytest.raises(ExportError, match=r"cannot export SvdModel to ONNX: .*linalg_svd.* not supported"):
         optimize(ModelSource("svd", folder), out, config, progress=lambda _: None)
     assert not out.exists()
@@ -127,5 +127,5 @@ def test_unknown_architecture_is_a_clear_error(tiny_model, tmp_path: Path) -> No
     config["model_type"] = "not-a-real-architecture"
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ExportError, match="cannot export .*not-a-real-architecture"):
-        optimize(ModelSource("weird", folder), tmp_path / "out", OptimizeConfig(no_cache=True), progress=lambda _: None)
+        optimize(ModelSource("weird", folder), tmp_path / "out", OptimizeConfig(cache=False), progress=lambda _: None)
     assert not (tmp_path / "out").exists()

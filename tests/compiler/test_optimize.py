@@ -63,18 +63,18 @@ def test_throughput_profile_times_batches(tiny_model, tmp_path: Path) -> None:
 
 def test_second_run_is_served_from_the_cache(tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder, cache = tiny_model("bert", "sequence-classification"), str(tmp_path / "cache")
-    first = build_artifact(folder, tmp_path / "a", "sequence-classification", no_cache=False, cache_dir=cache)
+    first = build_artifact(folder, tmp_path / "a", "sequence-classification", cache=True, cache_dir=cache)
     start = time.perf_counter()
-    second = build_artifact(folder, tmp_path / "b", "sequence-classification", no_cache=False, cache_dir=cache)
+    second = build_artifact(folder, tmp_path / "b", "sequence-classification", cache=True, cache_dir=cache)
     assert time.perf_counter() - start < 3.0
     assert not first.cached and second.cached and "(from cache)" in second.table()
     assert second.data["candidates"] == first.data["candidates"]
     assert load_artifact(second.path).report["files"] == load_artifact(first.path).report["files"]
-    other = build_artifact(folder, tmp_path / "c", "sequence-classification", no_cache=False, cache_dir=cache,
+    other = build_artifact(folder, tmp_path / "c", "sequence-classification", cache=True, cache_dir=cache,
                            max_accuracy_loss=0.5)
     assert not other.cached  # a different budget is a different result
     monkeypatch.setattr(cache_module, "code_hash", lambda: "another squeezer")
-    changed = build_artifact(folder, tmp_path / "d", "sequence-classification", no_cache=False, cache_dir=cache)
+    changed = build_artifact(folder, tmp_path / "d", "sequence-classification", cache=True, cache_dir=cache)
     assert not changed.cached  # squeezer's own code changed: its artifacts may differ
 
 

@@ -23,7 +23,7 @@ RECIPES = "decoder-fp32,decoder-int8-head8,decoder-int4-head8,decoder-w8a8-smoot
 
 
 def build(folder: Path, out: Path, **settings) -> Report:
-    values = {"no_cache": True, "timing_rounds": 3, "recipes": RECIPES, **settings}
+    values = {"cache": False, "timing_rounds": 3, "recipes": RECIPES, **settings}
     return optimize(ModelSource(folder.name, folder), out, OptimizeConfig(**values), progress=lambda _: None)
 
 
@@ -113,9 +113,9 @@ def test_an_artifact_generates_without_torch(llama_artifact: Report) -> None:
 
 def test_second_run_is_served_from_the_cache(tiny_decoder_path, tmp_path: Path) -> None:
     folder, cache = tiny_decoder_path("llama"), str(tmp_path / "cache")
-    first = build(folder, tmp_path / "a", recipes="decoder-fp32", no_cache=False, cache_dir=cache)
+    first = build(folder, tmp_path / "a", recipes="decoder-fp32", cache=True, cache_dir=cache)
     start = time.perf_counter()
-    second = build(folder, tmp_path / "b", recipes="decoder-fp32", no_cache=False, cache_dir=cache)
+    second = build(folder, tmp_path / "b", recipes="decoder-fp32", cache=True, cache_dir=cache)
     assert time.perf_counter() - start < 5.0
     assert not first.cached and second.cached and "(from cache)" in second.table()
     assert second.data["candidates"] == first.data["candidates"]
