@@ -89,7 +89,7 @@ def main() -> None:
         logs = Path(tmp)
         top, ceilings = best_ceiling(spec, texts)
         ours = measure(ServerProcess([spec, "--log-level", "warning"], logs), bodies, args)
-        base = measure(Baseline(args.baseline_model or args.model, logs), bodies, args)
+        base = measure(Baseline(args.baseline_model or args.model, "feature-extraction", logs), bodies, args)
     print(f"\n{args.clients} clients, {args.duration}s, one sentence of 8-48 words per request, use_cache=false")
     print(f"{'':34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for n, rate in ceilings.items():

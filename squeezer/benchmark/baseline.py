@@ -1,20 +1,44 @@
 """The out-of-the-box deployment the benchmark compares against: FastAPI calling the model per request.
 
-SentenceTransformer.encode for sentence-transformers folders, else a transformers pipeline; run with
-`uvicorn squeezer.benchmark.baseline:app` and BASELINE_MODEL=<folder> (what `squeezer bench` calls rung (a)).
+SentenceTransformer.encode for sentence-transformers folders; transformers' `generate` (what the text-generation
+pipeline calls) for causal LMs, on an OpenAI-shaped chat route, with its KV cache or, with BASELINE_NO_CACHE=1,
+without it (the naive rung); else a transformers pipeline. Run with `uvicorn squeezer.benchmark.baseline:app`,
+BASELINE_MODEL=<folder> and, for a GGUF file, BASELINE_GGUF=<file name> (what `squeezer bench` calls rung (a)).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from pydantic import BaseModel
 
 app = FastAPI()
 _folder = Path(os.environ["BASELINE_MODEL"])
-if (_folder / "modules.json").is_file():
+_task = os.environ.get("BASELINE_TASK", "feature-extraction")
+if _task == "text-generation":
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _gguf = os.environ.get("BASELINE_GGUF") or None
+    _tokenizer = AutoTokenizer.from_pretrained(str(_folder), gguf_file=_gguf)
+    _lm = AutoModelForCausalLM.from_pretrained(str(_folder), gguf_file=_gguf)
+    _use_cache = os.environ.get("BASELINE_NO_CACHE") != "1"
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict[str, Any]) -> dict[str, Any]:
+        """Greedy, whole answer at once: the chat template, generate, decode (no batching across requests)."""
+        prompt = _tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True)
+        ids = prompt["input_ids"]
+        out = _lm.generate(ids, attention_mask=prompt["attention_mask"], max_new_tokens=body.get("max_tokens", 128),
+                           do_sample=False, use_cache=_use_cache)
+        new = out[0, ids.shape[1]:]
+        text = _tokenizer.decode(new, skip_special_tokens=True)
+        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": ids.shape[1], "completion_tokens": len(new)}}
+elif (_folder / "modules.json").is_file():
     from sentence_transformers import SentenceTransformer
 
     _model = SentenceTransformer(str(_folder), device="cpu")
@@ -24,7 +48,7 @@ if (_folder / "modules.json").is_file():
 else:
     from transformers import pipeline
 
-    _pipe = pipeline(os.environ.get("BASELINE_TASK", "feature-extraction"), model=str(_folder))
+    _pipe = pipeline(_task, model=str(_folder))
 
     def _run(text: str | list[str]) -> list:
         return _pipe(text)
@@ -35,6 +59,8 @@ class Body(BaseModel):
     options: dict = {}
 
 
-@app.post("/models/{model_id:path}")
-def infer(model_id: str, body: Body) -> list:
-    return _run(body.inputs)
+if _task != "text-generation":
+
+    @app.post("/models/{model_id:path}")
+    def infer(model_id: str, body: Body) -> list:
+        return _run(body.inputs)

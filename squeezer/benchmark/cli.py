@@ -11,7 +11,7 @@ from typing import Any
 
 from squeezer.sources import DEFAULT_MODEL_SPEC
 
-QUICK = {"workload": ["embed-short"], "concurrency": [4], "duration": 3.0}
+QUICK = {"concurrency": [4], "duration": 3.0}  # and the model's first workload
 
 
 def add_bench_parser(commands: Any) -> None:
@@ -22,27 +22,34 @@ def add_bench_parser(commands: Any) -> None:
                                 "in turn and driven by the same load; answers checked against the first rung's.")
     bench.add_argument("model", nargs="?", default=DEFAULT_MODEL_SPEC.split("=", 1)[1], metavar="MODEL",
                        help="SOURCE to benchmark (default: the packaged all-MiniLM-L6-v2)")
-    bench.add_argument("--workload", action="append", choices=sorted(WORKLOADS), help="repeatable (default: all)")
-    bench.add_argument("--concurrency", action="append", type=int, help="clients; repeatable (default: 1, 4, 16, 64)")
+    bench.add_argument("--workload", action="append", choices=sorted(WORKLOADS),
+                       help="repeatable (default: every one the model's task fits)")
+    bench.add_argument("--concurrency", action="append", type=int,
+                       help="clients; repeatable (default: 1, 4, 16, 64; chat: 1, 16)")
     bench.add_argument("--duration", type=float, default=10.0, help="seconds of load per figure (default 10)")
     bench.add_argument("--out", default="bench-results", help="folder for results.json and report.md")
-    bench.add_argument("--quick", action="store_true", help="embed-short at 4 clients for 3 s per rung (a smoke run)")
+    bench.add_argument("--quick", action="store_true",
+                       help="the model's first workload at 4 clients for 3 s per rung (a smoke run)")
     bench.set_defaults(handler=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from squeezer.benchmark.ladder import run
+    from squeezer.benchmark.ladder import model_task, run
     from squeezer.benchmark.report import markdown
-    from squeezer.benchmark.workloads import WORKLOADS
+    from squeezer.benchmark.workloads import fitting
 
-    workloads = QUICK["workload"] if args.quick else (args.workload or list(WORKLOADS))
-    concurrency = QUICK["concurrency"] if args.quick else (args.concurrency or [1, 4, 16, 64])
+    workloads = fitting(model_task(args.model))[:1] if args.quick else args.workload
+    concurrency = QUICK["concurrency"] if args.quick else args.concurrency
     duration = QUICK["duration"] if args.quick else args.duration
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as logs:
-        results = run(f"{args.model}", workloads, concurrency, duration, Path(logs),  # type: ignore[arg-type]
-                      lambda message: print(f"squeezer bench: {message}", file=sys.stderr, flush=True))
+        try:
+            results = run(args.model, workloads, concurrency, duration, Path(logs),  # type: ignore[arg-type]
+                          lambda message: print(f"squeezer bench: {message}", file=sys.stderr, flush=True))
+        except ValueError as exc:
+            print(f"squeezer bench: {exc}", file=sys.stderr)
+            return 2
     (out / "results.json").write_text(json.dumps(results, indent=1))
     report = markdown(results)
     (out / "report.md").write_text(report)

@@ -1,10 +1,11 @@
 """The ladder: the same workloads through each rung, a real server process each, under the same load generator.
 
-(a) out of the box: FastAPI calling SentenceTransformer.encode (or the transformers pipeline) per request;
-(b) squeezer on PyTorch: dynamic batching, cached tokenization, no compile;
+(a) out of the box: FastAPI calling SentenceTransformer.encode, the transformers pipeline or `generate` per
+request; for generation also (a0) `generate` without its KV cache, at one client (it is the naive baseline);
+(b) squeezer on PyTorch: dynamic or continuous batching, cached tokenization, no compile;
 (c) squeezer serving what `optimize` chooses on this machine (gated, timed; reused from its cache).
-Each rung's answers to the first requests are compared with rung (a)'s (minimum cosine), warm-up is excluded
-for every rung alike, and each figure is given with its speed-up over rung (a).
+Each rung's answers to the first requests are compared with rung (a)'s, warm-up is excluded for every rung
+alike, and each figure is given with its speed-up over rung (a) and over the rung before it.
 """
 
 from __future__ import annotations
@@ -19,39 +20,48 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 
+from squeezer.benchmark.answers import agreement, collect
 from squeezer.benchmark.load import drive
-from squeezer.benchmark.workloads import WORKLOADS, Workload
+from squeezer.benchmark.peers import peer_status
+from squeezer.benchmark.streams import drive_chat
+from squeezer.benchmark.workloads import WORKLOADS, Workload, fitting
+from squeezer.detect import configured_task
 from squeezer.hardware import hardware_fingerprint
 from squeezer.sources import resolve
 from squeezer.testing.server import ServerProcess, free_port
 
-CHECKED = 8  # requests whose answers are compared with rung (a)'s
-PATH = "/models/bench"
+REFERENCE = "out-of-the-box"
 
 
 class Baseline:
-    """Rung (a): the out-of-the-box app under uvicorn, on the model's folder."""
+    """Rungs (a) and (a0): the out-of-the-box app under uvicorn, on the model's files."""
 
-    def __init__(self, spec: str, logs: Path) -> None:
+    def __init__(self, spec: str, task: str, logs: Path, cache: bool = True) -> None:
+        source = resolve(spec)
         self.url = f"http://127.0.0.1:{free_port()}"
-        env = {**os.environ, "BASELINE_MODEL": str(resolve(spec).path), "HF_HUB_OFFLINE": "1"}
+        self.probe = ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}) \
+            if task == "text-generation" else ("/models/bench", {"inputs": "ready?"})
+        env = {**os.environ, "BASELINE_MODEL": str(source.path), "BASELINE_GGUF": source.gguf_file or "",
+               "BASELINE_TASK": task, "BASELINE_NO_CACHE": "0" if cache else "1", "HF_HUB_OFFLINE": "1"}
         cmd = [sys.executable, "-m", "uvicorn", "squeezer.benchmark.baseline:app", "--port", self.url.rsplit(":", 1)[1],
                "--log-level", "warning"]
-        self._log = (logs / "baseline.log").open("w")
+        self._log = (logs / f"baseline-{'cached' if cache else 'naive'}.log").open("w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the baseline app exited with {self.proc.returncode}")
+                raise RuntimeError(f"the baseline app exited with {self.proc.returncode} (see {self._log.name})")
             try:
-                if httpx.post(self.url + PATH, json={"inputs": "ready?"}, timeout=5).status_code == 200:
-                    return
+                status = httpx.post(self.url + self.probe[0], json=self.probe[1], timeout=60).status_code
             except httpx.HTTPError:
                 time.sleep(0.3)
+                continue
+            if status != 200:
+                raise RuntimeError(f"the baseline app answered {status} (see {self._log.name})")
+            return
         raise TimeoutError("the baseline app did not start")
 
     def stop(self) -> None:
@@ -64,60 +74,86 @@ class Baseline:
 class Rung:
     name: str
     description: str
-    start: Callable[[str, Path], Any]  # (model spec, log folder) -> a server with url, wait_ready(), stop()
+    start: Callable[[str, str, Path], Any]  # (model spec, task, log folder) -> a server with url, wait_ready(), stop()
+    generation_only: bool = False
+    max_clients: int | None = None  # the naive rung runs at one client: more would take hours, and say nothing new
 
 
 RUNGS = (
-    Rung("out-of-the-box", "FastAPI calling the model per request", Baseline),
+    Rung("naive-pipeline", "transformers generate without its KV cache, per request",
+         lambda spec, task, logs: Baseline(spec, task, logs, cache=False), generation_only=True, max_clients=1),
+    Rung(REFERENCE, "FastAPI calling the model per request", Baseline),
     Rung("squeezer-pytorch", "squeezer on PyTorch (batching, no compile)",
-         lambda spec, logs: ServerProcess([f"bench={spec}", "--log-level", "warning"], logs)),
+         lambda spec, task, logs: ServerProcess([f"bench={spec}", "--log-level", "warning"], logs)),
     Rung("squeezer-optimized", "squeezer serving what `optimize` chose here",
-         lambda spec, logs: ServerProcess([f"bench={spec}", "--optimize", "--log-level", "warning"], logs)),
+         lambda spec, task, logs: ServerProcess([f"bench={spec}", "--optimize", "--log-level", "warning"], logs)),
 )
 
 
-def min_cosine(ours: list[Any], reference: list[Any]) -> float | None:
-    """The smallest cosine between answers, vector by vector (None when their shapes differ)."""
-    worst = 1.0
-    for a, b in zip(ours, reference):
-        x, y = np.squeeze(np.asarray(a, dtype=np.float64)), np.squeeze(np.asarray(b, dtype=np.float64))  # [1, ...] is [...]
-        if x.shape != y.shape:
-            return None
-        x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-        cos = (x * y).sum(-1) / np.linalg.norm(x, axis=-1) / np.linalg.norm(y, axis=-1)
-        worst = min(worst, float(cos.min()))
-    return worst
+def measure(server: Any, workload: Workload, bodies: list[dict[str, Any]], clients: int, seconds: float) -> dict[str, Any]:
+    driver = drive_chat if workload.generates else drive
+    measured = driver(server.url, workload.path, bodies, clients, seconds).as_dict()
+    return {**measured, "items_per_s": measured["rps"] * workload.per_request}
 
 
-def run(spec: str, workloads: Sequence[str], concurrency: Sequence[int], duration: float, logs: Path,
+def run_rung(rung: Rung, spec: str, task: str, chosen: list[Workload], sweeps: dict[str, list[int]], duration: float,
+             logs: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    """One rung through every workload it runs: its answers to the checked requests, then the load sweep."""
+    bodies = {w.name: w.bodies(2000 if w.per_request == 1 and not w.generates else 200) for w in chosen}
+    record: dict[str, Any] = {"name": rung.name, "description": rung.description, "results": {}, "answers": {}}
+    progress(f"{rung.name}: starting")
+    server = rung.start(spec, task, logs)
+    try:
+        server.wait_ready(1800)
+        for w in chosen:
+            record["answers"][w.name] = collect(server.url, w, bodies[w.name][:w.checked])
+            clients = [c for c in sweeps[w.name] if rung.max_clients is None or c <= rung.max_clients]
+            if not w.generates and clients:
+                drive(server.url, w.path, bodies[w.name], max(clients), min(3.0, duration))  # warm-up, not counted
+            for c in clients:
+                progress(f"{rung.name}: {w.name} at {c} clients for {duration:g}s")
+                record["results"].setdefault(w.name, {})[str(c)] = measure(server, w, bodies[w.name], c, duration)
+    finally:
+        server.stop()
+    return record
+
+
+def compare(rungs: list[dict[str, Any]], chosen: list[Workload]) -> None:
+    """Accuracy against the reference rung's answers; speed-ups over it and over the rung before, per figure."""
+    reference = next(r for r in rungs if r["name"] == REFERENCE)
+    for w in chosen:
+        key = "tokens_per_s" if w.generates else "rps"
+        before: dict[str, float] = {}
+        for record in rungs:
+            record.setdefault("accuracy", {})[w.name] = agreement(w, record["answers"][w.name], reference["answers"][w.name])
+            for clients, measured in record["results"].get(w.name, {}).items():
+                base = reference["results"].get(w.name, {}).get(clients, {}).get(key)
+                measured["speedup"] = measured[key] / base if base else None
+                measured["vs_previous"] = measured[key] / before[clients] if before.get(clients) else None
+                before[clients] = measured[key]
+
+
+def model_task(spec: str) -> str:
+    """The task the model serves, read from its files without loading it."""
+    return configured_task(resolve(spec)) or "feature-extraction"
+
+
+def run(spec: str, workloads: Sequence[str] | None, concurrency: Sequence[int] | None, duration: float, logs: Path,
         progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Every rung through every workload at every concurrency; the results as one JSON-able record."""
-    chosen: list[Workload] = [WORKLOADS[name] for name in workloads]
-    bodies = {w.name: w.bodies(2000 if w.per_request == 1 else 200) for w in chosen}
-    rungs: list[dict[str, Any]] = []
-    reference: dict[str, list[Any]] = {}
-    for rung in RUNGS:
-        progress(f"{rung.name}: starting")
-        server = rung.start(spec, logs)
-        try:
-            server.wait_ready(1800)
-            record: dict[str, Any] = {"name": rung.name, "description": rung.description, "results": {}, "accuracy": {}}
-            for w in chosen:
-                answers = [httpx.post(server.url + PATH, json=b, timeout=120).json() for b in bodies[w.name][:CHECKED]]
-                reference.setdefault(w.name, answers)
-                record["accuracy"][w.name] = min_cosine(answers, reference[w.name])
-                drive(server.url, PATH, bodies[w.name], max(concurrency), min(3.0, duration))  # warm-up, not counted
-                for clients in concurrency:
-                    progress(f"{rung.name}: {w.name} at {clients} clients for {duration:g}s")
-                    measured = drive(server.url, PATH, bodies[w.name], clients, duration).as_dict()
-                    record["results"].setdefault(w.name, {})[str(clients)] = {**measured, "items_per_s": measured["rps"] * w.per_request}
-            rungs.append(record)
-        finally:
-            server.stop()
-    for record in rungs:  # speed-ups over rung (a), workload by workload and concurrency by concurrency
-        for name, by_clients in record["results"].items():
-            for clients, measured in by_clients.items():
-                base = rungs[0]["results"][name][clients]["rps"]
-                measured["speedup"] = measured["rps"] / base if base else None
-    return {"model": spec, "workloads": {w.name: w.description for w in chosen}, "concurrency": list(concurrency),
-            "duration_s": duration, "hardware": hardware_fingerprint(), "rungs": rungs}
+    task = model_task(spec)
+    fits = fitting(task)
+    unfit = [name for name in workloads or [] if name not in fits]
+    if unfit:
+        raise ValueError(f"{', '.join(unfit)} cannot run on a {task} model; this one runs {', '.join(fits) or 'none'}")
+    chosen = [WORKLOADS[name] for name in workloads or fits]
+    sweeps = {w.name: list(concurrency or w.concurrency) for w in chosen}
+    generates = any(w.generates for w in chosen)
+    rungs = [run_rung(rung, spec, task, chosen, sweeps, duration, logs, progress)
+             for rung in RUNGS if generates or not rung.generation_only]
+    compare(rungs, chosen)
+    for record in rungs:
+        del record["answers"]  # compared; the vectors themselves are no figure
+    return {"model": spec, "task": task, "workloads": {w.name: w.description for w in chosen}, "concurrency": sweeps,
+            "duration_s": duration, "hardware": hardware_fingerprint(), "rungs": rungs,
+            "peers": peer_status([w.name for w in chosen])}

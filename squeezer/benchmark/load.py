@@ -40,6 +40,9 @@ class Measured:
     p99_ms: float
     errors: int
     generator: str
+    tokens_per_s: float | None = None  # generation only: new tokens per second, all streams together
+    stream_tokens_per_s: float | None = None  # generation only: median of each answer's own decode rate
+    ttft_p50_ms: float | None = None  # generation only: time to the first token (the whole answer when unstreamed)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,103 @@
+"""The chat load generator: concurrent OpenAI chat streams, each client sending its next request when the last
+answer ends, measuring time to first token, each answer's decode rate and new tokens per second in aggregate.
+
+wrk cannot read a stream's first token, so this one is Python (httpx); at chat's request rates (a few per second)
+the client's own cost is small. Requests begun before the deadline run to their end, so a rung slower than the
+duration (the pipeline without its cache) still completes one answer per client and is measured over it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from squeezer.benchmark.load import Measured
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One chat request as the client saw it: latency, time to its first token, new tokens, decode rate."""
+
+    latency_ms: float
+    ttft_ms: float
+    tokens: int
+    text: str
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        decoding = (self.latency_ms - self.ttft_ms) / 1000
+        return (self.tokens - 1) / decoding if self.tokens > 1 and decoding > 0 else None
+
+
+async def ask(http: Any, path: str, body: dict[str, Any]) -> Answer | None:
+    """Post one chat request, streamed (SSE) or not (one JSON answer); None when it failed."""
+    start = time.perf_counter()
+    first: float | None = None
+    text, tokens = [], 0
+    async with http.stream("POST", path, json=body) as response:
+        if response.status_code >= 300:
+            await response.aread()
+            return None
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            answer = json.loads(await response.aread())
+            total = (time.perf_counter() - start) * 1000
+            return Answer(total, total, answer["usage"]["completion_tokens"], answer["choices"][0]["message"]["content"])
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                return None
+            for choice in chunk.get("choices", []):
+                if choice.get("delta", {}).get("content"):
+                    first = first or time.perf_counter()
+                    text.append(choice["delta"]["content"])
+            tokens = (chunk.get("usage") or {}).get("completion_tokens", tokens)
+    end = time.perf_counter()
+    return Answer((end - start) * 1000, ((first or end) - start) * 1000, tokens, "".join(text))
+
+
+def drive_chat(url: str, path: str, bodies: list[dict[str, Any]], clients: int, seconds: float) -> Measured:
+    """`clients` concurrent chat clients for `seconds` (each finishing what it began)."""
+    return asyncio.run(_drive(url, path, bodies, clients, seconds))
+
+
+async def _drive(url: str, path: str, bodies: list[dict[str, Any]], clients: int, seconds: float) -> Measured:
+    import httpx
+
+    answers: list[Answer] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client(k: int, http: httpx.AsyncClient) -> None:
+        nonlocal errors
+        i = k
+        while time.perf_counter() < deadline:
+            answer = await ask(http, path, bodies[i % len(bodies)])
+            if answer is None:
+                errors += 1
+            else:
+                answers.append(answer)
+            i += clients
+
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(k, http) for k in range(clients)))
+        spent = time.perf_counter() - started
+    return summary(answers, errors, spent)
+
+
+def summary(answers: list[Answer], errors: int, spent: float) -> Measured:
+    def cut(values: list[float], q: int) -> float:
+        return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else (values[0] if values else 0.0)
+
+    latencies = [a.latency_ms for a in answers]
+    rates = [r for r in (a.tokens_per_s for a in answers) if r is not None]
+    return Measured(len(answers) / spent, cut(latencies, 50), cut(latencies, 90), cut(latencies, 99), errors,
+                    "python (httpx streams)", sum(a.tokens for a in answers) / spent,
+                    statistics.median(rates) if rates else None, cut([a.ttft_ms for a in answers], 50))
