@@ -53,10 +53,14 @@ def serve_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     specs = args.models or os.environ.get(env_name("models"), "").split()
     prepare = None
-    if config.model.optimize or config.model.optimize_in_background:  # serving never imports the compiler: the CLI does
+    if config.model.optimize or (config.model.optimize_in_background and not config.cluster.ray):  # serving never imports the compiler: the CLI does
         from squeezer.compiler.serving import optimizer
 
         prepare = optimizer(config.model)
+    if config.cluster.ray:  # compiled once here (--optimize), then shared by every replica
+        from squeezer.ray_serve.runner import serve_on_ray
+
+        return serve_on_ray(specs, config, prepare)
     app = create_app(Engine.from_specs(specs, config, prepare))
     # uvicorn drains on SIGTERM, then re-raises the signal to the previous handler; make that a no-op so a
     # graceful shutdown exits 0, as process managers expect.

