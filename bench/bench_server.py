@@ -17,49 +17,21 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+from squeezer.benchmark import ceiling
 from squeezer.benchmark.ladder import Baseline
 from squeezer.benchmark.load import drive
 from squeezer.benchmark.workloads import sentences
-from squeezer.config import BackendConfig
-from squeezer.sources import DEFAULT_MODEL_SPEC, resolve
+from squeezer.sources import DEFAULT_MODEL_SPEC
 from squeezer.testing.server import ServerProcess
 
 
-def ceiling(spec: str, texts: list[str], instances: int, batch: int = 32) -> float:
-    """Sentences per second of the bare backend on length-sorted batches: what the server could reach.
-
-    Runs as many batches at once as the backend has instances, each from its own thread, as serving does.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from squeezer.backends import Batch
-    from squeezer.config import ServeConfig
-    from squeezer.runtime import load_runtime
-
-    model = load_runtime(resolve(spec), ServeConfig(backend=BackendConfig(instances=instances))).model  # type: ignore[attr-defined]
-    encoded = sorted((model.info.encode(t, truncate=True)[0]["input_ids"] for t in texts), key=len)
-    pad = model.info.tokenizer.pad_token_id or 0
-    batches = [Batch.pad(encoded[i : i + batch], None, pad) for i in range(0, len(encoded), batch)]
-    workers = model.backend.capabilities().instances
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(model.backend.forward, batches[:workers]))  # warm-up
-        start = time.perf_counter()
-        list(pool.map(model.backend.forward, batches))
-        seconds = time.perf_counter() - start
-    model.close()
-    return len(encoded) / seconds
-
-
-def best_ceiling(spec: str, texts: list[str]) -> tuple[float, dict[int, float]]:
-    """The in-process ceiling: the faster of one batch at a time on every core and the served instances."""
-    from squeezer.hardware import available_cpus
-
-    found = {n: ceiling(spec, texts, n) for n in sorted({1, available_cpus()})}
-    return max(found.values()), found
+def best_ceiling(spec: str, texts: list[str]) -> tuple[float, dict[str, float]]:
+    """The in-process ceiling of the model as given (squeezer.benchmark.ceiling)."""
+    found = ceiling.best_ceiling({"as given": spec}, texts)
+    return found["items_per_s"], found["all"]
 
 
 def measure(server: Any, bodies: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
@@ -93,7 +65,7 @@ def main() -> None:
     print(f"\n{args.clients} clients, {args.duration}s, one sentence of 8-48 words per request, use_cache=false")
     print(f"{'':34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for n, rate in ceilings.items():
-        print(f"{f'in-process, sorted x32, {n} at once':34} {rate:8.1f}")
+        print(f"{f'in-process, sorted x32, {n}':34} {rate:8.1f}")
     for name, r in (("squeezer", ours), ("out-of-the-box (FastAPI + model)", base)):
         print(f"{name:34} {r['rps']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['errors']:7d}")
     print(f"squeezer: {ours['rps'] / top:.0%} of the ceiling (the faster in-process line), "

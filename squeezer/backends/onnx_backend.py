@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from squeezer.artifact import Artifact, ArtifactError, load_artifact
-from squeezer.backends.base import HEAD_OUTPUTS, Batch, Capabilities
+from squeezer.backends.base import HEAD_OUTPUTS, Batch, Capabilities, instances_for
 from squeezer.config import BackendConfig, ModelConfig
 from squeezer.hardware import available_cpus
 from squeezer.sources import ModelSource
@@ -44,23 +44,6 @@ def import_onnxruntime() -> Any:
 def default_spinning(threads: int) -> bool:
     """Spin only when the session's threads leave a core free for the rest of the process."""
     return 0 < threads < available_cpus()
-
-
-def instances_for(config: BackendConfig, artifact: Artifact) -> int:
-    """How many batches run at once: `--instances`, else one per core for a CPU throughput artifact.
-
-    Under load, one single-threaded run per core beats one run split across the cores: a run on two
-    threads waits at every op for the slower thread, and the server's own thread (parsing, tokenizing,
-    answering) keeps preempting one of them. Measured on 2 cores with MiniLM int8 and server-like batches
-    (about 6 sentences, 8% padding), 3 interleaved rounds: 226-231 sentences/s from two single-threaded runs
-    against 196-222 from one run on two threads. One request alone, though, finishes sooner on all the cores, so a latency
-    artifact (and CUDA, where one run fills the device) keeps a single instance.
-    """
-    if config.instances:
-        return config.instances
-    if artifact.target == "cpu" and artifact.profile == "throughput":
-        return config.threads or available_cpus()
-    return 1
 
 
 def session_options(threads: int, spinning: bool) -> Any:

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from squeezer.benchmark.answers import agreement, collect
+from squeezer.benchmark.ceiling import best_ceiling, chosen_artifact
 from squeezer.benchmark.load import drive
 from squeezer.benchmark.peers import peer_status
 from squeezer.benchmark.streams import drive_chat
@@ -32,6 +33,7 @@ from squeezer.sources import resolve
 from squeezer.testing.server import ServerProcess, free_port
 
 REFERENCE = "out-of-the-box"
+CEILING_TEXTS = 1024  # texts per in-process ceiling run: 32 batches of 32
 
 
 class Baseline:
@@ -133,6 +135,30 @@ def compare(rungs: list[dict[str, Any]], chosen: list[Workload]) -> None:
                 before[clients] = measured[key]
 
 
+def measure_ceilings(spec: str, chosen: list[Workload], rungs: list[dict[str, Any]], logs: Path,
+                     progress: Callable[[str], None]) -> dict[str, Any]:
+    """Each encoder workload's in-process ceiling (squeezer.benchmark.ceiling), and every figure's share of it."""
+    if not chosen:
+        return {}
+    progress("the in-process ceiling: PyTorch and the artifact optimize chooses")
+    runtimes = {"pytorch": spec}
+    artifact = chosen_artifact(spec, logs / "ceiling-artifact", logs / "ceiling-optimize.log")
+    if artifact:
+        runtimes["optimized"] = artifact
+    found = {}
+    for w in chosen:
+        texts = [t for body in w.bodies(CEILING_TEXTS // w.per_request) for t in _texts(body["inputs"])]
+        found[w.name] = best_ceiling(runtimes, texts)
+        for record in rungs:
+            for measured in record["results"].get(w.name, {}).values():
+                measured["of_ceiling"] = measured["items_per_s"] / found[w.name]["items_per_s"]
+    return found
+
+
+def _texts(inputs: str | list[str]) -> list[str]:
+    return [inputs] if isinstance(inputs, str) else inputs
+
+
 def model_task(spec: str) -> str:
     """The task the model serves, read from its files without loading it."""
     return configured_task(resolve(spec)) or "feature-extraction"
@@ -152,8 +178,9 @@ def run(spec: str, workloads: Sequence[str] | None, concurrency: Sequence[int] |
     rungs = [run_rung(rung, spec, task, chosen, sweeps, duration, logs, progress)
              for rung in RUNGS if generates or not rung.generation_only]
     compare(rungs, chosen)
+    ceilings = measure_ceilings(spec, [w for w in chosen if not w.generates], rungs, logs, progress)
     for record in rungs:
         del record["answers"]  # compared; the vectors themselves are no figure
     return {"model": spec, "task": task, "workloads": {w.name: w.description for w in chosen}, "concurrency": sweeps,
-            "duration_s": duration, "hardware": hardware_fingerprint(), "rungs": rungs,
+            "duration_s": duration, "hardware": hardware_fingerprint(), "rungs": rungs, "ceilings": ceilings,
             "peers": peer_status([w.name for w in chosen])}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from typing import Any
 from squeezer.compiler import fuse as fusion
 from squeezer.compiler import quantize
 from squeezer.compiler.export import Exported
-from squeezer.compiler.recipes import DynamicInt8, Float16, Fuse, OpenVino, Recipe, StaticInt8
+from squeezer.compiler.recipes import DynamicInt8, Float16, Fuse, NncfInt8, OpenVino, Recipe, StaticInt8
 
 
 @dataclass
@@ -79,9 +80,35 @@ def _openvino(step: OpenVino, prev: Built, dst: Path, ctx: BuildContext) -> Buil
     return Built(xml, prev.fusions, prev.kept_float)
 
 
+def _nncf(step: NncfInt8, prev: Built, dst: Path, ctx: BuildContext) -> Built:
+    """The IR quantized to int8 by NNCF, calibrated on every calibration input (a few dozen: seconds)."""
+    from squeezer.backends.openvino_backend import import_openvino
+
+    ov = import_openvino()
+    try:
+        import nncf
+    except ImportError:
+        raise RuntimeError("OpenVINO int8 candidates need NNCF: pip install 'squeezer[openvino]'") from None
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    nncf.set_log_level(logging.WARNING)  # its INFO lines list every node it leaves alone
+    model = ov.Core().read_model(str(prev.path))
+    smoothing = None if step.smooth_quant else AdvancedSmoothQuantParameters(matmul=-1)  # -1: NNCF's "off"
+    quantized = nncf.quantize(
+        model, nncf.Dataset(ctx.calibration), model_type=nncf.ModelType.TRANSFORMER,
+        preset=nncf.QuantizationPreset(step.preset), subset_size=len(ctx.calibration),
+        ignored_scope=nncf.IgnoredScope(patterns=list(step.keep), validate=False),  # a family may have none of them
+        advanced_parameters=AdvancedQuantizationParameters(smooth_quant_alphas=smoothing) if smoothing else None,
+    )
+    xml = dst.with_suffix(".xml")
+    ov.save_model(quantized, str(xml), compress_to_fp16=False)
+    return Built(xml, prev.fusions, prev.kept_float)
+
+
 BUILDERS: dict[type, Callable[[Any, Built, Path, BuildContext], Built]] = {
     Fuse: _fuse,
     OpenVino: _openvino,
+    NncfInt8: _nncf,
     Float16: _float16,
     DynamicInt8: _dynamic,
     StaticInt8: _static,

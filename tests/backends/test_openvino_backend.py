@@ -105,3 +105,30 @@ def test_an_artifact_chosen_for_cpu_features_this_cpu_lacks_is_refused(ov_artifa
     with pytest.raises(ArtifactError, match="amx_made_up.*optimize the model again"):
         load_artifact(foreign)
     assert load_artifact(ov_artifacts["base"]).report["requires"] == []  # an fp32 IR runs anywhere
+
+
+def test_instances_run_as_openvino_streams_with_the_same_answers(ov_artifacts) -> None:
+    """--instances 2 (or a throughput artifact) compiles two OpenVINO streams of one model: two batches at once,
+    from two threads with their own infer requests, answering exactly as one stream does."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from squeezer.backends import Batch
+    from squeezer.config import BackendConfig
+
+    source = ModelSource("m", ov_artifacts["base"], artifact=True)
+    one = load_runtime(source, ServeConfig())
+    two = load_runtime(source, ServeConfig(backend=BackendConfig(instances=2)))
+    try:
+        assert one.model.backend.capabilities().instances == 1  # type: ignore[attr-defined]
+        backend = two.model.backend  # type: ignore[attr-defined]
+        assert backend.capabilities().instances == 2
+        assert backend._compiled.get_property("NUM_STREAMS") == 2
+        batches = [Batch.pad([[101, 7, 8, 9, 102][: 3 + i % 3]] * (1 + i % 4), None, 0) for i in range(12)]
+        with ThreadPoolExecutor(2) as pool:
+            together = list(pool.map(backend.forward, batches))
+        for batch, got in zip(batches, together):
+            want = one.model.backend.forward(batch)  # type: ignore[attr-defined]
+            assert_close(got["last_hidden_state"], want["last_hidden_state"], 1e-5)
+    finally:
+        one.close()
+        two.close()

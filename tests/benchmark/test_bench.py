@@ -24,6 +24,8 @@ def test_quick_bench_runs_the_ladder_and_writes_its_report(tiny_model, tmp_path)
         assert rung["accuracy"]["embed-short"] >= 0.99  # the same answers as the out-of-the-box rung's
     assert results["rungs"][0]["results"]["embed-short"]["4"]["speedup"] == 1.0
     report = (out / "report.md").read_text()
+    assert results["ceilings"]["embed-short"]["items_per_s"] > 0 and "optimized" in " ".join(results["ceilings"]["embed-short"]["all"])
+    assert all(0 < r["results"]["embed-short"]["4"]["of_ceiling"] for r in results["rungs"]) and "Ceiling: " in report
     assert report.count("| embed-short") == 0 and report.count("| squeezer-") == 2 and "## embed-short" in report
     assert report in done.stdout
 

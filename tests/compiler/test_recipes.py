@@ -138,3 +138,27 @@ def test_recipe_table_is_data() -> None:
     described = r.RECIPES[4].describe()
     assert described["steps"][1] == {"kind": "DynamicInt8", "weights": "u8", "per_channel": True, "reduce_range": False,
                                      "keep_embeddings": True, "keep_sensitive": 0.0}
+
+
+def test_nncf_int8_quantizes_attention_and_keeps_the_feed_forward_float(builder: Builder) -> None:
+    """The OpenVINO int8 recipe: NNCF puts int8 on the attention projections and leaves the MatMuls its `keep`
+    patterns name in float; the graph still computes nearly what fp32 does (the gate judges the rest)."""
+    from squeezer.backends.openvino_backend import OpenVinoBackend, import_openvino
+
+    def inputs_of_matmuls(path: Path) -> dict[str, set[str]]:
+        model = import_openvino().Core().read_model(str(path))
+        return {op.get_friendly_name().split("/", 3)[-1]: {i.get_source_output().get_node().get_type_name() for i in op.inputs()}
+                for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"}
+
+    default = inputs_of_matmuls(builder.build(r.Recipe("ov-int8", (r.OpenVino("f32"), r.NncfInt8()))).path)
+    everywhere = inputs_of_matmuls(builder.build(r.Recipe("all", (r.OpenVino("f32"), r.NncfInt8(keep=())))).path)
+    for layer in ("layer.0", "layer.1"):
+        assert "FakeQuantize" in default[f"{layer}/attention/self/query/MatMul"]
+        for ffn in ("intermediate/dense/MatMul", "output/dense/MatMul"):
+            assert default[f"{layer}/{ffn}"] & {"FakeQuantize", "Multiply"} == set()  # float weights and activations
+            assert "FakeQuantize" in everywhere[f"{layer}/{ffn}"]
+    batch = Batch.pad([[101, 7592, 2088, 2003, 1037, 3231, 102]], [[0] * 7], 0)
+    want = OnnxBackend.from_graph(builder.ctx.exported.path, "base").forward(batch)["last_hidden_state"]
+    graph = builder.build(r.Recipe("ov-int8", (r.OpenVino("f32"), r.NncfInt8()))).path
+    got = OpenVinoBackend.from_graph(graph, "base").forward(batch)["last_hidden_state"]
+    assert float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want)) > 0.95
