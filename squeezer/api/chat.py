@@ -7,6 +7,7 @@ otherwise, `max_tokens` optional, stop sequences left out of the answer, `[DONE]
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +17,7 @@ from fastapi import APIRouter, Depends, Request
 
 from squeezer.api.auth import require_api_key, scope_of
 from squeezer.api.reasoning import ReasoningStream, opens_reasoning, split_reasoning
-from squeezer.api.tools import ToolPlan, tool_plan
+from squeezer.api.tools import CALL_STARTS, ToolPlan, tool_plan
 from squeezer.api.body import model_name, read_json_object
 from squeezer.api.generation import OPENAI_FINISH, sse, strip_stop
 from squeezer.api.openai_logprobs import chat_logprobs, logprob_parameters, text_logprobs
@@ -152,15 +153,47 @@ async def chat_chunks(streaming: Streaming, request_id: str, include_usage: bool
         yield chunk
 
 
+class Replayed:
+    """An event stream that gives back the events already read (to tell what the answer is) before the rest."""
+
+    def __init__(self, held: list[TokenEvent], rest: AsyncIterator[TokenEvent], stream: Any) -> None:
+        self.held, self.rest, self.stream = held, rest, stream
+
+    async def __aiter__(self) -> AsyncIterator[TokenEvent]:
+        for event in self.held:
+            yield event
+        if not (self.held and self.held[-1].is_last):
+            async for event in self.rest:
+                yield event
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
 async def tool_chunks(streaming: Streaming, request_id: str, include_usage: bool, plan: ToolPlan,
                       opened: bool | None = None) -> AsyncIterator[dict[str, Any]]:
-    """A chat that may call a tool, streamed: the answer is held until it ends (whether it is a call is known only
-    then), then sent as one delta, `tool_calls` in OpenAI's streamed shape or the text."""
+    """A chat that may call a tool, streamed. With `auto`, an answer whose first character shows it is no call (a
+    call is bare JSON, a list of them or `<tool_call>`: it starts with `{`, `[` or `<`) streams token by token as
+    any chat does; otherwise the answer is held until it ends, then sent as one delta, `tool_calls` in OpenAI's
+    streamed shape or the text."""
     base = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": streaming.model_id}
+    events, held, visible = aiter(streaming.events), [], ""
+    if not plan.forced and not opened:  # an answer that opens inside a reasoning block is held whole
+        async for event in events:
+            held.append(event)
+            visible = "".join(e.text for e in held).lstrip()
+            if visible or event.is_last:
+                break
+        if visible and not visible.startswith(CALL_STARTS):
+            replayed = dataclasses.replace(streaming, events=Replayed(held, events, streaming.events))
+            async for chunk in chat_chunks(replayed, request_id, include_usage, opened):
+                yield chunk
+            return
     yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-    text, last = "", None
-    async for event in streaming.events:
-        text, last = text + event.text, event
+    text, last = "".join(e.text for e in held), held[-1] if held else None
+    if last is None or not last.is_last:
+        async for event in events:
+            text, last = text + event.text, event
     if last is None:
         return
     message, finish = assistant_turn(strip_stop(text, streaming.params.stop), OPENAI_FINISH[last.finish_reason or "length"],

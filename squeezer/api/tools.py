@@ -20,6 +20,7 @@ from squeezer.errors import ClientError
 
 MAX_CALLS = 8  # calls in one answer with parallel_tool_calls
 TAGGED = re.compile(r"^\s*<tool_call>\s*(.*?)\s*(</tool_call>)?\s*$", re.DOTALL)
+CALL_STARTS = ("{", "[", "<")  # how an answer that is a call begins (after blanks): `calls` reads nothing else
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,20 @@ def test_a_streamed_call_and_the_conversation_after_it(server) -> None:
         model="llm", messages=ASK, tools=[WEATHER], temperature=0, max_tokens=1).usage.prompt_tokens  # it saw the result
 
 
+def test_an_auto_answer_in_text_streams_token_by_token(server) -> None:
+    """With `auto`, once an answer's first character shows it is no call, it streams as any chat does (it is not
+    held to the end), and says the same as the whole answer."""
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+    args = {"model": "llm", "messages": ASK, "tools": [WEATHER, TIME], "temperature": 0, "max_tokens": 40}
+    whole = client.chat.completions.create(**args)
+    text = whole.choices[0].message.content
+    assert whole.choices[0].message.tool_calls is None and text and not text.lstrip().startswith(("{", "[", "<"))
+    chunks = list(client.chat.completions.create(**args, stream=True))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 5 and "".join(pieces) == text
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
 def test_huggingface_hub_chat_completion_with_tools(server) -> None:
     client = InferenceClient(base_url=server.url + "/v1")
     done = client.chat_completion(messages=ASK, model="llm", tools=[WEATHER], tool_choice="required", max_tokens=80,
