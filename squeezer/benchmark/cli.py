@@ -34,6 +34,7 @@ def add_bench_parser(commands: Any) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from squeezer.benchmark.charts import ChartsUnavailable, draw
     from squeezer.benchmark.ladder import model_task, run
     from squeezer.benchmark.report import markdown
     from squeezer.benchmark.workloads import fitting
@@ -54,5 +55,9 @@ def run_bench(args: argparse.Namespace) -> int:
     report = markdown(results)
     (out / "report.md").write_text(report)
     print(report)
-    print(f"written: {out / 'results.json'}, {out / 'report.md'}")
+    try:
+        charts = [str(path) for path in draw(results, out)]
+    except ChartsUnavailable as exc:
+        charts = [f"no charts ({exc})"]
+    print(f"written: {out / 'results.json'}, {out / 'report.md'}, " + ", ".join(charts))
     return 0

@@ -5,7 +5,7 @@ A light router deployment takes every HTTP request, finds the model it is for (t
 to a model replica with `multiplexed_model_id=ID`: Ray routes it to a replica that already holds that model, and
 only otherwise to one that loads it (evicting its least recently used past K). Each model replica runs the same
 app as `squeezer serve` over one engine that knows every model but loads only those sent to it, so answers,
-errors and the API key are the single process's. Responses come back whole: a stream arrives in one piece.
+errors and the API key are the single process's; its response comes back part by part, so streams stream.
 
 The two deployments are defined once Ray is imported (`serve.multiplexed` and `serve.deployment` decorate them);
 the router's choice of model is `squeezer.ray_serve.routing`.
@@ -13,10 +13,11 @@ the router's choice of model is `squeezer.ray_serve.routing`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from squeezer.config import ServeConfig
+from squeezer.ray_serve.asgi import asgi_parts
 from squeezer.ray_serve.install import require_ray
 from squeezer.sources import ModelSource
 
@@ -24,8 +25,6 @@ from squeezer.sources import ModelSource
 def model_deployment(models_per_replica: int) -> Any:
     """Replicas holding at most `models_per_replica` models each, answering forwarded HTTP requests."""
     _, serve = require_ray()
-    import httpx
-
     from squeezer.api import create_app
     from squeezer.engine import Engine
     from squeezer.ray_serve.replica import REPLICA_HEADER, replica_id
@@ -44,9 +43,8 @@ def model_deployment(models_per_replica: int) -> Any:
     class SqueezerModels:
         def __init__(self, sources: Sequence[ModelSource], config: ServeConfig) -> None:
             self.engine = Engine(list(sources), config)
-            app = create_app(self.engine)  # its lifespan never runs: it would load every model
+            self.app = create_app(self.engine)  # its lifespan never runs: it would load every model
             self.engine.registry = ModelRegistry(list(sources), config, self.engine.hooks)  # known, none loaded
-            self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
             self.replica = replica_id()
 
         @serve.multiplexed(max_num_models_per_replica=models_per_replica)
@@ -56,12 +54,16 @@ def model_deployment(models_per_replica: int) -> Any:
                 raise RuntimeError(f"model {model_id} failed to load: {described.get('error')}")
             return Held(self.engine, model_id)
 
-        async def forward(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
-            """One HTTP request through this replica's app, for the model Ray routed it here for."""
+        async def forward(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> AsyncIterator[Any]:
+            """One HTTP request through this replica's app, for the model Ray routed it here for: first (status,
+            headers), then the body as the app sends it, so a stream streams (Ray calls this a streaming method)."""
             await self.hold(serve.get_multiplexed_model_id())
-            response = await self.client.request(method, target, headers=headers, content=body)
-            named = [*response.headers.multi_items(), (REPLICA_HEADER, self.replica)]
-            return response.status_code, named, response.content
+            async for part in asgi_parts(self.app, method, target, headers, body):
+                if isinstance(part, tuple):
+                    status, answer_headers = part
+                    yield status, [*answer_headers, (REPLICA_HEADER, self.replica)]
+                else:
+                    yield part
 
     return SqueezerModels
 
@@ -70,7 +72,7 @@ def router_deployment() -> Any:
     """The HTTP ingress: reads the request, picks its model, forwards it to a replica holding that model."""
     _, serve = require_ray()
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
+    from starlette.responses import JSONResponse, Response, StreamingResponse
 
     from squeezer.ray_serve.routing import HOP_BY_HOP, model_for
 
@@ -86,11 +88,11 @@ def router_deployment() -> Any:
                 return JSONResponse({"status": "ok", "models": dict.fromkeys(self.capabilities, "multiplexed")})
             model_id = model_for(path, body, self.capabilities)
             headers = [(k, v) for k, v in request.headers.items() if k not in HOP_BY_HOP]
-            status, answer_headers, content = await self.models.options(multiplexed_model_id=model_id).forward.remote(
+            parts = self.models.options(multiplexed_model_id=model_id, stream=True).forward.remote(
                 request.method, path + (f"?{query}" if query else ""), headers, body)
-            kept = [(k.encode(), v.encode()) for k, v in answer_headers if k.lower() not in HOP_BY_HOP]
-            response = Response(content, status_code=status)
-            response.raw_headers = [*kept, (b"content-length", str(len(content)).encode())]
+            status, answer_headers = await parts.__anext__()
+            response = StreamingResponse(parts, status_code=status)
+            response.raw_headers = [(k.encode(), v.encode()) for k, v in answer_headers if k.lower() not in HOP_BY_HOP]
             return response
 
     return SqueezerRouter

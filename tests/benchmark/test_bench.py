@@ -7,6 +7,9 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 
 def test_quick_bench_runs_the_ladder_and_writes_its_report(tiny_model, tmp_path) -> None:
@@ -28,6 +31,8 @@ def test_quick_bench_runs_the_ladder_and_writes_its_report(tiny_model, tmp_path)
     assert all(0 < r["results"]["embed-short"]["4"]["of_ceiling"] for r in results["rungs"]) and "Ceiling: " in report
     assert report.count("| embed-short") == 0 and report.count("| squeezer-") == 2 and "## embed-short" in report
     assert report in done.stdout
+    for chart in ("ladder-embed-short.png", "curve-embed-short.png"):
+        assert png_size(out / chart) > (300, 200), chart
 
 
 def test_bench_climbs_the_chat_ladder_with_structured_output(tiny_decoder_path, tmp_path) -> None:
@@ -54,6 +59,24 @@ def test_bench_climbs_the_chat_ladder_with_structured_output(tiny_decoder_path, 
     assert {p["name"] for p in results["peers"]} >= {"llama-server", "llama-cpp-python"}
     assert all(p["state"] in ("missing", "installed; not driven by this version yet") for p in results["peers"])
     assert "## chat-json" in done.stdout and "| llama-server |" in done.stdout
+    assert all(png_size(out / f"{kind}-{w}.png") > (300, 200) for kind in ("ladder", "curve") for w in ("chat", "chat-json"))
+
+
+def png_size(path) -> tuple[int, int]:
+    """A PNG's width and height, read by Pillow (which fails on anything that is not a whole image)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return image.size
+
+
+def test_charts_without_matplotlib_say_how_to_get_them(monkeypatch) -> None:
+    from squeezer.benchmark.charts import ChartsUnavailable, draw
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ChartsUnavailable, match=r"pip install 'squeezer\[bench\]'"):
+        draw({"workloads": {}}, Path("."))
 
 
 def test_bench_refuses_a_workload_the_model_cannot_run(minilm_path, tmp_path) -> None:

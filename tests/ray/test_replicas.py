@@ -115,3 +115,10 @@ def test_multiplexing_routes_each_model_to_the_replica_holding_it(start_ray, tin
             holders[name].add(response.headers[REPLICA_HEADER])
     assert all(len(replicas) == 1 for replicas in holders.values()), holders
     assert httpx.post(srv.url + "/models/nope", json={"inputs": "x"}).status_code == 404
+    # A stream streams through the router: its 200 token events arrive over the generation, not all at its end.
+    start, arrivals = time.monotonic(), []
+    with httpx.stream("POST", srv.url + "/models/tiny/llama", json=BODY, timeout=120) as response:
+        assert response.status_code == 200 and response.headers[REPLICA_HEADER] in holders["tiny/llama"]
+        arrivals = [time.monotonic() for line in response.iter_lines() if '"token"' in line]
+    assert len(arrivals) == 200
+    assert arrivals[-1] - arrivals[0] > 0.25 * (arrivals[-1] - start), (start, arrivals[0], arrivals[-1])
