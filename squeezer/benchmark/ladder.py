@@ -67,8 +67,14 @@ class Baseline:
         raise TimeoutError("the baseline app did not start")
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL: uvicorn drains what it accepted, and after a heavy sweep the out-of-the-box app
+        may hold minutes of queued requests that wrk has long given up on."""
         self.proc.terminate()
-        self.proc.wait(30)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(30)
         self._log.close()
 
 

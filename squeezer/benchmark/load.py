@@ -15,10 +15,12 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 WRK_SCRIPT = """
 local bodies = {}
 for line in io.lines(os.getenv("BODIES")) do bodies[#bodies + 1] = line end
@@ -76,10 +78,15 @@ def _ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-async def _python(url: str, path: str, bodies: list[dict[str, Any]], clients: int, seconds: float) -> Measured:
+async def closed_loop(url: str, bodies: list[dict[str, Any]], clients: int, seconds: float,
+                      send: Callable[[Any, dict[str, Any]], Awaitable[T | None]],
+                      limits: Any = None) -> tuple[list[T], int, float]:
+    """`clients` clients each sending the next body as soon as its answer is in, until `seconds` have passed
+    (what each began runs to its end); (the answers, failed requests, wall seconds). `send` answers None for a
+    failure. Shared by the plain and the chat load generators."""
     import httpx
 
-    latencies: list[float] = []
+    answers: list[T] = []
     errors = 0
     deadline = time.perf_counter() + seconds
 
@@ -87,17 +94,25 @@ async def _python(url: str, path: str, bodies: list[dict[str, Any]], clients: in
         nonlocal errors
         i = k
         while time.perf_counter() < deadline:
-            start = time.perf_counter()
-            response = await http.post(path, json=bodies[i % len(bodies)])
-            if response.status_code < 300:
-                latencies.append((time.perf_counter() - start) * 1000)
-            else:
+            answer = await send(http, bodies[i % len(bodies)])
+            if answer is None:
                 errors += 1
+            else:
+                answers.append(answer)
             i += clients
 
-    async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits or httpx.Limits(max_connections=clients + 4)) as http:
         started = time.perf_counter()
         await asyncio.gather(*(client(k, http) for k in range(clients)))
-        spent = time.perf_counter() - started
+        return answers, errors, time.perf_counter() - started
+
+
+async def _python(url: str, path: str, bodies: list[dict[str, Any]], clients: int, seconds: float) -> Measured:
+    async def post(http: Any, body: dict[str, Any]) -> float | None:
+        start = time.perf_counter()
+        response = await http.post(path, json=body)
+        return (time.perf_counter() - start) * 1000 if response.status_code < 300 else None
+
+    latencies, errors, spent = await closed_loop(url, bodies, clients, seconds, post)
     cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
     return Measured(len(latencies) / spent, cuts[49], cuts[89], cuts[98], errors, "python (httpx)")

