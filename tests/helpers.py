@@ -51,9 +51,10 @@ def assert_close(actual: Any, expected: Any, tol: float = 1e-5, path: str = "$")
         assert actual == expected, f"{path}: {actual!r} != {expected!r}"
 
 
-async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0) -> None:
+async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, every: float = 0.005) -> None:
     """Wait for observable state rather than sleeping for a guessed time: poll `condition` (a function, or an
-    async one such as a metrics scrape) on the event loop until it holds; fail the test after `timeout` seconds."""
+    async one such as a metrics scrape) every `every` seconds on the event loop until it holds; fail the test
+    after `timeout` seconds. A synchronous test runs it with `asyncio.run`."""
     deadline = time.monotonic() + timeout
     while True:
         held = condition()
@@ -63,7 +64,7 @@ async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float 
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not reached within {timeout:g}s")
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(every)
 
 
 def kill_thread(name: str) -> None:

@@ -8,13 +8,13 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 
 import httpx
 import pytest
 
 from squeezer.ray_serve.replica import REPLICA_HEADER
 from squeezer.testing.server import ServerProcess
+from tests.helpers import until
 
 pytestmark = pytest.mark.ray
 
@@ -34,14 +34,6 @@ def replica_pids(server: ServerProcess) -> list[int]:
         grew = not children <= family
         family |= children
     return [int(pid) for pid, _, args in rows if int(pid) in family and args.startswith("ray::ServeReplica:")]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> None:
-    """Poll observable state (here: processes) until it holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"condition not reached within {timeout:g}s"
-        time.sleep(0.5)
 
 
 async def generate(client: httpx.AsyncClient, started: asyncio.Queue[str]) -> tuple[str, int | None]:
@@ -71,7 +63,7 @@ def test_killing_a_replica_loses_no_request_accepted_by_the_other(start_ray, tin
         seen.add(httpx.get(srv.url + "/health").headers[REPLICA_HEADER])
         return len(seen) == 2
 
-    wait_for(both_routed, timeout=60)
+    asyncio.run(until(both_routed, 60, every=0.5))
 
     async def scenario() -> list[tuple[str, int | None]]:
         started: asyncio.Queue[str] = asyncio.Queue()
@@ -94,7 +86,7 @@ def test_killing_a_replica_loses_no_request_accepted_by_the_other(start_ray, tin
         live = replica_pids(srv)
         return len(live) == 2 and pids[0] not in live
 
-    wait_for(replaced, timeout=120)
+    asyncio.run(until(replaced, 120, every=0.5))
 
 
 def test_multiplexing_routes_each_model_to_the_replica_holding_it(start_ray, tiny_model, tiny_decoder_path) -> None:
