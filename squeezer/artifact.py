@@ -1,6 +1,6 @@
-"""The compiled-artifact format: what `squeezer optimize` writes and what the ONNX backend serves.
+"""The compiled-artifact format: what `squeezer optimize` writes and what the artifact backends serve.
 
-An artifact is a folder: the chosen ONNX graph, the tokenizer and config files copied from the source (so
+An artifact is a folder: the chosen graph (ONNX, an OpenVINO IR, or safetensors weights for PyTorch), the tokenizer and config files copied from the source (so
 task, pooling and limits are detected exactly as for the source), and `squeezer.json`, the report. The
 report carries a format version, a checksum of itself and of every file, the hardware it was measured on
 and the library versions, so a truncated graph, a hand-edited report or an artifact from another format
@@ -15,9 +15,12 @@ squeezer.json, format version 1 (keys in REQUIRED_KEYS must be present; the rest
   model_id, task, head         what the artifact serves (head: a key of backends.base.HEAD_OUTPUTS, or
                                "causal-lm" for text-generation)
   target, profile              "cpu" | "cuda"; "latency" | "throughput"
-  graph                        {file, inputs, outputs, dtype, recipe, opset}: the chosen graph; a causal
-                               LM's is decoder.onnx (kind "decoder"), beside decoder.json (cache layout, EOS),
-                               served by backends.onnx_decoder; dtype float32 | int8 | int4 (weights)
+  graph                        {file, inputs, outputs, dtype, recipe, opset, runtime, precision}: the chosen
+                               graph; runtime onnxruntime (model.onnx), openvino (model.xml + .bin) or torch
+                               (model.safetensors), precision the compute precision the runtime is asked for
+                               (f32 | bf16); a causal LM's is decoder.onnx (kind "decoder"), beside
+                               decoder.json (cache layout, EOS), served by backends.onnx_decoder;
+                               dtype float32 | bfloat16 | int8 | int4 (weights)
   files                        {relative path: sha256} for every file of the folder but this one
   source                       {path, gguf_file, content_hash}
   hardware, versions           hardware.hardware_fingerprint() and versions() where it was measured
@@ -116,7 +119,8 @@ class Artifact:
 
     @property
     def runtime(self) -> str:
-        """What runs the graph: "onnxruntime" (an ONNX graph) or "openvino" (an IR); older reports name none."""
+        """What runs the graph: "onnxruntime" (an ONNX graph), "openvino" (an IR) or "torch" (safetensors weights run
+        under autocast); older reports name none."""
         return str(self.report["graph"].get("runtime", "onnxruntime"))
 
     @property

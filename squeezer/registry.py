@@ -84,7 +84,9 @@ class ModelRegistry:
         background = config.model.optimize_in_background and not config.model.optimize and prepare is not None
         self._config, self._hooks = config, hooks or Hooks()
         self._prepare = None if background else prepare  # run before a load (--optimize), or ...
-        self._optimizer = BackgroundOptimizer(prepare, self.swap, self._hidden) if background else None  # ... while serving
+        self._optimizer = (BackgroundOptimizer(prepare, self.swap, self._hidden, self.reserve, self.release)  # ... or
+                           if background else None)  # while serving
+        self._reserved = 0  # bytes of the memory budget held for work beside the loaded models (a compile)
         self.entries: dict[str, ModelEntry] = {s.model_id: ModelEntry(s, configured_task(s, config.model.task)) for s in sources}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -174,6 +176,21 @@ class ModelRegistry:
             entry.state = "unloaded"
         return entry
 
+    async def reserve(self, entry: ModelEntry, needed: int) -> bool:
+        """Hold `needed` bytes of the budget for work beside the loaded models (a background compile of
+        `entry`), evicting the least recently used others; whether they fit. Loads meanwhile count them."""
+        budget = self._config.model.max_memory_mb * 1024 * 1024
+        if budget and entry.memory_bytes + self._reserved + needed > budget:
+            return False  # it cannot fit even with every other model unloaded: unload none for nothing
+        if not await self._make_room(needed, keep=entry):
+            return False
+        self._reserved += needed
+        return True
+
+    def release(self, held: int) -> None:
+        """Give back bytes `reserve` held."""
+        self._reserved -= held
+
     async def _enforce_budget(self, keep: ModelEntry) -> None:
         await self._make_room(0, keep)
 
@@ -184,7 +201,7 @@ class ModelRegistry:
         if not budget:
             return True
         ready = sorted((e for e in self.entries.values() if e.state == "ready" and e is not keep), key=lambda e: e.last_used)
-        used = sum(e.memory_bytes for e in self.entries.values() if e.state == "ready") + needed
+        used = sum(e.memory_bytes for e in self.entries.values() if e.state == "ready") + self._reserved + needed
         for victim in ready:
             if used <= budget:
                 break

@@ -13,18 +13,23 @@ from typing import Any
 from squeezer.compiler import fuse as fusion
 from squeezer.compiler import quantize
 from squeezer.compiler.export import Exported
-from squeezer.compiler.recipes import DynamicInt8, Float16, Fuse, NncfInt8, OpenVino, Recipe, StaticInt8
+from squeezer.compiler.recipes import DynamicInt8, Float16, Fuse, NncfInt8, OpenVino, Recipe, StaticInt8, TorchAutocast
+
+# What a torch candidate's weights are written as, the file the PyTorch backend loads from an artifact.
+TORCH_WEIGHTS = "model.safetensors"
 
 
 @dataclass
 class BuildContext:
-    """What builders share within one run: the export, a scratch folder, sample inputs, progress."""
+    """What builders share within one run: the export, a scratch folder, sample inputs, progress, and how to
+    save the source model's weights (the reference's `save`), which the PyTorch candidates run from."""
 
     exported: Exported
     scratch: Path
     calibration: quantize.Feeds
     probe: quantize.Feeds
     progress: Callable[[str], None] = lambda _: None
+    save_weights: Callable[[Path], None] | None = None
     rankings: dict[tuple[Any, ...], list[str]] = field(default_factory=dict)
 
     def sensitive(self, graph: Path, step: DynamicInt8) -> list[str]:
@@ -105,7 +110,18 @@ def _nncf(step: NncfInt8, prev: Built, dst: Path, ctx: BuildContext) -> Built:
     return Built(xml, prev.fusions, prev.kept_float)
 
 
+def _torch(step: TorchAutocast, prev: Built, dst: Path, ctx: BuildContext) -> Built:
+    """The source's weights as one safetensors file (a GGUF or .bin source converted): the model PyTorch runs
+    under autocast, gated and timed as loaded from this file, and copied into the artifact if chosen."""
+    if ctx.save_weights is None:
+        raise RuntimeError("a PyTorch candidate needs the reference model's weights; this build has none")
+    folder = dst.with_suffix("")
+    ctx.save_weights(folder)
+    return Built(folder / TORCH_WEIGHTS, {}, ())
+
+
 BUILDERS: dict[type, Callable[[Any, Built, Path, BuildContext], Built]] = {
+    TorchAutocast: _torch,
     Fuse: _fuse,
     OpenVino: _openvino,
     NncfInt8: _nncf,

@@ -16,6 +16,8 @@ import dataclasses
 import logging
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,14 +34,14 @@ from squeezer.backends.base import Backend
 from squeezer.backends.onnx_backend import OnnxBackend, default_spinning
 from squeezer.compiler import cache, timing
 from squeezer.compiler import validation_data as vd
-from squeezer.compiler.build import BuildContext, Builder
+from squeezer.compiler.build import TORCH_WEIGHTS, BuildContext, Builder
 from squeezer.compiler.config import OptimizeConfig
 from squeezer.compiler.export import OPSET, Exported, ExportError, encode, export
 from squeezer.compiler.gate import Gate, gate_candidate
 from squeezer.compiler.optimize_decoder import DECODER
 from squeezer.compiler.package import check_destination, package_files, staging
 from squeezer.compiler.pipeline import Pipeline, Progress
-from squeezer.compiler.recipes import OpenVino, Recipe, recipes_for
+from squeezer.compiler.recipes import Recipe, recipes_for
 from squeezer.compiler.report import Report
 from squeezer.compiler.select import choose, record_timings
 from squeezer.config import BackendConfig, ModelConfig
@@ -165,7 +167,7 @@ def compile_model(src: ModelSource, info: ModelInfo, task: str, target: str, exa
         reference = reference_model(src, info, task, config)
         gate = Gate(reference, examples, task, config.max_accuracy_loss)
         feeds = sample_feeds(info, exported)
-        builder = Builder(BuildContext(exported, scratch, feeds, feeds[:8]))
+        builder = Builder(BuildContext(exported, scratch, feeds, feeds[:8], save_weights=reference.backend.save))
         recipes = recipes_for(target, config.sweep, config.recipe_names())
         flags = hardware_fingerprint()["cpu"]["flags"]
         candidates = []
@@ -200,24 +202,56 @@ def evaluate(recipe: Recipe, builder: Builder, gate: Gate, head: str, target: st
     record: dict[str, Any] = {"name": recipe.name, "runtime": recipe.runtime, "dtype": recipe.dtype,
                               "recipe": recipe.describe(), "verdict": "failed", "reasons": [], "metrics": {}, "timings": {},
                               "requires": list(recipe.requires)}
+    if recipe.precision is not None:
+        record["precision"] = recipe.precision  # applied by the runtime at load: the artifact must carry it
     start = time.perf_counter()
 
     def build() -> Backend:
         built = builder.build(recipe)
-        record.update(graph=built.path.name, size_bytes=graph_size(built.path), build_s=round(time.perf_counter() - start, 2),
-                      fusions=built.fusions, kept_float=len(built.kept_float))
-        if recipe.runtime == "openvino":
-            from squeezer.backends.openvino_backend import OpenVinoBackend  # lazy: openvino is an optional extra
-
-            precision = next(step.precision for step in recipe.steps if isinstance(step, OpenVino))
-            record["precision"] = precision  # the plugin's hint, which the artifact must carry
-            backend: Backend = OpenVinoBackend.from_graph(built.path, head, threads, precision, max_length)
-        else:
-            backend = OnnxBackend.from_graph(built.path, head, target, threads, spinning, max_length, recipe.dtype)
+        record.update(graph=str(built.path.relative_to(builder.ctx.scratch)), size_bytes=graph_size(built.path),
+                      build_s=round(time.perf_counter() - start, 2), fusions=built.fusions, kept_float=len(built.kept_float))
+        candidate = Candidate(built.path, head, target, threads, spinning, max_length, recipe.dtype, recipe.precision or "f32")
+        backend = CANDIDATE_BACKENDS[recipe.runtime](candidate)
         say(f"gate on {len(gate.plans)} inputs")
         return backend
 
     return record, gate_candidate(record, build, gate.judge, say)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A built candidate and how to run it while it is gated and timed."""
+
+    path: Path
+    head: str
+    target: str
+    threads: int
+    spinning: bool
+    max_length: int
+    dtype: str
+    precision: str
+
+
+def _onnx_candidate(c: Candidate) -> Backend:
+    return OnnxBackend.from_graph(c.path, c.head, c.target, c.threads, c.spinning, c.max_length, c.dtype)
+
+
+def _openvino_candidate(c: Candidate) -> Backend:
+    from squeezer.backends.openvino_backend import OpenVinoBackend  # lazy: openvino is an optional extra
+
+    return OpenVinoBackend.from_graph(c.path, c.head, c.threads, c.precision, c.max_length)
+
+
+def _torch_candidate(c: Candidate) -> Backend:
+    from squeezer.backends.torch_backend import TorchBackend
+
+    return TorchBackend.from_weights(c.path.parent, c.head, c.threads, c.precision, c.max_length)
+
+
+# A recipe's runtime -> how its built candidate is loaded for the gate and the clock.
+CANDIDATE_BACKENDS: dict[str, Callable[[Candidate], Backend]] = {
+    "onnxruntime": _onnx_candidate, "openvino": _openvino_candidate, "torch": _torch_candidate,
+}
 
 
 def skipped(recipe: Recipe, reason: str) -> dict[str, Any]:
@@ -231,14 +265,19 @@ def graph_size(graph: Path) -> int:
     return sum(p.stat().st_size for p in (graph, graph.with_suffix(".bin"), graph.with_name(graph.name + ".data")) if p.exists())
 
 
+# A chosen graph's suffix -> its file name in the artifact, and the suffixes of the files that go with it.
+ARTIFACT_GRAPHS: dict[str, tuple[str, tuple[str, ...]]] = {
+    ".onnx": (GRAPH_FILE, ()), ".xml": ("model.xml", (".bin",)), ".safetensors": (TORCH_WEIGHTS, ()),
+}
+
+
 def package_graph(graph: Path, tmp: Path) -> str:
     """Copy the chosen graph into the artifact under its runtime's file name (an IR brings its weights)."""
-    if graph.suffix == ".xml":
-        shutil.copyfile(graph.with_suffix(".bin"), tmp / "model.bin")
-        shutil.copyfile(graph, tmp / "model.xml")
-        return "model.xml"
-    shutil.copyfile(graph, tmp / GRAPH_FILE)
-    return GRAPH_FILE
+    name, companions = ARTIFACT_GRAPHS[graph.suffix]
+    shutil.copyfile(graph, tmp / name)
+    for suffix in companions:
+        shutil.copyfile(graph.with_suffix(suffix), (tmp / name).with_suffix(suffix))
+    return name
 
 
 def time_all(backends: dict[str, Backend], reference: Backend, candidates: list[dict[str, Any]], info: ModelInfo,

@@ -52,7 +52,7 @@ def capabilities_for(task: str | None) -> frozenset[str]:
 def load_runtime(source: ModelSource, config: ServeConfig, hooks: Hooks | None = None, prepare: Prepare | None = None) -> Runtime:
     """Load a model (in a worker thread): prepare, weights check, tokenizer and task, backend, warm-up.
 
-    An artifact's task and head are fixed by its report, and it always runs on ONNX Runtime; the artifact is
+    An artifact's task and head are fixed by its report, and it runs on the runtime the report names; the artifact is
     opened (and its files hashed) once here, and handed to the loader.
     """
     from squeezer.artifact import load_artifact

@@ -101,7 +101,7 @@ class EncoderRuntime:
 
 def load(source: ModelSource, info: ModelInfo, task_name: str, artifact: Artifact | None, config: ServeConfig,
          hooks: Hooks) -> EncoderRuntime:
-    """The task's head on the configured backend; an artifact runs on the runtime its report names (never torch)."""
+    """The task's head on the configured backend; an artifact runs on the runtime its report names."""
     task = TASKS[task_name]
     if not task.supports(info):
         raise SourceError(f"{source.model_id}: this model cannot serve {task_name}")
