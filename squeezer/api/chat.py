@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, Request
 
 from squeezer.api.auth import require_api_key, scope_of
 from squeezer.api.reasoning import ReasoningStream, opens_reasoning, split_reasoning
+from squeezer.api.tool_stream import CallReader
 from squeezer.api.tools import CALL_STARTS, ToolPlan, tool_plan
 from squeezer.api.body import model_name, read_json_object
 from squeezer.api.generation import OPENAI_FINISH, sse, strip_stop
@@ -89,9 +90,11 @@ def assistant_turn(text: str, finish: str, plan: ToolPlan | None, opened: bool |
     return message, finish
 
 
-def reasoning_opened(request: Request, prompt: str) -> bool | None:
-    """For `assistant_turn`: None when reasoning stays inline, else whether the prompt opened the block."""
-    return opens_reasoning(prompt) if request.app.state.server_config.reasoning == "split" else None
+def reasoning_opened(request: Request, prompt: str, plan: ToolPlan | None) -> bool | None:
+    """For `assistant_turn`: None when reasoning stays inline, else whether the prompt opened the block. A call a
+    grammar enforces is JSON from its first token, never a block, whatever the prompt opened."""
+    split = request.app.state.server_config.reasoning == "split" and not (plan is not None and plan.forced)
+    return opens_reasoning(prompt) if split else None
 
 
 def chat_object(completion: Completion, request_id: str, plan: ToolPlan | None = None, opened: bool | None = None) -> dict[str, Any]:
@@ -170,15 +173,45 @@ class Replayed:
         await self.stream.aclose()
 
 
+async def call_chunks(streaming: Streaming, request_id: str, include_usage: bool,
+                      plan: ToolPlan) -> AsyncIterator[dict[str, Any]]:
+    """A call that a grammar enforces, streamed as OpenAI streams one: each call's first item (index, id, type,
+    name) as soon as its name is generated, then its arguments piece by piece as tokens arrive (`CallReader`), then
+    `finish_reason: "tool_calls"` once the whole answer is the call (an answer cut short keeps its own reason)."""
+    base = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": streaming.model_id}
+    wanted, reader, text = streaming.params.wants_logprobs, CallReader(), []
+
+    def shape(piece: str, events: list[TokenEvent], sent: int) -> dict[str, Any]:
+        text.append(piece)
+        calls = reader.feed(piece)
+        out: dict[str, Any] = {"delta": {"tool_calls": calls} if calls else {}}
+        if wanted:
+            out["logprobs"] = chat_logprobs(streaming.vocabulary, *_columns(events))
+        return out
+
+    yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+    async for chunk in _deltas(streaming, base, shape, include_usage):
+        choices = chunk["choices"]
+        if choices and choices[0]["finish_reason"] is not None and plan.calls("".join(text)):
+            choices[0]["finish_reason"] = "tool_calls"
+        if not choices or choices[0]["delta"] or choices[0]["finish_reason"] is not None or wanted:
+            yield chunk  # a piece inside the JSON's punctuation adds nothing to send
+
+
 async def tool_chunks(streaming: Streaming, request_id: str, include_usage: bool, plan: ToolPlan,
                       opened: bool | None = None) -> AsyncIterator[dict[str, Any]]:
-    """A chat that may call a tool, streamed. With `auto`, an answer whose first character shows it is no call (a
-    call is bare JSON, a list of them or `<tool_call>`: it starts with `{`, `[` or `<`) streams token by token as
-    any chat does; otherwise the answer is held until it ends, then sent as one delta, `tool_calls` in OpenAI's
-    streamed shape or the text."""
+    """A chat that may call a tool, streamed. A call a grammar enforces streams as it is generated (`call_chunks`).
+    With `auto`, an answer whose first character shows it is no call (a call is bare JSON, a list of them or
+    `<tool_call>`: it starts with `{`, `[` or `<`) streams token by token as any chat does; otherwise the answer is
+    held until it ends (free text is a call only if the whole of it is one, which its end may still deny), then
+    sent as one delta, `tool_calls` in OpenAI's streamed shape or the text."""
+    if plan.forced:
+        async for chunk in call_chunks(streaming, request_id, include_usage, plan):
+            yield chunk
+        return
     base = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": streaming.model_id}
     events, held, visible = aiter(streaming.events), [], ""
-    if not plan.forced and not opened:  # an answer that opens inside a reasoning block is held whole
+    if not opened:  # an answer that opens inside a reasoning block is held whole
         async for event in events:
             held.append(event)
             visible = "".join(e.text for e in held).lstrip()
@@ -219,7 +252,9 @@ async def text_chunks(streaming: Streaming, request_id: str, include_usage: bool
 
 
 def _columns(events: list[TokenEvent]) -> tuple[list[int], list[float | None], list[tuple[tuple[int, float], ...]]]:
-    return [e.token_id for e in events], [e.logprob for e in events], [e.top_tokens for e in events]
+    """The chosen tokens' columns (a grammar's dead end ends on an event that chose none)."""
+    chosen = [(e.token_id, e.logprob, e.top_tokens) for e in events if e.token_id is not None]
+    return [t for t, _, _ in chosen], [lp for _, lp, _ in chosen], [top for _, _, top in chosen]
 
 
 def may_start_stop(text: str, stops: list[str] | None) -> bool:
@@ -272,7 +307,7 @@ async def _completions(request: Request, path_model: str | None, chat: bool) -> 
             raise ClientError(f"stream_options: expected an object, got {type(options).__name__}", status=422)
         include_usage = bool(options.get("include_usage"))
         streaming = await engine.stream(model_id, prompt, messages, params, scope=scope, tools=tools)
-        opened = reasoning_opened(request, streaming.prompt.text) if chat else None
+        opened = reasoning_opened(request, streaming.prompt.text, plan) if chat else None
         if plan is not None:
             chunks = tool_chunks(streaming, request_id, include_usage, plan, opened)
         elif chat:
@@ -283,7 +318,7 @@ async def _completions(request: Request, path_model: str | None, chat: bool) -> 
     generating = engine.generate(model_id, prompt, messages, params, scope=scope, tools=tools)
     completion = await unless_disconnected(request, generating)
     if chat:
-        return FastJSONResponse(chat_object(completion, request_id, plan, reasoning_opened(request, completion.prompt.text)))
+        return FastJSONResponse(chat_object(completion, request_id, plan, reasoning_opened(request, completion.prompt.text, plan)))
     return FastJSONResponse(text_object(completion, request_id, bool(body.get("echo"))))
 
 

@@ -17,7 +17,8 @@ from squeezer.runtime.base import Completion, Vocabulary
 
 log = logging.getLogger("squeezer.api")
 
-OPENAI_FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
+# a grammar's dead end keeps its own name: no OpenAI reason says it, and "stop" would hide that the answer was cut
+OPENAI_FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length", "grammar": "grammar"}
 
 
 def tgi_token(vocabulary: Vocabulary, token: int, logprob: float | None) -> dict[str, Any]:

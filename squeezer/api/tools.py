@@ -54,8 +54,13 @@ class ToolPlan:
         listed = value if isinstance(value, list) and self.parallel and 0 < len(value) <= MAX_CALLS else [value]
         if not all(isinstance(v, dict) and v.get("name") in self.names and isinstance(v.get("arguments"), dict) for v in listed):
             return None
-        return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+        return [{"id": call_id(), "type": "function",
                  "function": {"name": v["name"], "arguments": json.dumps(v["arguments"])}} for v in listed]
+
+
+def call_id() -> str:
+    """A fresh id for one call, in OpenAI's form, which the `role: "tool"` turn answering it quotes."""
+    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 def tool_plan(body: dict[str, Any]) -> ToolPlan | None:

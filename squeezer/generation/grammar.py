@@ -84,9 +84,15 @@ def _executor() -> Any:
     return _llguidance().LLExecutor()
 
 
-def mask_rows(constraints: list[Constraint], rows: np.ndarray) -> list[np.ndarray | InputError]:
-    """Each row of logits [n, vocab] with the tokens its grammar forbids at -inf (a copy, [1, vocab] each), or an
-    InputError for a grammar that allows nothing more. One call computes every mask of the step, in parallel."""
+class DeadEnd(Exception):
+    """A row whose grammar allows no token the model can produce (none at all, or only tokens whose logits are -inf
+    or NaN). Not a failure of the request: the answer so far is all the grammar let the model write, so the decode
+    loop ends that row with finish reason "grammar" and logs this message, which says which of the two it was."""
+
+
+def mask_rows(constraints: list[Constraint], rows: np.ndarray) -> list[np.ndarray | DeadEnd]:
+    """Each row of logits [n, vocab] with the tokens its grammar forbids at -inf (a copy, [1, vocab] each), or a
+    DeadEnd where nothing allowed is left. One call computes every mask of the step, in parallel."""
     llg = _llguidance()
     vocab = constraints[0].vocab  # one model's constraints share its tokenizer
     bitmask = llg.numpy.allocate_token_bitmask(len(constraints), vocab)
@@ -95,9 +101,13 @@ def mask_rows(constraints: list[Constraint], rows: np.ndarray) -> list[np.ndarra
     llg.numpy.apply_token_bitmask_inplace(masked, bitmask)
     if masked.shape[1] < rows.shape[1]:  # logits past the tokenizer's vocabulary are padding: never allowed
         masked = np.concatenate([masked, np.full((len(rows), rows.shape[1] - vocab), -np.inf, np.float32)], axis=1)
-    return [masked[i : i + 1] if np.isfinite(masked[i]).any() else
-            InputError(f"parameters.grammar: no token can continue the output ({c.matcher.get_error() or 'dead end'})")
+    return [masked[i : i + 1] if np.isfinite(masked[i]).any() else _dead_end(c, bool(bitmask[i].any()))
             for i, c in enumerate(constraints)]
+
+
+def _dead_end(constraint: Constraint, allowed: bool) -> DeadEnd:
+    why = "the model gives every token it allows a logit of -inf or NaN" if allowed else "it allows no token at all"
+    return DeadEnd(f"the grammar cannot go on: {why} ({constraint.matcher.get_error() or 'no error from llguidance'})")
 
 
 class Grammars:

@@ -12,14 +12,17 @@ from typing import Literal
 
 from squeezer.generation.params import GenerationParams
 
-FinishReason = Literal["length", "eos_token", "stop_sequence"]
+# "grammar": the request's grammar allowed no token the model could produce (`squeezer.generation.grammar.DeadEnd`)
+FinishReason = Literal["length", "eos_token", "stop_sequence", "grammar"]
 
 
 @dataclass(frozen=True)
 class TokenEvent:
-    """One generated token: its id, the text it made stable (maybe empty), and the sequence's counts so far."""
+    """One generated token: its id, the text it made stable (maybe empty), and the sequence's counts so far. A
+    sequence that ends without a further token (a grammar's dead end) ends with an event whose `token_id` is None,
+    which carries the text still held back and the finish reason."""
 
-    token_id: int
+    token_id: int | None
     text: str
     is_last: bool
     finish_reason: FinishReason | None  # set on the last event only

@@ -148,7 +148,8 @@ def choose_tokens(
     """Next token of each row of logits [n, vocab]; plain greedy rows share one argmax over the batch.
 
     numpy's argmax, like torch's, returns the first maximum, so greedy rows need no torch. A row whose
-    processors fail gets its exception in place of a token: it fails that sequence alone, not the batch.
+    processors fail gets its exception in place of a token: it fails that sequence alone, not the batch; a row
+    whose grammar allows no token the model can produce gets its `DeadEnd`, which ends that sequence alone.
     """
     tokens: list[int | Exception] = [0] * len(choosers)
     plain = [i for i, chooser in enumerate(choosers) if chooser.plain]

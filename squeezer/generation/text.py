@@ -95,6 +95,15 @@ class SequenceText:
             finish = "eos_token"
         elif self.generated >= self._max_new:
             finish = "length"
+        return self._close(delta, finish)
+
+    def end(self, reason: FinishReason) -> tuple[str, FinishReason | None]:
+        """End the sequence without a further token (its grammar allowed none the model could produce): the text
+        still held back, and why it ended."""
+        return self._close("", reason)
+
+    def _close(self, delta: str, finish: FinishReason | None) -> tuple[str, FinishReason | None]:
+        """The delta as sent: with the held-back text when the sequence ends, cut at a stop sequence."""
         if finish:
             delta += self._detok.flush()
         cut = self._stops.find(self.text, delta)

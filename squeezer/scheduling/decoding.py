@@ -28,7 +28,7 @@ from squeezer.backends.decoder import Decoder
 from squeezer.backends.prefix_cache import PrefixCache
 from squeezer.config import DecodingConfig
 from squeezer.errors import UNLOADING, ClientError, ModelNotReadyError, QueueFullError, worker_stopped
-from squeezer.generation.grammar import Constraint, Grammars
+from squeezer.generation.grammar import Constraint, DeadEnd, Grammars
 from squeezer.generation.logprobs import token_logprobs
 from squeezer.generation.outputs import FinishReason, Generation, TokenEvent
 from squeezer.generation.params import GenerationParams
@@ -192,12 +192,13 @@ class DecodeLoop:
 
     async def _collect(self, request: DecodeRequest) -> Generation:
         events = [event async for event in TokenStream(request, self._cancel)]
-        text, tokens, last = "".join(e.text for e in events), [e.token_id for e in events], events[-1]
+        text, last = "".join(e.text for e in events), events[-1]
         assert last.finish_reason is not None  # a stream ends with its last event
+        chosen = [(e.token_id, e) for e in events if e.token_id is not None]  # a dead end's last event chose none
         wants = request.params.wants_logprobs
-        return Generation(text, tokens, last.finish_reason, last.prompt_tokens, last.generated_tokens, last.seed,
-                          last.cached_tokens, [e.logprob for e in events] if wants else None,
-                          [e.top_tokens for e in events] if wants else None)
+        return Generation(text, [t for t, _ in chosen], last.finish_reason, last.prompt_tokens, last.generated_tokens,
+                          last.seed, last.cached_tokens, [e.logprob for _, e in chosen] if wants else None,
+                          [e.top_tokens for _, e in chosen] if wants else None)
 
     def _cancel(self, request: DecodeRequest) -> None:
         request.cancelled = True
@@ -360,7 +361,8 @@ class DecodeLoop:
     def _advance(self, runs: list[_Running], logits: np.ndarray) -> None:
         """Choose each sequence's next token, emit it, and let finished sequences leave at once.
 
-        A sequence whose token cannot be chosen or decoded fails alone: the others in its step go on.
+        A sequence whose token cannot be chosen or decoded fails alone: the others in its step go on. One whose
+        grammar allows no token the model can produce ends there (`_dead_end`), and the others go on as well.
         """
         try:
             tokens = choose_tokens([r.chooser for r in runs], logits, [r.history for r in runs])
@@ -372,9 +374,12 @@ class DecodeLoop:
         events: list[tuple[DecodeRequest, TokenEvent | BaseException]] = []
         for run, token, row in zip(runs, tokens, logits):
             try:
-                if isinstance(token, Exception):
+                if isinstance(token, DeadEnd):
+                    event = self._dead_end(run, token)
+                elif isinstance(token, Exception):
                     raise token
-                event = self._next_event(run, token, now, row)
+                else:
+                    event = self._next_event(run, token, now, row)
             except Exception as exc:  # this sequence's parameters or text broke: it alone fails
                 log.warning("a sequence failed and left the batch: %s: %s", exc.__class__.__name__, exc)
                 self._leave(run, None)
@@ -397,6 +402,16 @@ class DecodeLoop:
             logprob, top = token_logprobs(logits, token, request.params.top_n_tokens or 0)
         return TokenEvent(token, delta, finish is not None, finish, len(request.prompt_ids), run.text.generated, request.seed,
                           run.cached_tokens, logprob, top)
+
+    def _dead_end(self, run: _Running, dead_end: DeadEnd) -> TokenEvent:
+        """The last event of a sequence whose grammar allows no token the model can produce: no token, the text
+        still held back, finish reason "grammar". Not an error (the answer so far is what the grammar let the model
+        write, and the client gets it with a reason it can read); the log says why the grammar could not go on."""
+        log.warning("a sequence ends after %d tokens: %s", run.text.generated, dead_end)
+        delta, finish = run.text.end("grammar")
+        request = run.request
+        return TokenEvent(None, delta, True, finish, len(request.prompt_ids), run.text.generated, request.seed,
+                          run.cached_tokens)
 
     def _leave(self, run: _Running, reason: FinishReason | None) -> None:
         """Take a sequence out of the batch and free its cache; report it to the metrics hook."""

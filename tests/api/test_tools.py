@@ -13,6 +13,7 @@ import pytest
 from huggingface_hub import InferenceClient
 from openai import OpenAI
 
+from squeezer.api.tool_stream import CallReader
 from squeezer.api.tools import ToolPlan, tool_plan
 from squeezer.testing.server import ServerProcess
 
@@ -64,13 +65,18 @@ def test_required_and_named_choices_are_calls(server) -> None:
                     weather_args(call)
 
 
+def streamed_items(chunks) -> list:
+    """The `delta.tool_calls` items of a stream, in order."""
+    return [item for c in chunks if c.choices and c.choices[0].delta.tool_calls for item in c.choices[0].delta.tool_calls]
+
+
 def test_a_streamed_call_and_the_conversation_after_it(server) -> None:
     client = OpenAI(base_url=server.url + "/v1", api_key="unused")
-    chunks = list(client.chat.completions.create(model="llm", messages=ASK, tools=[WEATHER], tool_choice="required",
-                                                 temperature=0, max_tokens=80, stream=True))
-    deltas = [c.choices[0].delta.tool_calls for c in chunks if c.choices and c.choices[0].delta.tool_calls]
-    assert len(deltas) == 1 and chunks[-1].choices[0].finish_reason == "tool_calls"
-    call = deltas[0][0]
+    with client.chat.completions.stream(model="llm", messages=ASK, tools=[WEATHER], tool_choice="required",
+                                        temperature=0, max_tokens=80) as stream:  # the openai client joins the pieces
+        done = stream.get_final_completion()
+    assert done.choices[0].finish_reason == "tool_calls" and len(done.choices[0].message.tool_calls) == 1
+    call = done.choices[0].message.tool_calls[0]
     args = weather_args(call)
     follow = ASK + [
         {"role": "assistant", "content": None, "tool_calls": [
@@ -81,6 +87,43 @@ def test_a_streamed_call_and_the_conversation_after_it(server) -> None:
     assert answer.choices[0].finish_reason in ("stop", "length", "tool_calls")
     assert answer.usage.prompt_tokens > client.chat.completions.create(
         model="llm", messages=ASK, tools=[WEATHER], temperature=0, max_tokens=1).usage.prompt_tokens  # it saw the result
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_streamed_call_sends_its_arguments_as_they_are_generated(server, choice, parallel) -> None:
+    """OpenAI's streamed shape: each call's first item has its index, id, type and name, the next ones only pieces
+    of its arguments, several of them (one per token or so, not the whole at the end); joined per index they are
+    the calls of the same answer unstreamed, and the stream ends with finish_reason "tool_calls"."""
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+    request = {"model": "llm", "messages": ASK, "tools": [WEATHER, TIME], "tool_choice": choice, "temperature": 0,
+               "max_tokens": 160, "parallel_tool_calls": parallel}
+    whole = client.chat.completions.create(**request)
+    chunks = list(client.chat.completions.create(**request, stream=True))
+    items = streamed_items(chunks)
+    expected = whole.choices[0].message.tool_calls
+    assert whole.choices[0].finish_reason == chunks[-1].choices[0].finish_reason == "tool_calls"
+    for index, call in enumerate(expected):
+        mine = [item for item in items if item.index == index]
+        first, rest = mine[0], mine[1:]
+        assert first.id.startswith("call_") and first.type == "function" and first.function.name == call.function.name
+        assert all(item.id is None and item.function.name is None for item in rest)
+        assert len([item for item in mine if item.function.arguments]) > 1
+        assert json.loads("".join(item.function.arguments for item in mine)) == json.loads(call.function.arguments)
+    assert {item.index for item in items} == set(range(len(expected)))
+
+
+def test_huggingface_hub_streams_a_call(server) -> None:
+    """huggingface_hub's chat_completion(stream=True) reads the pieces; joined, they are the unstreamed call."""
+    client = InferenceClient(base_url=server.url + "/v1")
+    request = {"messages": ASK, "model": "llm", "tools": [WEATHER], "tool_choice": "required", "max_tokens": 80,
+               "temperature": 0}
+    whole = client.chat_completion(**request).choices[0].message.tool_calls[0]
+    chunks = list(client.chat_completion(**request, stream=True))
+    items = [item for c in chunks if c.choices and c.choices[0].delta.tool_calls for item in c.choices[0].delta.tool_calls]
+    assert items[0].function.name == "get_weather" and items[0].id.startswith("call_") and len(items) > 2
+    assert json.loads("".join(item.function.arguments for item in items)) == json.loads(whole.function.arguments)
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
 def test_an_auto_answer_in_text_streams_token_by_token(server) -> None:
@@ -134,3 +177,26 @@ def test_an_auto_answer_is_a_call_only_when_it_is_one() -> None:
     single = tool_plan({"tools": [WEATHER], "parallel_tool_calls": False})
     assert single is not None and single.calls(f"[{call}]") is None
     assert tool_plan({"tools": [WEATHER], "tool_choice": "none"}) is None
+
+
+@pytest.mark.parametrize("text, calls", [
+    ('{"name":"get_weather","arguments":{"city":"Pa\\"ris}","celsius":true,"x":[1,{"a":"]"}]}}',
+     [("get_weather", {"city": 'Pa"ris}', "celsius": True, "x": [1, {"a": "]"}]})]),
+    ('[{"name":"get_time","arguments":{"zone":"UTC"}},{"name":"get_weather","arguments":{}}]',
+     [("get_time", {"zone": "UTC"}), ("get_weather", {})]),
+    (' { "arguments" : {"zone": "CET"} , "name" : "get_time" } ', [("get_time", {"zone": "CET"})]),
+    ("It is sunny.", []),
+])
+def test_the_call_reader_reads_the_text_however_it_is_cut(text, calls) -> None:
+    """Fed in pieces of any size (brackets and quotes inside strings included), the items name each call once, in
+    its first item, and its argument pieces join into its arguments; arguments before the name wait for it."""
+    for size in (1, 2, 5, len(text)):
+        reader, names, arguments = CallReader(), {}, {}
+        for start in range(0, len(text), size):
+            for item in reader.feed(text[start:start + size]):
+                if "id" in item:
+                    assert item["index"] not in names and item["type"] == "function" and item["id"].startswith("call_")
+                    names[item["index"]] = item["function"]["name"]
+                assert item["index"] in names  # nothing of a call before its first item
+                arguments[item["index"]] = arguments.get(item["index"], "") + item["function"]["arguments"]
+        assert [(names[i], json.loads(arguments[i])) for i in sorted(names)] == calls

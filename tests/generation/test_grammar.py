@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import transformers
 
+from squeezer.api.generation import OPENAI_FINISH
 from squeezer.backends.torch_decoder import TorchDecoder
 from squeezer.config import DecodingConfig
 from squeezer.generation.grammar import Grammars, grammar_text
+from squeezer.generation.outputs import FinishReason
 from squeezer.generation.params import GenerationParams
 from squeezer.scheduling.decoding import DecodeLoop
 from squeezer.tasks.base import InputError
@@ -77,3 +83,55 @@ def test_a_bad_grammar_is_a_clear_error_before_queueing(llama) -> None:
         with pytest.raises(InputError, match=message):
             grammars.check(bad)
     assert grammar_text({"type": "regex", "value": "a+"})
+
+
+class EndlessDecoder(TorchDecoder):
+    """The tiny llama, with every EOS token's logit at -inf: a model that cannot end its answer. A grammar that is
+    complete allows only EOS (llguidance never leaves a row with nothing: when its grammar cannot go on it allows
+    EOS alone), so this is the real way a row reaches a dead end: no token both allowed and possible."""
+
+    def _endless(self, logits: np.ndarray) -> np.ndarray:
+        out = np.array(logits, dtype=np.float32)
+        out[..., sorted(self.eos_token_ids)] = -np.inf
+        return out
+
+    def prefill_many(self, prompts: Sequence[Sequence[int]], scopes: Sequence[str] | None = None) -> list[tuple[int, np.ndarray]]:
+        return [(handle, self._endless(logits)) for handle, logits in super().prefill_many(prompts, scopes)]
+
+    def step(self, handles: Sequence[int], tokens: Sequence[int]) -> Any:
+        return self._endless(super().step(handles, tokens))
+
+
+async def test_a_grammar_dead_end_ends_its_row_with_a_finish_reason(llama, caplog: pytest.LogCaptureFixture) -> None:
+    """Once "(yes|no)!" is written only EOS may follow, which this model cannot produce: the row ends there with
+    finish reason "grammar" and its text (whole or streamed, the last event choosing no token), the log says why,
+    and the unconstrained rows of the same steps decode as they do alone."""
+    model, tok = llama
+    decoder = EndlessDecoder(model)
+    loop = DecodeLoop(decoder, tok, DecodingConfig(), grammars=Grammars(tok, decoder.eos_token_ids))
+    loop.start()
+    try:
+        prompt = tok("Is the sky blue?", add_special_tokens=False)["input_ids"]
+        plain = GenerationParams(max_new_tokens=12)
+        constrained = GenerationParams(max_new_tokens=12, grammar={"type": "regex", "value": "(yes|no)!"}, top_n_tokens=2)
+        alone = await loop.generate(prompt, plain)
+        with caplog.at_level(logging.WARNING, logger="squeezer.scheduling.decoding"):
+            together = await asyncio.gather(loop.generate(prompt, plain), loop.generate(prompt, constrained),
+                                            loop.generate(prompt, plain))
+            streamed = [event async for event in await loop.stream(prompt, constrained)]
+    finally:
+        await loop.close()
+    assert together[0].token_ids == together[2].token_ids == alone.token_ids and alone.finish_reason == "length"
+    ended = together[1]
+    assert re.fullmatch("(yes|no)!", ended.text) and ended.finish_reason == "grammar", ended
+    assert ended.generated_tokens == len(ended.token_ids) == len(ended.logprobs or []) > 0
+    assert tok.decode(ended.token_ids) == ended.text
+    last = streamed[-1]
+    assert last.is_last and last.token_id is None and last.finish_reason == "grammar"
+    assert "".join(e.text for e in streamed) == ended.text and [e.token_id for e in streamed[:-1]] == ended.token_ids
+    assert "the model gives every token it allows a logit of -inf" in caplog.text
+
+
+@pytest.mark.filterwarnings("ignore:.*asyncio.*:pytest.PytestWarning")  # the module's asyncio mark; this one is sync
+def test_every_finish_reason_has_an_openai_name() -> None:
+    assert set(OPENAI_FINISH) == set(typing.get_args(FinishReason)) and OPENAI_FINISH["grammar"] == "grammar"
