@@ -260,6 +260,18 @@ class ClusterConfig:
     replicas: int = setting(1, "Replicas of the server, each with every model and its own batcher (unless --autoscale).")
     autoscale: str = setting("", "MIN:MAX replicas, scaled on ongoing requests per replica; replaces --replicas.")
     target_ongoing_requests: float = setting(16.0, "Ongoing requests per replica that --autoscale aims at (enough to fill batches).")
+    upscale_delay: float = setting(
+        30.0, "Seconds the load must stay above --target-ongoing-requests before --autoscale adds replicas (Ray's "
+        "upscale_delay_s).",
+    )
+    downscale_delay: float = setting(
+        600.0, "Seconds the load must stay below --target-ongoing-requests before --autoscale removes replicas (Ray's "
+        "downscale_delay_s): long, so a lull between bursts does not drop replicas the next burst needs.",
+    )
+    autoscale_window: float = setting(
+        30.0, "Seconds over which --autoscale averages ongoing requests (Ray's look_back_period_s); Ray hears of them "
+        "every third of it or every 10 s, whichever is sooner.",
+    )
     max_ongoing_requests: int = setting(256, "Most requests one replica takes at once; Ray queues the rest (its default of 5 would starve the batcher).")
     replica_cpus: float = setting(1.0, "CPUs Ray reserves per replica; --threads 0 means this many threads per replica.")
     models_per_replica: int = setting(
@@ -273,6 +285,9 @@ class ClusterConfig:
         _check(not self.autoscale or (bounds is not None and 0 <= int(bounds[1]) <= int(bounds[2]) and int(bounds[2]) >= 1),
                "autoscale", f"must be MIN:MAX with 0 <= MIN <= MAX and MAX >= 1, got {self.autoscale!r}")
         _check(self.target_ongoing_requests > 0, "target_ongoing_requests", "must be positive")
+        for name in ("upscale_delay", "downscale_delay"):
+            _check(getattr(self, name) >= 0, name, "must be 0 or more seconds")
+        _check(self.autoscale_window > 0, "autoscale_window", "must be a positive number of seconds")
         _check(self.max_ongoing_requests >= 1, "max_ongoing_requests", "must be at least 1")
         _check(self.replica_cpus > 0, "replica_cpus", "must be positive")
         _check(self.models_per_replica >= 0, "models_per_replica", "must be 0 (every model) or a positive count")

@@ -13,13 +13,14 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from squeezer.config import SERVE_GROUPS, ConfigError, ServeConfig, from_sources
+from squeezer.config import SERVE_GROUPS, ClusterConfig, ConfigError, ServeConfig, from_sources
 from squeezer.detect import configured_task
 from squeezer.ray_serve.install import require_ray
 from squeezer.runtime import capabilities_for
 from squeezer.sources import DEFAULT_MODEL_SPEC, ModelSource, resolve
 
 DEPLOYMENT = "squeezer"
+METRICS_INTERVAL = 10.0  # seconds: Ray's default metrics_interval_s (see autoscaling_config)
 
 
 def replica_config(config: ServeConfig) -> ServeConfig:
@@ -44,17 +45,32 @@ def deployment_options(config: ServeConfig) -> dict[str, Any]:
         "graceful_shutdown_timeout_s": config.server.shutdown_grace,
         "health_check_period_s": 5.0,
     }
-    bounds = cluster.autoscale_bounds()
-    if bounds is None:
+    scaling = autoscaling_config(cluster)
+    if scaling is None:
         options["num_replicas"] = cluster.replicas
     else:
-        options["autoscaling_config"] = {
-            "min_replicas": bounds[0],
-            "max_replicas": bounds[1],
-            "initial_replicas": max(bounds[0], 1),
-            "target_ongoing_requests": cluster.target_ongoing_requests,
-        }
+        options["autoscaling_config"] = scaling
     return options
+
+
+def autoscaling_config(cluster: ClusterConfig) -> dict[str, Any] | None:
+    """Ray Serve's autoscaling_config for `--autoscale MIN:MAX`, or None for a fixed count. Ray averages ongoing
+    requests over the window (look_back_period_s) but hears of them only every metrics_interval_s (10 s by
+    default): a shorter window would average one stale report, so the load is reported every third of the window
+    when that is sooner, and the default window keeps Ray's default interval."""
+    bounds = cluster.autoscale_bounds()
+    if bounds is None:
+        return None
+    return {
+        "min_replicas": bounds[0],
+        "max_replicas": bounds[1],
+        "initial_replicas": max(bounds[0], 1),
+        "target_ongoing_requests": cluster.target_ongoing_requests,
+        "upscale_delay_s": cluster.upscale_delay,
+        "downscale_delay_s": cluster.downscale_delay,
+        "look_back_period_s": cluster.autoscale_window,
+        "metrics_interval_s": min(METRICS_INTERVAL, cluster.autoscale_window / 3),
+    }
 
 
 def build(sources: Sequence[ModelSource], config: ServeConfig) -> Any:

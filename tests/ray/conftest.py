@@ -3,6 +3,7 @@ driven over HTTP exactly like the single-process server. Run them alone with `py
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -24,6 +25,18 @@ def start_on_ray(specs: Sequence[str], log_dir: Path, *flags: str) -> ServerProc
         proc.stop()
         raise
     return proc
+
+
+def replica_pids(server: ServerProcess) -> list[int]:
+    """The server's Ray Serve replica processes: its descendants that Ray names `ray::ServeReplica:...`."""
+    table = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
+    rows = [line.split(None, 2) for line in table.splitlines() if len(line.split(None, 2)) == 3]
+    family, grew = {server.proc.pid}, True
+    while grew:
+        children = {int(pid) for pid, ppid, _ in rows if int(ppid) in family}
+        grew = not children <= family
+        family |= children
+    return [int(pid) for pid, _, args in rows if int(pid) in family and args.startswith("ray::ServeReplica:")]
 
 
 @pytest.fixture(scope="module")  # module scope: never two Ray instances at once on the test machine

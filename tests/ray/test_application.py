@@ -10,7 +10,7 @@ import yaml
 
 from squeezer.config import ConfigError
 from squeezer.ray_serve import app_builder
-from squeezer.ray_serve.application import config_from_args
+from squeezer.ray_serve.application import config_from_args, deployment_options
 
 pytestmark = pytest.mark.ray
 
@@ -41,3 +41,17 @@ def test_args_are_checked_like_flags() -> None:
         config_from_args({"autoscale": "4:1"})
     specs, config = config_from_args({"models": "a=/x b=/y", "replicas": 3})
     assert specs == ["a=/x", "b=/y"] and config.cluster.replicas == 3
+
+
+def test_autoscaling_delays_and_window_reach_ray() -> None:
+    """Ray's own defaults unless set; a short window also makes replicas report sooner (a third of it)."""
+    _, default = config_from_args({"autoscale": "1:2"})
+    scaling = deployment_options(default)["autoscaling_config"]
+    assert (scaling["upscale_delay_s"], scaling["downscale_delay_s"], scaling["look_back_period_s"]) == (30, 600, 30)
+    assert scaling["metrics_interval_s"] == 10  # Ray's default: no deprecated setting passed on
+    _, quick = config_from_args({"autoscale": "1:2", "upscale_delay": 1, "downscale_delay": 2, "autoscale_window": 3})
+    scaling = deployment_options(quick)["autoscaling_config"]
+    assert (scaling["upscale_delay_s"], scaling["downscale_delay_s"], scaling["look_back_period_s"]) == (1, 2, 3)
+    assert scaling["metrics_interval_s"] == 1
+    with pytest.raises(ConfigError, match="--downscale-delay"):
+        config_from_args({"downscale_delay": -1})

@@ -6,15 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import time
 
 import httpx
 import pytest
 
 from squeezer.ray_serve.replica import REPLICA_HEADER
-from squeezer.testing.server import ServerProcess
 from tests.helpers import until
+from tests.ray.conftest import replica_pids
 
 pytestmark = pytest.mark.ray
 
@@ -22,18 +21,6 @@ KEY = "ray-test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 NO_SPECIALS = {str(i): -100 for i in range(5)}  # only the token budget ends a generation
 BODY = {"inputs": "Hello there, how are", "stream": True, "parameters": {"max_new_tokens": 200, "logit_bias": NO_SPECIALS}}
-
-
-def replica_pids(server: ServerProcess) -> list[int]:
-    """The server's Ray Serve replica processes: its descendants that Ray names `ray::ServeReplica:...`."""
-    table = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
-    rows = [line.split(None, 2) for line in table.splitlines() if len(line.split(None, 2)) == 3]
-    family, grew = {server.proc.pid}, True
-    while grew:
-        children = {int(pid) for pid, ppid, _ in rows if int(ppid) in family}
-        grew = not children <= family
-        family |= children
-    return [int(pid) for pid, _, args in rows if int(pid) in family and args.startswith("ray::ServeReplica:")]
 
 
 async def generate(client: httpx.AsyncClient, started: asyncio.Queue[str]) -> tuple[str, int | None]:
