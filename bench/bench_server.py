@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from squeezer.benchmark import ceiling
-from squeezer.benchmark.ladder import Baseline
 from squeezer.benchmark.load import drive
+from squeezer.benchmark.rungs import Baseline
 from squeezer.benchmark.workloads import sentences
 from squeezer.sources import DEFAULT_MODEL_SPEC
 from squeezer.testing.server import ServerProcess

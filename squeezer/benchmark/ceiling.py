@@ -3,17 +3,14 @@ length-sorted batches of 32, pre-tokenized, no HTTP or JSON, so a reader sees ho
 
 Measured for the model as loaded (PyTorch) and for the artifact `optimize` chooses here, each with one batch at
 a time on every core and with one batch per core at once (the backend's instances), the fastest counting. The
-artifact comes from `squeezer optimize` run as a command (its cache answers at once after the optimized rung),
-so the benchmark, like serving, never imports the compiler.
+artifact is the one the compiled rungs use (squeezer.benchmark.artifacts), so the benchmark never imports the
+compiler.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 BATCH = 32
@@ -41,14 +38,6 @@ def ceiling(spec: str, texts: list[str], instances: int, batch: int = BATCH) -> 
     finally:
         model.close()
     return len(encoded) / seconds
-
-
-def chosen_artifact(spec: str, out: Path, log: Path) -> str | None:
-    """The artifact `squeezer optimize` chooses for `spec` on this machine, written to `out` (None if it failed)."""
-    cmd = [sys.executable, "-m", "squeezer.cli", "optimize", spec, "--out", str(out), "--quiet"]
-    with log.open("w") as sink:
-        done = subprocess.run(cmd, stdout=sink, stderr=subprocess.STDOUT)
-    return str(out) if done.returncode == 0 else None
 
 
 def best_ceiling(runtimes: dict[str, str], texts: list[str]) -> dict[str, Any]:

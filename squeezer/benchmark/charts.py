@@ -1,6 +1,7 @@
 """The bench's PNG charts, drawn headless with matplotlib (the `bench` extra): per workload, the ladder as bars
-with each rung's speed-up over out-of-the-box written on it (the ceiling as a line where there is one), and
-latency against throughput per rung across the concurrency sweep."""
+(each a median, its rounds' min and max as an error bar) with each rung's speed-up over out-of-the-box written on
+it (the ceiling as a line where there is one), and latency against throughput per rung across the concurrency
+sweep."""
 
 from __future__ import annotations
 
@@ -42,6 +43,12 @@ def _rate(m: dict[str, Any]) -> float:
     return m["tokens_per_s"] if m.get("tokens_per_s") is not None else m["items_per_s"]
 
 
+def _spread(m: dict[str, Any]) -> tuple[float, float]:
+    """How far the rate's smallest and largest rounds lie below and above its median (0 for one round)."""
+    key = "tokens_per_s" if m.get("tokens_per_s") is not None else "items_per_s"
+    return m[key] - m.get("min", {}).get(key, m[key]), m.get("max", {}).get(key, m[key]) - m[key]
+
+
 def _ladder(plt: Any, results: dict[str, Any], name: str) -> Any:
     """Grouped bars: a group per rung, a bar per concurrency, each with its speed-up over out-of-the-box at the
     same concurrency (so no bar is compared with another load)."""
@@ -53,7 +60,9 @@ def _ladder(plt: Any, results: dict[str, Any], name: str) -> Any:
     figure, axes = plt.subplots(figsize=(9, 4.8))
     for k, clients in enumerate(sweep):
         at = [(i, r["results"][name][clients]) for i, r in enumerate(rungs) if clients in r["results"][name]]
+        spread = [_spread(m) for _, m in at]
         drawn = axes.bar([i + (k - (len(sweep) - 1) / 2) * width for i, _ in at], [_rate(m) for _, m in at], width,
+                         yerr=[[low for low, _ in spread], [high for _, high in spread]], capsize=2,
                          label=f"{clients} clients")
         for bar, (_, m) in zip(drawn, at):
             if m.get("speedup"):

@@ -11,15 +11,17 @@ from typing import Any
 
 from squeezer.sources import DEFAULT_MODEL_SPEC
 
-QUICK = {"concurrency": [4], "duration": 3.0}  # and the model's first workload
+QUICK = {"concurrency": [4], "duration": 3.0, "rounds": 1}  # and the model's first workload
+ROUNDS = 3  # the fewest whose median one outlying round cannot drag off; each round adds a whole sweep's time
 
 
 def add_bench_parser(commands: Any) -> None:
     from squeezer.benchmark.workloads import WORKLOADS
 
     bench = commands.add_parser("bench", help="Measure the speed-up ladder on this machine.",
-                                description="Each rung (out of the box, squeezer on PyTorch, squeezer optimized) served "
-                                "in turn and driven by the same load; answers checked against the first rung's.")
+                                description="Each rung (out of the box, squeezer on PyTorch, the compiled fp32 graph, "
+                                "squeezer optimized, the runner-up runtime) served at once and driven by the same load "
+                                "in interleaved rounds; answers checked against the first rung's.")
     bench.add_argument("model", nargs="?", default=DEFAULT_MODEL_SPEC.split("=", 1)[1], metavar="MODEL",
                        help="SOURCE to benchmark (default: the packaged all-MiniLM-L6-v2)")
     bench.add_argument("--workload", action="append", choices=sorted(WORKLOADS),
@@ -27,9 +29,12 @@ def add_bench_parser(commands: Any) -> None:
     bench.add_argument("--concurrency", action="append", type=int,
                        help="clients; repeatable (default: 1, 4, 16, 64; chat: 1, 16)")
     bench.add_argument("--duration", type=float, default=10.0, help="seconds of load per figure (default 10)")
+    bench.add_argument("--rounds", type=int, default=None, metavar="N",
+                       help=f"rounds per figure, interleaved across rungs (A, B, C, A, B, C, ...); each figure is their "
+                       f"median, with min and max (default {ROUNDS}; --quick: {QUICK['rounds']})")
     bench.add_argument("--out", default="bench-results", help="folder for results.json and report.md")
     bench.add_argument("--quick", action="store_true",
-                       help="the model's first workload at 4 clients for 3 s per rung (a smoke run)")
+                       help="the model's first workload at 4 clients for 3 s per rung, one round (a smoke run)")
     bench.set_defaults(handler=run_bench)
 
 
@@ -42,12 +47,13 @@ def run_bench(args: argparse.Namespace) -> int:
     workloads = fitting(model_task(args.model))[:1] if args.quick else args.workload
     concurrency = QUICK["concurrency"] if args.quick else args.concurrency
     duration = QUICK["duration"] if args.quick else args.duration
+    rounds = args.rounds if args.rounds is not None else QUICK["rounds"] if args.quick else ROUNDS
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as logs:
         try:
             results = run(args.model, workloads, concurrency, duration, Path(logs),  # type: ignore[arg-type]
-                          lambda message: print(f"squeezer bench: {message}", file=sys.stderr, flush=True))
+                          lambda message: print(f"squeezer bench: {message}", file=sys.stderr, flush=True), rounds)
         except ValueError as exc:
             print(f"squeezer bench: {exc}", file=sys.stderr)
             return 2

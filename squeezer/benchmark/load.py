@@ -2,6 +2,8 @@
 itself), else a Python closed loop, named in the results so a reader knows which figures to trust.
 
 Every client sends the next body as soon as its answer arrives; only 2xx answers count, errors are reported.
+The load generator shares the machine with the server, so each figure carries the CPU it took itself (wrk's from
+its rusage, the Python client's as this process's CPU time), in cores: a reader sees what the server was left.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,9 +47,23 @@ class Measured:
     tokens_per_s: float | None = None  # generation only: new tokens per second, all streams together
     stream_tokens_per_s: float | None = None  # generation only: median of each answer's own decode rate
     ttft_p50_ms: float | None = None  # generation only: time to the first token (the whole answer when unstreamed)
+    loadgen_cpu_s: float | None = None  # CPU seconds the load generator itself used (user + system)
+    loadgen_cores: float | None = None  # the same over the run's wall time: cores it kept busy on average
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def own_cpu(run: Callable[[], Measured]) -> Measured:
+    """`run()` (a load generator in this process) with the CPU this process spent meanwhile, every thread's."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    measured = run()
+    return charged(measured, time.process_time() - cpu, time.perf_counter() - wall)
+
+
+def charged(measured: Measured, cpu_s: float, wall_s: float) -> Measured:
+    """`measured` with the load generator's CPU: seconds, and cores kept busy over `wall_s`."""
+    return replace(measured, loadgen_cpu_s=cpu_s, loadgen_cores=cpu_s / wall_s if wall_s > 0 else None)
 
 
 def drive(url: str, path: str, bodies: list[dict[str, Any]], clients: int, seconds: float, light: bool = True) -> Measured:
@@ -59,7 +75,7 @@ def drive(url: str, path: str, bodies: list[dict[str, Any]], clients: int, secon
     """
     if light and shutil.which("wrk"):
         return _wrk(url, path, bodies, clients, seconds)
-    return asyncio.run(_python(url, path, bodies, clients, seconds))
+    return own_cpu(lambda: asyncio.run(_python(url, path, bodies, clients, seconds)))
 
 
 def _wrk(url: str, path: str, bodies: list[dict[str, Any]], clients: int, seconds: float) -> Measured:
@@ -68,14 +84,28 @@ def _wrk(url: str, path: str, bodies: list[dict[str, Any]], clients: int, second
         script.write_text(WRK_SCRIPT)
         lines.write_text("\n".join(json.dumps(b) for b in bodies) + "\n")
         cmd = ["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "60s", "-s", str(script), url]
-        out = subprocess.run(cmd, env={**os.environ, "BODIES": str(lines), "TARGET_PATH": path}, capture_output=True,
-                             text=True, check=True).stdout
+        out, cpu_s, wall_s = run_counted(cmd, {**os.environ, "BODIES": str(lines), "TARGET_PATH": path})
     found = dict(re.findall(r"^\s+(50|90|99)%\s+([\d.]+\w+)", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     total = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
     failed = int(errors.group(1)) if errors else 0
     requests, spent = (int(total.group(1)), _ms(total.group(2) + total.group(3)) / 1000) if total else (0, seconds)
-    return Measured((requests - failed) / spent, *(_ms(found.get(k, "0ms")) for k in ("50", "90", "99")), failed, "wrk")
+    measured = Measured((requests - failed) / spent, *(_ms(found.get(k, "0ms")) for k in ("50", "90", "99")), failed, "wrk")
+    return charged(measured, cpu_s, wall_s)
+
+
+def run_counted(cmd: list[str], env: dict[str, str]) -> tuple[str, float, float]:
+    """Run `cmd` to its end: (its stdout, the CPU seconds it used, wall seconds). Reaped with os.wait4, which
+    gives that one child's rusage: a delta of RUSAGE_CHILDREN would also take in any other child reaped meanwhile."""
+    wall = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = proc.stdout.read()  # type: ignore[union-attr]  # to EOF: wrk has exited or is exiting
+    proc.stdout.close()  # type: ignore[union-attr]
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, out)
+    return out, usage.ru_utime + usage.ru_stime, time.perf_counter() - wall
 
 
 def _ms(value: str) -> float:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from squeezer.benchmark.load import Measured, closed_loop
+from squeezer.benchmark.load import Measured, closed_loop, own_cpu
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ async def ask(http: Any, path: str, body: dict[str, Any]) -> Answer | None:
 
 
 def drive_chat(url: str, path: str, bodies: list[dict[str, Any]], clients: int, seconds: float) -> Measured:
-    """`clients` concurrent chat clients for `seconds` (each finishing what it began)."""
-    return asyncio.run(_drive(url, path, bodies, clients, seconds))
+    """`clients` concurrent chat clients for `seconds` (each finishing what it began), with the CPU they took."""
+    return own_cpu(lambda: asyncio.run(_drive(url, path, bodies, clients, seconds)))
 
 
 async def _drive(url: str, path: str, bodies: list[dict[str, Any]], clients: int, seconds: float) -> Measured:

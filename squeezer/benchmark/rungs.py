@@ -1,0 +1,142 @@
+"""The ladder's rungs, as data: each a real server process, started the way a user would start it.
+
+(a0) for generation, `generate` without its KV cache, at one client (the naive baseline); (a) out of the box:
+FastAPI calling SentenceTransformer.encode, the transformers pipeline or `generate` per request; (b) squeezer on
+PyTorch: dynamic or continuous batching, cached tokenization, no compile; for encoders (c) squeezer serving the
+plain fp32 ONNX graph, which separates what the export alone gives from what fusion and quantization add;
+(d) squeezer serving what `optimize` chooses on this machine, and for encoders (d') the runner-up: the fastest
+candidate on another runtime, what a machine without the winner's runtime would serve.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from squeezer.artifact import read_report
+from squeezer.benchmark.artifacts import Unavailable, build, runner_up
+from squeezer.sources import resolve
+from squeezer.testing.server import ServerProcess, free_port
+
+REFERENCE = "out-of-the-box"
+ENCODERS, GENERATION = frozenset({"encoder"}), frozenset({"generation"})
+EVERY_KIND = ENCODERS | GENERATION
+
+
+class Baseline:
+    """Rungs (a) and (a0): the out-of-the-box app under uvicorn, on the model's files."""
+
+    def __init__(self, spec: str, task: str, logs: Path, cache: bool = True) -> None:
+        source = resolve(spec)
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.probe = ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}) \
+            if task == "text-generation" else ("/models/bench", {"inputs": "ready?"})
+        env = {**os.environ, "BASELINE_MODEL": str(source.path), "BASELINE_GGUF": source.gguf_file or "",
+               "BASELINE_TASK": task, "BASELINE_NO_CACHE": "0" if cache else "1", "HF_HUB_OFFLINE": "1"}
+        cmd = [sys.executable, "-m", "uvicorn", "squeezer.benchmark.baseline:app", "--port", self.url.rsplit(":", 1)[1],
+               "--log-level", "warning"]
+        self._log = (logs / f"baseline-{'cached' if cache else 'naive'}.log").open("w")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the baseline app exited with {self.proc.returncode} (see {self._log.name})")
+            try:
+                status = httpx.post(self.url + self.probe[0], json=self.probe[1], timeout=60).status_code
+            except httpx.HTTPError:
+                time.sleep(0.3)
+                continue
+            if status != 200:
+                raise RuntimeError(f"the baseline app answered {status} (see {self._log.name})")
+            return
+        raise TimeoutError("the baseline app did not start")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL: uvicorn drains what it accepted, and after a heavy sweep the out-of-the-box app
+        may hold minutes of queued requests that wrk has long given up on."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(30)
+        self._log.close()
+
+
+def serving(artifact: str) -> str:
+    """What an artifact serves, for the results: its recipe and the runtime that runs it."""
+    report = read_report(artifact)
+    return f"{report['chosen']} on {report['graph'].get('runtime', 'onnxruntime')}"
+
+
+class Optimized(ServerProcess):
+    """`squeezer serve --optimize`, as a user starts it; `facts`, read once it is up, names the artifact it serves
+    (the one `squeezer optimize` then answers from its cache)."""
+
+    def __init__(self, spec: str, logs: Path) -> None:
+        self.spec, self.logs = spec, logs
+        super().__init__([f"bench={spec}", "--optimize", "--log-level", "warning"], logs)
+
+    @property
+    def facts(self) -> dict[str, str]:
+        try:
+            return {"serves": serving(build(self.spec, self.logs))}
+        except Unavailable:  # a causal LM the decoder graph cannot express: served on PyTorch, nothing to name
+            return {}
+
+
+class Compiled(ServerProcess):
+    """squeezer serving one artifact `optimize` built from a single recipe, the one `pick` names; `facts` says
+    which, for the results. Building may raise artifacts.Unavailable: the rung is then reported skipped."""
+
+    def __init__(self, spec: str, logs: Path, pick: Callable[[str, Path], tuple[str, str]]) -> None:
+        recipe, why = pick(spec, logs)
+        artifact = build(spec, logs, recipe)
+        self.facts = {"serves": serving(artifact) + why}
+        super().__init__([f"bench={artifact}", "--log-level", "warning"], logs)
+
+
+def plain_fp32(spec: str, logs: Path) -> tuple[str, str]:
+    """The exported graph as it is: no fusion, no quantization."""
+    return "fp32", ""
+
+
+def second_runtime(spec: str, logs: Path) -> tuple[str, str]:
+    """The fastest passed candidate on another runtime than the chosen artifact's (its report has them all)."""
+    chosen = build(spec, logs)
+    found = runner_up(chosen)
+    return found["name"], f" ({found['speedup']:.2f}x PyTorch in optimize's timing; it chose {serving(chosen)})"
+
+
+@dataclass(frozen=True)
+class Rung:
+    name: str
+    description: str
+    start: Callable[[str, str, Path], Any]  # (model spec, task, log folder) -> a server with url, wait_ready(), stop()
+    kinds: frozenset[str] = EVERY_KIND  # the workloads it runs: "encoder", "generation"
+    max_clients: int | None = None  # the naive rung runs at one client: more would take hours, and say nothing new
+
+
+RUNGS = (
+    Rung("naive-pipeline", "transformers generate without its KV cache, per request",
+         lambda spec, task, logs: Baseline(spec, task, logs, cache=False), GENERATION, max_clients=1),
+    Rung(REFERENCE, "FastAPI calling the model per request", Baseline),
+    Rung("squeezer-pytorch", "squeezer on PyTorch (batching, no compile)",
+         lambda spec, task, logs: ServerProcess([f"bench={spec}", "--log-level", "warning"], logs)),
+    Rung("squeezer-compiled-fp32", "squeezer serving the plain fp32 ONNX export (`optimize --recipes fp32`)",
+         lambda spec, task, logs: Compiled(spec, logs, plain_fp32), ENCODERS),
+    Rung("squeezer-optimized", "squeezer serving what `optimize` chose here",
+         lambda spec, task, logs: Optimized(spec, logs)),
+    Rung("squeezer-runner-up", "squeezer serving the fastest passed candidate on another runtime than optimize's choice",
+         lambda spec, task, logs: Compiled(spec, logs, second_runtime), ENCODERS),
+)
