@@ -1,7 +1,9 @@
 """`serve --optimize`: the compiler's step above the loader, handed to the engine by the CLI.
 
 Serving code never imports the compiler: `squeezer serve --optimize` passes `optimizer(model_config)` to the
-engine as its `prepare` step, which the registry runs in the loading thread before a model loads.
+engine as its `prepare` step, which the registry runs in the loading thread before a model loads (or, for the
+background compile, on a thread of its own while the model serves). The compile itself runs in a child process
+(`squeezer.compiler.isolated`): its memory goes back to the system when it ends, and if it dies the server does not.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from squeezer.compiler.cache import default_dir
 from squeezer.compiler.config import OptimizeConfig
+from squeezer.compiler.isolated import run_isolated
 from squeezer.config import ModelConfig
 from squeezer.sources import ModelSource
 
@@ -26,20 +29,28 @@ def optimized_source(source: ModelSource, model_config: ModelConfig) -> ModelSou
     A causal LM the decoder graph cannot express keeps serving on the torch reference (with a warning that
     says why), since generation works there; any other failure fails the model's load.
     """
-    from squeezer.compiler.optimize import optimize
-    from squeezer.compiler.optimize_decoder import UnsupportedModelError
-
     config = OptimizeConfig(task=model_config.task, profile=model_config.optimize_profile,
                             allow_pickle=model_config.allow_pickle, trust_remote_code=model_config.trust_remote_code)
     name = str(source.path / source.gguf_file) if source.gguf_file else str(source.path)
     key = f"{name}\0{config.profile}"  # one served artifact per source and profile
     out = default_dir() / "served" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    try:
-        report = optimize(source, out, config)
-    except UnsupportedModelError as exc:
-        log.warning("%s; serving it on the float32 torch reference instead", exc)
+    built, unsupported = run_isolated(compile_into, source, out, config)
+    if unsupported:
+        log.warning("%s; serving it on the float32 torch reference instead", unsupported)
         return source
-    return ModelSource(source.model_id, Path(report.path), artifact=True)
+    return ModelSource(source.model_id, built, artifact=True)
+
+
+def compile_into(source: ModelSource, out: Path, config: OptimizeConfig) -> tuple[Path, str | None]:
+    """The compile, as the child process runs it: the artifact's folder, or why the decoder graph cannot express
+    the model (then the model serves on the torch reference; every other failure is raised)."""
+    from squeezer.compiler.optimize import optimize
+    from squeezer.compiler.optimize_decoder import UnsupportedModelError
+
+    try:
+        return Path(optimize(source, out, config).path), None
+    except UnsupportedModelError as exc:
+        return out, str(exc)
 
 
 def optimizer(model_config: ModelConfig) -> Callable[[ModelSource], ModelSource]:
