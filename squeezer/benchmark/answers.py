@@ -14,12 +14,14 @@ from squeezer.benchmark.streams import ask
 from squeezer.benchmark.workloads import Workload
 
 
-def collect(url: str, workload: Workload, bodies: list[dict[str, Any]]) -> list[Any]:
-    """The answers to `bodies`, one request at a time (a failed request answers None)."""
+def collect(url: str, workload: Workload, bodies: list[dict[str, Any]], path: str | None = None) -> list[Any]:
+    """The answers to `bodies`, one request at a time, posted to `path` (a peer's route; default the workload's);
+    a failed request answers None."""
+    path = path or workload.path
     if workload.generates:
-        return asyncio.run(_chats(url, workload.path, bodies))
+        return asyncio.run(_chats(url, path, bodies))
     with httpx.Client(base_url=url, timeout=600) as http:
-        return [r.json() if r.status_code == 200 else None for r in (http.post(workload.path, json=b) for b in bodies)]
+        return [r.json() if r.status_code == 200 else None for r in (http.post(path, json=b) for b in bodies)]
 
 
 async def _chats(url: str, path: str, bodies: list[dict[str, Any]]) -> list[str | None]:

@@ -1,7 +1,8 @@
 """The bench's PNG charts, drawn headless with matplotlib (the `bench` extra): per workload, the ladder as bars
 (each a median, its rounds' min and max as an error bar) with each rung's speed-up over out-of-the-box written on
 it (the ceiling as a line where there is one), and latency against throughput per rung across the concurrency
-sweep."""
+sweep. The peers driven in the run stand beside squeezer's rungs in both, marked as peers (hatched bars, dashed
+lines)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ def draw(results: dict[str, Any], out: Path) -> list[Path]:
     return written
 
 
+def _label(rung: dict[str, Any], sep: str = "\n") -> str:
+    return f"{rung['name']}{sep}(peer)" if rung.get("peer") else rung["name"]
+
+
 def _rate(m: dict[str, Any]) -> float:
     return m["tokens_per_s"] if m.get("tokens_per_s") is not None else m["items_per_s"]
 
@@ -64,7 +69,9 @@ def _ladder(plt: Any, results: dict[str, Any], name: str) -> Any:
         drawn = axes.bar([i + (k - (len(sweep) - 1) / 2) * width for i, _ in at], [_rate(m) for _, m in at], width,
                          yerr=[[low for low, _ in spread], [high for _, high in spread]], capsize=2,
                          label=f"{clients} clients")
-        for bar, (_, m) in zip(drawn, at):
+        for bar, (i, m) in zip(drawn, at):
+            if rungs[i].get("peer"):
+                bar.set_hatch("//")
             if m.get("speedup"):
                 axes.annotate(f"{m['speedup']:.1f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
                               va="bottom", fontsize=8)
@@ -72,7 +79,7 @@ def _ladder(plt: Any, results: dict[str, Any], name: str) -> Any:
     if ceiling:
         axes.axhline(ceiling["items_per_s"], color="#c44e52", linestyle="--", label=f"in-process ceiling ({ceiling['runtime']})")
     unit = "tokens/s" if rungs[0]["results"][name][sweep[0]].get("tokens_per_s") is not None else "items/s"
-    axes.set_xticks(range(len(rungs)), [r["name"] for r in rungs])
+    axes.set_xticks(range(len(rungs)), [_label(r) for r in rungs])
     axes.set(title=f"{name}: the ladder on {results['hardware'].get('cpu', {}).get('model')} (x: over out-of-the-box)",
              ylabel=unit)
     axes.legend(loc="upper left", fontsize=8)
@@ -80,14 +87,14 @@ def _ladder(plt: Any, results: dict[str, Any], name: str) -> Any:
 
 
 def _curve(plt: Any, results: dict[str, Any], name: str) -> Any:
-    lines = [(r["name"], sorted(r["results"].get(name, {}).items(), key=lambda kv: int(kv[0]))) for r in results["rungs"]]
+    lines = [(r, sorted(r["results"].get(name, {}).items(), key=lambda kv: int(kv[0]))) for r in results["rungs"]]
     lines = [(rung, points) for rung, points in lines if points]
     if not lines:
         return None
     figure, axes = plt.subplots(figsize=(8, 4.5))
     for rung, points in lines:
         xs, ys = [_rate(m) for _, m in points], [m["p50_ms"] for _, m in points]
-        axes.plot(xs, ys, marker="o", label=rung)
+        axes.plot(xs, ys, marker="o", label=_label(rung, " "), linestyle="--" if rung.get("peer") else "-")
         for (clients, _), x, y in zip(points, xs, ys):
             axes.annotate(clients, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     unit = "tokens/s" if lines[0][1][0][1].get("tokens_per_s") is not None else "items/s"

@@ -6,7 +6,8 @@ collected; then, per workload and concurrency, the rungs are measured round-robi
 compared with the out-of-the-box rung's, warm-up is excluded for every rung alike, and each figure is given as
 the median of its rounds with their min and max, with its speed-up over the out-of-the-box rung and over the rung
 before it, taken round by round. Where memory cannot hold every server at once (squeezer.benchmark.memory), the
-rungs are measured in groups that fit, each group interleaved within itself, and the results say which.
+rungs are measured in groups that fit, each group interleaved within itself, and the results say which. The
+peers driven in this run (squeezer.benchmark.peers) come last, measured in the same rounds through their own routes.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from squeezer.benchmark.artifacts import Unavailable, chosen_artifact
 from squeezer.benchmark.ceiling import best_ceiling
 from squeezer.benchmark.load import drive
 from squeezer.benchmark.memory import room_for_another
-from squeezer.benchmark.peers import peer_status
+from squeezer.benchmark.peers import plan
 from squeezer.benchmark.rounds import paired, summary
-from squeezer.benchmark.rungs import REFERENCE, RUNGS, Rung
+from squeezer.benchmark.routes import Route, native
+from squeezer.benchmark.rungs import BEST, REFERENCE, RUNGS, Rung, peer_rungs
 from squeezer.benchmark.streams import drive_chat
 from squeezer.benchmark.workloads import WORKLOADS, Workload, fitting
 from squeezer.detect import configured_task
@@ -34,14 +36,21 @@ Held = tuple[Rung, dict[str, Any], Any]  # a rung whose server is up: the rung, 
 Progress = Callable[[str], None]
 
 
+def route(server: Any, workload: Workload) -> Route:
+    """How `workload` reaches `server`: a peer's own route, else the workload's as it is."""
+    return server.route(workload) if hasattr(server, "route") else native(workload)
+
+
 def measure(server: Any, workload: Workload, bodies: list[dict[str, Any]], clients: int, seconds: float) -> dict[str, Any]:
     """One figure; then one more request, answered before the next figure starts, so requests a load generator
     gave up on (the out-of-the-box app computes them anyway) do not weigh on the next one."""
+    way = route(server, workload)
+    sent = way.bodies(bodies)
     if workload.generates:
-        measured = drive_chat(server.url, workload.path, bodies, clients, seconds).as_dict()
+        measured = drive_chat(server.url, way.path, sent, clients, seconds).as_dict()
     else:
-        measured = drive(server.url, workload.path, bodies, clients, seconds, light=workload.per_request == 1).as_dict()
-    collect(server.url, workload, bodies[:1])
+        measured = drive(server.url, way.path, sent, clients, seconds, light=workload.per_request == 1).as_dict()
+    collect(server.url, workload, sent[:1], way.path)
     return {**measured, "items_per_s": measured["rps"] * workload.per_request}
 
 
@@ -50,6 +59,8 @@ def start(rung: Rung, spec: str, task: str, chosen: list[Workload], bodies: dict
     """Start one rung's server and collect its answers to the checked requests; (its record, the server, or None
     where the rung cannot run here: the record then says why)."""
     record: dict[str, Any] = {"name": rung.name, "description": rung.description, "results": {}, "answers": {}}
+    if rung.peer:
+        record["peer"] = True
     progress(f"{rung.name}: starting")
     try:
         server = rung.start(spec, task, logs)
@@ -59,8 +70,17 @@ def start(rung: Rung, spec: str, task: str, chosen: list[Workload], bodies: dict
     try:
         server.wait_ready(1800)
         record.update(getattr(server, "facts", {}))
+        if any(w.generates for w in chosen):
+            record["prompt_cache"] = rung.prompt_cache(server.url)
         for w in chosen:
-            record["answers"][w.name] = collect(server.url, w, bodies[w.name][:w.checked])
+            if rung.runs(w):
+                way = route(server, w)
+                answers = collect(server.url, w, way.bodies(bodies[w.name][:w.checked]), way.path)
+                record["answers"][w.name] = [None if a is None else way.answer(a) for a in answers]
+    except Unavailable as exc:  # a peer that exits or never answers: reported skipped, the run goes on
+        server.stop()
+        progress(f"{rung.name}: skipped: {exc}")
+        return {**record, "skipped": str(exc)}, None
     except BaseException:
         server.stop()
         raise
@@ -75,10 +95,10 @@ def sweep(held: list[Held], chosen: list[Workload], sweeps: dict[str, list[int]]
     for w in chosen:
         for rung, _, server in held:
             clients = _clients(rung, sweeps[w.name])
-            if not w.generates and clients:
+            if not w.generates and clients and rung.runs(w):
                 measure(server, w, bodies[w.name], max(clients), min(3.0, duration))
         for clients in sweeps[w.name]:
-            takers = [h for h in held if clients in _clients(h[0], sweeps[w.name])]
+            takers = [h for h in held if clients in _clients(h[0], sweeps[w.name]) and h[0].runs(w)]
             for k in range(rounds):
                 for rung, record, server in takers:
                     progress(f"{rung.name}: {w.name} at {clients} clients for {duration:g}s (round {k + 1}/{rounds})")
@@ -127,21 +147,36 @@ def climb(rungs: list[Rung], spec: str, task: str, chosen: list[Workload], sweep
 
 def compare(rungs: list[dict[str, Any]], chosen: list[Workload]) -> None:
     """Accuracy against the reference rung's answers; speed-ups over it and over the rung before, round by round
-    (each round's figure over the other rung's same round, measured moments apart)."""
+    (each round's figure over the other rung's same round, measured moments apart). A peer is no step of the
+    ladder: in place of "vs previous" each of its rounds has `squeezer_over`, squeezer's best rung over it."""
     reference = next(r for r in rungs if r["name"] == REFERENCE)
     for w in chosen:
         key = "tokens_per_s" if w.generates else "rps"
         before: dict[str, list[dict[str, Any]]] = {}
+        best = next((r for name in BEST for r in rungs if r["name"] == name and r["results"].get(w.name)), None)
         for record in rungs:
-            if "skipped" in record:
+            if "skipped" in record or w.name not in record["answers"]:
                 continue
             record.setdefault("accuracy", {})[w.name] = agreement(w, record["answers"][w.name], reference["answers"][w.name])
+            if record.get("peer"):
+                _against_squeezer(record, best, w.name, key)
             for clients, rounds in record["results"].get(w.name, {}).items():
                 base = reference["results"].get(w.name, {}).get(clients, [])
-                for one, over_base, over_before in zip(rounds, _ratios(rounds, base, key),
-                                                       _ratios(rounds, before.get(clients, []), key)):
+                previous = [] if record.get("peer") else before.get(clients, [])
+                for one, over_base, over_before in zip(rounds, _ratios(rounds, base, key), _ratios(rounds, previous, key)):
                     one["speedup"], one["vs_previous"] = over_base, over_before
-                before[clients] = rounds
+                if not record.get("peer"):
+                    before[clients] = rounds
+
+
+def _against_squeezer(peer: dict[str, Any], best: dict[str, Any] | None, name: str, key: str) -> None:
+    """Each of the peer's rounds gets `squeezer_over`: squeezer's best rung over the peer in the same round."""
+    if best is None:
+        return
+    peer.setdefault("compared_with", {})[name] = best["name"]
+    for clients, rounds in peer["results"].get(name, {}).items():
+        for one, ratio in zip(rounds, _ratios(best["results"][name].get(clients, []), rounds, key)):
+            one["squeezer_over"] = ratio
 
 
 def _ratios(ours: list[dict[str, Any]], theirs: list[dict[str, Any]], key: str) -> list[float | None]:
@@ -150,13 +185,15 @@ def _ratios(ours: list[dict[str, Any]], theirs: list[dict[str, Any]], key: str) 
 
 
 def measure_ceilings(spec: str, chosen: list[Workload], rungs: list[dict[str, Any]], logs: Path,
-                     progress: Progress) -> dict[str, Any]:
-    """Each encoder workload's in-process ceiling (squeezer.benchmark.ceiling), and every round's share of it."""
+                     progress: Progress, compiled: bool = True) -> dict[str, Any]:
+    """Each encoder workload's in-process ceiling (squeezer.benchmark.ceiling), and every round's share of it; on
+    the artifact optimize chooses only where the run serves it (`compiled`: --rung may leave it out, and then
+    building it for the ceiling alone would cost the run its longest step)."""
     if not chosen:
         return {}
-    progress("the in-process ceiling: PyTorch and the artifact optimize chooses")
+    progress("the in-process ceiling: PyTorch" + (" and the artifact optimize chooses" if compiled else ""))
     runtimes = {"pytorch": spec}
-    artifact = chosen_artifact(spec, logs)
+    artifact = chosen_artifact(spec, logs) if compiled else None
     if artifact:
         runtimes["optimized"] = artifact
     found = {}
@@ -180,9 +217,11 @@ def model_task(spec: str) -> str:
 
 
 def run(spec: str, workloads: Sequence[str] | None, concurrency: Sequence[int] | None, duration: float, logs: Path,
-        progress: Progress = print, rounds: int = 1) -> dict[str, Any]:
-    """Every rung through every workload at every concurrency, `rounds` interleaved rounds each; the results as one
-    JSON-able record (each figure the median of its rounds, with "min", "max" and every round)."""
+        progress: Progress = print, rounds: int = 1, peers: dict[str, str] | None = None,
+        only: Sequence[str] | None = None) -> dict[str, Any]:
+    """Every rung (or those in `only`, and always the reference) and every peer found (`peers`: --peer's NAME to
+    PATH or COMMAND) through every workload at every concurrency, `rounds` interleaved rounds each; the results as
+    one JSON-able record (each figure the median of its rounds, with "min", "max" and every round)."""
     task = model_task(spec)
     fits = fitting(task)
     unfit = [name for name in workloads or [] if name not in fits]
@@ -193,14 +232,21 @@ def run(spec: str, workloads: Sequence[str] | None, concurrency: Sequence[int] |
     chosen = [WORKLOADS[name] for name in workloads or fits]
     sweeps = {w.name: list(concurrency or w.concurrency) for w in chosen}
     kinds = {"generation" if w.generates else "encoder" for w in chosen}
-    rungs, groups = climb([r for r in RUNGS if r.kinds & kinds], spec, task, chosen, sweeps, duration, rounds, logs,
-                          progress)
+    driven, found_peers = plan([w.name for w in chosen], peers or {})
+    ladder = [r for r in RUNGS if r.kinds & kinds and (not only or r.name in only or r.name == REFERENCE)]
+    rungs, groups = climb(ladder + peer_rungs(driven, chosen, sweeps), spec, task, chosen, sweeps, duration, rounds,
+                          logs, progress)
+    skipped = {r["name"]: r["skipped"] for r in rungs if r.get("peer") and "skipped" in r}
+    for peer in found_peers:  # driven, but it did not come up: the table's row and the peer's line say why
+        if peer["name"] in skipped:
+            peer.update(state="skipped", reason=f"{peer['reason']}; {skipped[peer['name']]}")
     compare(rungs, chosen)
-    ceilings = measure_ceilings(spec, [w for w in chosen if not w.generates], rungs, logs, progress)
+    ceilings = measure_ceilings(spec, [w for w in chosen if not w.generates], rungs, logs, progress,
+                                any(r.name == "squeezer-optimized" for r in ladder))
     for record in rungs:
         del record["answers"]  # compared; the vectors themselves are no figure
         for by_clients in record["results"].values():
             by_clients.update({clients: summary(found) for clients, found in by_clients.items()})
     return {"model": spec, "task": task, "workloads": {w.name: w.description for w in chosen}, "concurrency": sweeps,
             "duration_s": duration, "rounds": rounds, "measured_together": groups, "hardware": hardware_fingerprint(),
-            "rungs": rungs, "ceilings": ceilings, "peers": peer_status([w.name for w in chosen])}
+            "rungs": rungs, "ceilings": ceilings, "peers": found_peers}

@@ -143,9 +143,14 @@ async def closed_loop(url: str, bodies: list[dict[str, Any]], clients: int, seco
 
 
 async def _python(url: str, path: str, bodies: list[dict[str, Any]], clients: int, seconds: float) -> Measured:
+    import httpx
+
     async def post(http: Any, body: dict[str, Any]) -> float | None:
         start = time.perf_counter()
-        response = await http.post(path, json=body)
+        try:
+            response = await http.post(path, json=body)
+        except httpx.TransportError:  # a dropped connection is a failed request, counted beside the figure
+            return None
         return (time.perf_counter() - start) * 1000 if response.status_code < 300 else None
 
     latencies, errors, spent = await closed_loop(url, bodies, clients, seconds, post)

@@ -1,6 +1,8 @@
 """The bench's Markdown report (also what the command prints): the rungs, then one table per workload, rung by rung
 and concurrency by concurrency, each figure the median of its rounds with their min and max, the load generator's
-own CPU beside it; then the peers found or missing."""
+own CPU beside it, the peers driven in this run as rows beside squeezer's (with squeezer's best rung over each,
+round by round, under the table); then every peer's state: driven, missing (with how to install it) or not driven
+(and why)."""
 
 from __future__ import annotations
 
@@ -48,19 +50,41 @@ def _row(rung: dict[str, Any], name: str, clients: str, m: dict[str, Any], cores
 
 
 def _no_figures(rung: dict[str, Any], name: str, columns: int) -> str:
-    """A rung without figures for a workload: skipped (and why), or measured for its answers only."""
+    """A rung without figures for a workload: skipped (and why), not run (a peer without a route for it), or
+    measured for its answers only."""
     if "skipped" in rung:
         return f"| {rung['name']} | - | skipped: {rung['skipped']} |" + " |" * (columns - 3)
+    if name not in rung.get("accuracy", {}):
+        return f"| {rung['name']} | - | not run: no route for {name} |" + " |" * (columns - 3)
     cells = ["answers only"] + [""] * (columns - 6) + [_num(rung["accuracy"].get(name), 4), "", ""]
     return f"| {rung['name']} | - | " + " | ".join(cells) + " |"
+
+
+# What a rung's record may say of how it ran, in the order written: (its key, how it is written).
+FACTS = (("serves", "serves {}"), ("threads", "{} threads"), ("slots", "{} slots"), ("prompt_cache", "prompt cache: {}"),
+         ("command", "ran `{}`"), ("skipped", "skipped: {}"))
 
 
 def _rungs(results: dict[str, Any]) -> list[str]:
     lines = ["", "Rungs:"]
     for rung in results["rungs"]:
-        serves = f"; serves {rung['serves']}" if rung.get("serves") else ""
-        skipped = f"; skipped: {rung['skipped']}" if rung.get("skipped") else ""
-        lines.append(f"- {rung['name']}: {rung['description']}{serves}{skipped}")
+        facts = "".join(f"; {form.format(rung[key])}" for key, form in FACTS if rung.get(key) is not None)
+        lines.append(f"- {rung['name']}{' (peer)' if rung.get('peer') else ''}: {rung['description']}{facts}")
+    return lines
+
+
+def _against_peers(results: dict[str, Any], name: str, key: str) -> list[str]:
+    """Under a workload's table: squeezer's best rung over each peer, round by round, at each concurrency."""
+    lines = []
+    for rung in results["rungs"]:
+        best = rung.get("compared_with", {}).get(name)
+        if not best:
+            continue
+        at = [f"{figure(m, 'squeezer_over', RATIO)} at {clients} client{'' if clients == '1' else 's'}"
+              for clients, m in rung["results"].get(name, {}).items()
+              if m.get("squeezer_over") is not None]
+        if at:
+            lines.append(f"{best} over {rung['name']} ({key}, round by round): " + ", ".join(at) + ".")
     return lines
 
 
@@ -72,7 +96,8 @@ def _method(results: dict[str, Any]) -> str:
     spread = (f"{rounds} rounds interleaved across the rungs ({held}), each figure their median (min–max), speed-ups "
               "taken round by round" if rounds > 1 else "one round")
     return (f"{results['duration_s']:g} s per figure after a warm-up, {spread}; only successful answers counted; "
-            "loadgen CPU: the cores the load generator itself kept busy, of the machine's.")
+            "peers are measured in the same rounds by the same load generator, with the threads squeezer's backends "
+            "take; loadgen CPU: the cores the load generator itself kept busy, of the machine's.")
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -101,7 +126,9 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(_row(rung, name, clients, m, cores))
             if not rung["results"].get(name):
                 lines.append(_no_figures(rung, name, columns))
+        against = _against_peers(results, name, "tokens/s" if WORKLOADS[name].generates else "requests/s")
+        lines += ["", *against] if against else []
     if results.get("peers"):
-        lines += ["", "## Peers", "", "| peer | state | install |", "| --- | --- | --- |"]
-        lines += [f"| {p['name']} | {p['state']} | `{p['install']}` |" for p in results["peers"]]
+        lines += ["", "## Peers", "", "| peer | state | found, or why not | install |", "| --- | --- | --- | --- |"]
+        lines += [f"| {p['name']} | {p['state']} | {p.get('reason', '')} | `{p['install']}` |" for p in results["peers"]]
     return "\n".join(lines) + "\n"

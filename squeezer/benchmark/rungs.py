@@ -5,7 +5,9 @@ FastAPI calling SentenceTransformer.encode, the transformers pipeline or `genera
 PyTorch: dynamic or continuous batching, cached tokenization, no compile; for encoders (c) squeezer serving the
 plain fp32 ONNX graph, which separates what the export alone gives from what fusion and quantization add;
 (d) squeezer serving what `optimize` chooses on this machine, and for encoders (d') the runner-up: the fastest
-candidate on another runtime, what a machine without the winner's runtime would serve.
+candidate on another runtime, what a machine without the winner's runtime would serve. After them, each peer
+driven in this run (squeezer.benchmark.peers): a rung marked `peer`, measured and checked the same way, and set
+against squeezer's best rung rather than taken as a step of the ladder.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ import httpx
 
 from squeezer.artifact import read_report
 from squeezer.benchmark.artifacts import Unavailable, build, runner_up
+from squeezer.benchmark.peer_server import PeerServer
+from squeezer.benchmark.peers import Found
+from squeezer.benchmark.workloads import Workload
 from squeezer.sources import resolve
 from squeezer.testing.server import ServerProcess, free_port
 
@@ -118,6 +123,22 @@ def second_runtime(spec: str, logs: Path) -> tuple[str, str]:
     return found["name"], f" ({found['speedup']:.2f}x PyTorch in optimize's timing; it chose {serving(chosen)})"
 
 
+def prefix_cache(url: str) -> str:
+    """What a squeezer server reuses across chat requests, as its /models says (the prefix cache is sized per
+    model, and only compiled decoders have one)."""
+    try:
+        sizes = [m.get("prefix_cache_mb", 0) for m in httpx.get(url + "/models", timeout=30).json()]
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return "not known (/models did not say)"
+    if any(sizes):
+        return f"prefix cache, {max(sizes)} MiB (finished sequences' keys and values, reused by prompts that begin the same way)"
+    return "none (squeezer's prefix cache is for compiled decoders)"
+
+
+def no_cache(url: str) -> str:
+    return "none (`generate` runs every prompt whole)"
+
+
 @dataclass(frozen=True)
 class Rung:
     name: str
@@ -125,12 +146,20 @@ class Rung:
     start: Callable[[str, str, Path], Any]  # (model spec, task, log folder) -> a server with url, wait_ready(), stop()
     kinds: frozenset[str] = EVERY_KIND  # the workloads it runs: "encoder", "generation"
     max_clients: int | None = None  # the naive rung runs at one client: more would take hours, and say nothing new
+    prompt_cache: Callable[[str], str] = prefix_cache  # (its url) -> what it reuses across chat requests
+    workloads: frozenset[str] | None = None  # the workloads it runs, where not every one of its kinds (a peer's routes)
+    peer: bool = False  # another system beside squeezer's rungs, not a rung of its ladder
+
+    def runs(self, workload: Workload) -> bool:
+        """Whether this rung takes `workload`: of its kinds, and among its routes where it is a peer."""
+        return ("generation" if workload.generates else "encoder") in self.kinds and \
+            (self.workloads is None or workload.name in self.workloads)
 
 
 RUNGS = (
     Rung("naive-pipeline", "transformers generate without its KV cache, per request",
-         lambda spec, task, logs: Baseline(spec, task, logs, cache=False), GENERATION, max_clients=1),
-    Rung(REFERENCE, "FastAPI calling the model per request", Baseline),
+         lambda spec, task, logs: Baseline(spec, task, logs, cache=False), GENERATION, max_clients=1, prompt_cache=no_cache),
+    Rung(REFERENCE, "FastAPI calling the model per request", Baseline, prompt_cache=no_cache),
     Rung("squeezer-pytorch", "squeezer on PyTorch (batching, no compile)",
          lambda spec, task, logs: ServerProcess([f"bench={spec}", "--log-level", "warning"], logs)),
     Rung("squeezer-compiled-fp32", "squeezer serving the plain fp32 ONNX export (`optimize --recipes fp32`)",
@@ -140,3 +169,21 @@ RUNGS = (
     Rung("squeezer-runner-up", "squeezer serving the fastest passed candidate on another runtime than optimize's choice",
          lambda spec, task, logs: Compiled(spec, logs, second_runtime), ENCODERS),
 )
+# squeezer's rung each peer is set against ("squeezer over the peer"), the first of these that was measured
+BEST = ("squeezer-optimized", "squeezer-pytorch")
+
+
+def peer_rungs(driven: list[Found], workloads: list[Workload], sweeps: dict[str, list[int]]) -> list[Rung]:
+    """A rung for each peer driven in this run, on the workloads it has routes for; `slots` (llama.cpp's `-np`)
+    is the most clients its workloads' sweeps reach, so every client has its own slot at every level."""
+    rungs = []
+    for found in driven:
+        launch = found.peer.launch
+        assert launch is not None
+        runs = [w for w in workloads if w.name in found.routes([w.name])]
+        slots = max(c for w in runs for c in sweeps[w.name])
+        rungs.append(Rung(found.peer.name, launch.description + (f"; {launch.note}" if launch.note else ""),
+                          lambda spec, task, logs, found=found, slots=slots: PeerServer(found, spec, logs, slots),
+                          prompt_cache=lambda url, said=launch.prompt_cache: said,
+                          workloads=frozenset(w.name for w in runs), peer=True))
+    return rungs

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 from squeezer.benchmark.load import Measured, closed_loop, own_cpu
 
 
@@ -34,31 +36,54 @@ class Answer:
 
 
 async def ask(http: Any, path: str, body: dict[str, Any]) -> Answer | None:
-    """Post one chat request, streamed (SSE) or not (one JSON answer); None when it failed."""
+    """Post one chat request, streamed (SSE) or not (one JSON answer); None when it failed, the connection's
+    failures too (reported as an error beside the figure; the run goes on). A kept-alive connection the server
+    closed without answering (llama-server does, now and then) is sent again once on a new one, as HTTP clients
+    do (the OpenAI SDK among them): nothing was answered, so nothing is counted twice."""
     start = time.perf_counter()
+    for attempt in (1, 2):
+        try:
+            response = await http.send(http.build_request("POST", path, json=body), stream=True)
+        except httpx.RemoteProtocolError:
+            if attempt == 1:
+                continue
+            return None
+        except httpx.TransportError:
+            return None
+        try:
+            return await _read(response, start)
+        except httpx.TransportError:
+            return None
+        finally:
+            await response.aclose()
+    return None
+
+
+async def _read(response: Any, start: float) -> Answer | None:
+    """One answer, from the response's first byte to its end; None for an error status or an error event."""
     first: float | None = None
     text, tokens = [], 0
-    async with http.stream("POST", path, json=body) as response:
-        if response.status_code >= 300:
-            await response.aread()
+    if response.status_code >= 300:
+        await response.aread()
+        return None
+    if not response.headers.get("content-type", "").startswith("text/event-stream"):
+        answer = json.loads(await response.aread())
+        total = (time.perf_counter() - start) * 1000
+        return Answer(total, total, answer["usage"]["completion_tokens"], answer["choices"][0]["message"]["content"])
+    async for line in response.aiter_lines():
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        if "error" in chunk:
             return None
-        if not response.headers.get("content-type", "").startswith("text/event-stream"):
-            answer = json.loads(await response.aread())
-            total = (time.perf_counter() - start) * 1000
-            return Answer(total, total, answer["usage"]["completion_tokens"], answer["choices"][0]["message"]["content"])
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if "error" in chunk:
-                return None
-            for choice in chunk.get("choices", []):
-                if choice.get("delta", {}).get("content"):
-                    first = first or time.perf_counter()
-                    text.append(choice["delta"]["content"])
-            tokens = (chunk.get("usage") or {}).get("completion_tokens", tokens)
+        for choice in chunk.get("choices", []):
+            if choice.get("delta", {}).get("content"):
+                first = first or time.perf_counter()
+                text.append(choice["delta"]["content"])
+        tokens = (chunk.get("usage") or {}).get("completion_tokens", tokens)
     end = time.perf_counter()
-    return Answer((end - start) * 1000, ((first or end) - start) * 1000, tokens, "".join(text))
+    # a server that sends no usage in its stream (llama-cpp-python's) streams a token per chunk: count those
+    return Answer((end - start) * 1000, ((first or end) - start) * 1000, tokens or len(text), "".join(text))
 
 
 def drive_chat(url: str, path: str, bodies: list[dict[str, Any]], clients: int, seconds: float) -> Measured:

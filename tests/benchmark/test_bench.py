@@ -80,7 +80,7 @@ def test_bench_climbs_the_chat_ladder_with_structured_output(tiny_decoder_path, 
     for name in ("squeezer-pytorch", "squeezer-optimized"):  # a grammar: valid by construction
         assert rungs[name]["accuracy"]["chat-json"] == 1.0
     assert {p["name"] for p in results["peers"]} >= {"llama-server", "llama-cpp-python"}
-    assert all(p["state"] in ("missing", "installed; not driven by this version yet") for p in results["peers"])
+    assert all(p["state"] in ("missing", "not driven") for p in results["peers"]), results["peers"]  # none on PATH here
     assert "## chat-json" in done.stdout and "| llama-server |" in done.stdout
     assert all(png_size(out / f"{kind}-{w}.png") > (300, 200) for kind in ("ladder", "curve") for w in ("chat", "chat-json"))
 
