@@ -3,8 +3,8 @@
 Requests put typed work items (a feature, its arrival time, its future) on a bounded per-model queue. A
 worker thread (one per backend instance, see `Capabilities.instances`) takes what is waiting, groups it by
 length so similar lengths share a batch (less padding), cuts it to the token budget and batch size, and runs
-it, so the event loop keeps accepting and tokenizing while the model computes. When the model is idle a request runs at once; only while it is busy
-does a batch wait (at most `max_wait_ms`) for company.
+it, so the event loop keeps accepting and tokenizing while the model computes. When the model is idle a request runs at once; only right
+after a batch of several requests does a batch wait (at most `max_wait_ms`) for company.
 
 The worker forms its next batch itself, the moment the previous one returns, rather than handing control
 back to the event loop first: under load the loop is busy parsing and answering HTTP requests, and every
@@ -126,6 +126,7 @@ class Batcher:
         self._workers: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_batch_end = 0.0
+        self._last_batch_size = 0
         self._stopping = False
         self._closing = False
         self._in_flight = 0  # batches taken but not yet delivered: guarded by _ready
@@ -254,8 +255,11 @@ class Batcher:
             return batch, self._batches
 
     def _busy(self) -> bool:
-        """The model has just finished a batch, so more requests are likely on their way."""
-        return time.perf_counter() - self._last_batch_end < self._config.max_wait_ms / 1000
+        """The model has just finished a batch of several requests, so more are likely on their way. After a
+        batch of one, a closed-loop client sends its next request only once it has its answer: waiting for
+        company would only add the window to every answer (measured, MiniLM on PyTorch, one client, `squeezer
+        bench`: median 19.6 -> 16.1 ms, 49.4 -> 59.7 requests/s; the out-of-the-box app's 15.1 ms)."""
+        return self._last_batch_size > 1 and time.perf_counter() - self._last_batch_end < self._config.max_wait_ms / 1000
 
     def _execute(self, batch: list[WorkItem], number: int) -> None:
         if not batch:
@@ -275,7 +279,7 @@ class Batcher:
             assert self._loop is not None
             self._loop.call_soon_threadsafe(self._deliver, batch, stopped, start, stats, number)
             raise
-        self._last_batch_end = time.perf_counter()
+        self._last_batch_end, self._last_batch_size = time.perf_counter(), len(batch)
         stats = dataclasses.replace(stats, seconds=self._last_batch_end - start)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._deliver, batch, rows, start, stats, number)

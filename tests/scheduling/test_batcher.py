@@ -196,3 +196,32 @@ async def test_a_worker_killed_mid_forward_answers_everyone_and_then_refuses() -
     with pytest.raises(ModelNotReadyError, match="worker thread stopped"):
         await asyncio.wait_for(batcher.submit([feature(2)]), 1)
     await asyncio.wait_for(batcher.drain(), 5)  # nothing left behind for a drain to wait on
+
+
+async def test_only_a_batch_that_had_company_waits_for_more() -> None:
+    """The wait window is for load: after a batch of one, a lone closed-loop client's next request runs at once
+    (before, every one waited the whole window after the first); after a batch of several, a request waits for
+    company within the window and shares its batch with the one that comes."""
+    model = FakeModel()
+    batcher = await start(model, max_wait_ms=2000)
+    for n in range(1, 6):  # each would wait 2 s if the window applied: the 1.5 s bound fails it
+        done = await asyncio.wait_for(batcher.submit([feature(n)]), 1.5)
+        assert int(done.outputs[0]["sum"]) == n
+    assert [len(b) for b in model.batches] == [1] * 5
+
+    batcher = await start(model, max_wait_ms=500)
+    model.batches.clear()
+    model.gate.clear()
+    first = asyncio.ensure_future(batcher.submit([feature(2)]))
+    await until(lambda: model.calls == 6)
+    crowd = [asyncio.ensure_future(batcher.submit([feature(3)])) for _ in range(3)]
+    await until(lambda: batcher.depth == 3)
+    model.gate.set()
+    await asyncio.gather(first, *crowd)  # a batch of one, then the crowd of three together
+    lone = asyncio.ensure_future(batcher.submit([feature(4)]))
+    await asyncio.sleep(0.05)
+    assert not lone.done()  # waiting for company
+    company = asyncio.ensure_future(batcher.submit([feature(4, value=2)]))  # the same length: no padding between them
+    assert [int(r.outputs[0]["sum"]) for r in await asyncio.gather(lone, company)] == [4, 8]
+    assert [len(b) for b in model.batches] == [1, 3, 2]
+    await batcher.close()
