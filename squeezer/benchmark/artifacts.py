@@ -22,12 +22,12 @@ class Unavailable(RuntimeError):
 
 
 @functools.cache
-def build(spec: str, logs: Path, recipes: str | None = None) -> str:
-    """The folder of the artifact `squeezer optimize` writes for `spec`: the one it chooses among its sweep, or,
-    with `recipes` (comma-separated names), among those only."""
-    name = recipes or "chosen"
+def build(spec: str, logs: Path, recipes: str | None = None, profile: str = "latency") -> str:
+    """The folder of the artifact `squeezer optimize` writes for `spec`: the one it chooses among its sweep for
+    `profile`, or, with `recipes` (comma-separated names), among those only."""
+    name = recipes or f"chosen-{profile}"
     out, log = logs / f"artifact-{name}", logs / f"optimize-{name}.log"
-    cmd = [sys.executable, "-m", "squeezer.cli", "optimize", spec, "--out", str(out), "--quiet"]
+    cmd = [sys.executable, "-m", "squeezer.cli", "optimize", spec, "--out", str(out), "--quiet", "--profile", profile]
     if recipes:
         cmd += ["--recipes", recipes, "--timing-rounds", SINGLE_RECIPE_ROUNDS]
     with log.open("w") as sink:

@@ -41,7 +41,10 @@ def draw(results: dict[str, Any], out: Path) -> list[Path]:
 
 
 def _label(rung: dict[str, Any], sep: str = "\n") -> str:
-    return f"{rung['name']}{sep}(peer)" if rung.get("peer") else rung["name"]
+    """A rung's name for a chart; under a bar (`sep` a newline) "squeezer-" goes on a line of its own, so that
+    neighbouring names do not run into each other."""
+    name = rung["name"].replace("squeezer-", f"squeezer{sep}", 1) if sep == "\n" else rung["name"]
+    return f"{name}{sep}(peer)" if rung.get("peer") else name
 
 
 def _rate(m: dict[str, Any]) -> float:

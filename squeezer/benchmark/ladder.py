@@ -97,13 +97,22 @@ def sweep(held: list[Held], chosen: list[Workload], sweeps: dict[str, list[int]]
             clients = _clients(rung, sweeps[w.name])
             if not w.generates and clients and rung.runs(w):
                 measure(server, w, bodies[w.name], max(clients), min(3.0, duration))
-        for clients in sweeps[w.name]:
+        figures = len(sweeps[w.name]) * rounds
+        for f, (clients, k) in enumerate((c, k) for c in sweeps[w.name] for k in range(rounds)):
             takers = [h for h in held if clients in _clients(h[0], sweeps[w.name]) and h[0].runs(w)]
-            for k in range(rounds):
-                for rung, record, server in takers:
-                    progress(f"{rung.name}: {w.name} at {clients} clients for {duration:g}s (round {k + 1}/{rounds})")
-                    found = record["results"].setdefault(w.name, {}).setdefault(str(clients), [])
-                    found.append(measure(server, w, bodies[w.name], clients, duration))
+            sent = fresh(bodies[w.name], f, figures)
+            for rung, record, server in takers:
+                progress(f"{rung.name}: {w.name} at {clients} clients for {duration:g}s (round {k + 1}/{rounds})")
+                found = record["results"].setdefault(w.name, {}).setdefault(str(clients), [])
+                found.append(measure(server, w, sent, clients, duration))
+
+
+def fresh(bodies: list[dict[str, Any]], figure: int, figures: int) -> list[dict[str, Any]]:
+    """The bodies from figure `figure`'s own offset on: every rung of a round gets the same requests, and no figure
+    re-sends what an earlier one did (while it sends fewer than its share), so a server that caches whole prompts
+    (squeezer's prefix cache, llama.cpp's) meets them as new, as the rungs without such a cache do."""
+    start = figure * len(bodies) // max(figures, 1)
+    return bodies[start:] + bodies[:start]
 
 
 def _clients(rung: Rung, sweep: list[int]) -> list[int]:
@@ -115,7 +124,7 @@ def climb(rungs: list[Rung], spec: str, task: str, chosen: list[Workload], sweep
     """Start the rungs one after another, holding each up, and measure them together; where the next server would
     not fit in memory beside those up, those are measured and stopped first. (The records, the groups of rungs
     measured together.)"""
-    bodies = {w.name: w.bodies(2000 if w.per_request == 1 and not w.generates else 200) for w in chosen}
+    bodies = {w.name: w.bodies(200 if w.per_request > 1 else 2000) for w in chosen}
     records: list[dict[str, Any]] = []
     groups: list[list[str]] = []
     held: list[Held] = []

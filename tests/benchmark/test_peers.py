@@ -74,7 +74,7 @@ def test_a_server_given_as_a_peer_is_measured_in_the_rounds_beside_squeezer(mini
     assert "| squeezer-peer | 2 | " in report and "- squeezer-peer (peer): a server given by its command" in report
     assert "squeezer-pytorch over squeezer-peer (requests/s, round by round): " in report
     assert "| infinity-emb | missing | /nonexistent/bin/infinity_emb: no such file | `python -m venv" in report
-    assert labels(results, "embed-short") == (["out-of-the-box", "squeezer-pytorch", "squeezer-peer\n(peer)"],
+    assert labels(results, "embed-short") == (["out-of-the-box", "squeezer\npytorch", "squeezer\npeer\n(peer)"],
                                               ["out-of-the-box", "squeezer-pytorch", "squeezer-peer (peer)"])
     assert (tmp_path / "out" / "ladder-embed-short.png").stat().st_size > 0 and gone(peer["command"])
 
