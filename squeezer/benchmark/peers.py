@@ -74,7 +74,9 @@ PEERS = (
                        {"embed-short": "/embeddings", "embed-batch": "/embeddings"},
                        "infinity-emb's server (torch engine, its own dynamic batching) on the model's folder",
                        env={"OMP_NUM_THREADS": "{threads}", "MKL_NUM_THREADS": "{threads}"})),
-    Peer("llama-server", CHAT, "build llama.cpp (cmake -B build -DGGML_NATIVE=ON && cmake --build build -t llama-server); "
+    Peer("llama-server", CHAT, "build llama.cpp with the CPU's features named (cmake -B build -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON "
+         "-DGGML_F16C=ON, plus -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON where the CPU has them: "
+         "a GGML_NATIVE build has crashed at start on AMX machines; cmake --build build -t llama-server); "
          "then --peer llama-server=build/bin/llama-server", executable="llama-server",
          launch=Launch(("{exe}", "-m", "{gguf}", "--host", "127.0.0.1", "--port", "{port}", "-t", "{threads}", "-tb",
                         "{threads}", "-np", "{slots}", "-c", "{context}", "--cont-batching", "--jinja", "--alias", "bench"),

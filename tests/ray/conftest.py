@@ -3,14 +3,17 @@ driven over HTTP exactly like the single-process server. Run them alone with `py
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import httpx
 import pytest
 
+from squeezer.ray_serve.replica import REPLICA_HEADER
 from squeezer.testing.server import ServerProcess
-from tests.helpers import encoder_specs
+from tests.helpers import encoder_specs, until
 
 # One replica per CPU, one thread each; a short grace so shutting down never outlasts ServerProcess.stop().
 RAY_FLAGS = ("--ray", "--replicas", "2", "--replica-cpus", "1", "--threads", "1", "--shutdown-grace", "5")
@@ -37,6 +40,19 @@ def replica_pids(server: ServerProcess) -> list[int]:
         grew = not children <= family
         family |= children
     return [int(pid) for pid, _, args in rows if int(pid) in family and args.startswith("ray::ServeReplica:")]
+
+
+def until_both_routed(server: ServerProcess) -> set[str]:
+    """Wait until Ray's proxy routes to both replicas (it learns of them one by one), as `/health`'s replica
+    header shows; their names."""
+    seen: set[str] = set()
+
+    def both_routed() -> bool:
+        seen.add(httpx.get(server.url + "/health").headers[REPLICA_HEADER])
+        return len(seen) == 2
+
+    asyncio.run(until(both_routed, 60, every=0.5))
+    return seen
 
 
 @pytest.fixture(scope="module")  # module scope: never two Ray instances at once on the test machine

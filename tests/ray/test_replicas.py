@@ -13,7 +13,7 @@ import pytest
 
 from squeezer.ray_serve.replica import REPLICA_HEADER
 from tests.helpers import until
-from tests.ray.conftest import replica_pids
+from tests.ray.conftest import replica_pids, until_both_routed
 
 pytestmark = pytest.mark.ray
 
@@ -44,13 +44,7 @@ def test_killing_a_replica_loses_no_request_accepted_by_the_other(start_ray, tin
     assert httpx.post(srv.url + "/models/tiny/llama", json={"inputs": "hi"}).status_code == 401
     pids = replica_pids(srv)
     assert len(pids) == 2
-    seen: set[str] = set()
-
-    def both_routed() -> bool:  # Ray's proxy learns of the replicas one by one: wait until it routes to both
-        seen.add(httpx.get(srv.url + "/health").headers[REPLICA_HEADER])
-        return len(seen) == 2
-
-    asyncio.run(until(both_routed, 60, every=0.5))
+    until_both_routed(srv)
 
     async def scenario() -> list[tuple[str, int | None]]:
         started: asyncio.Queue[str] = asyncio.Queue()

@@ -15,7 +15,7 @@ import pytest
 
 from squeezer.ray_serve.replica import REPLICA_HEADER
 from tests.helpers import until
-from tests.ray.conftest import replica_pids
+from tests.ray.conftest import replica_pids, until_both_routed
 
 pytestmark = pytest.mark.ray
 
@@ -29,13 +29,7 @@ def test_a_replica_whose_model_fails_is_kept_out_while_the_other_answers(start_r
     srv = start_ray([f"enc={tiny_model('bert', 'base')}", f"flaky={flaky}"])
     pids = set(replica_pids(srv))
     assert len(pids) == 2
-    seen: set[str] = set()
-
-    def both_routed() -> bool:  # Ray's proxy learns of the replicas one by one: wait until it routes to both
-        seen.add(httpx.get(srv.url + "/health").headers[REPLICA_HEADER])
-        return len(seen) == 2
-
-    asyncio.run(until(both_routed, 60, every=0.5))
+    seen = until_both_routed(srv)
 
     # The storage goes bad; one replica unloads `flaky` and loading it again fails there (only there: the other
     # keeps the copy it loaded, so a load it is asked for is already done).
