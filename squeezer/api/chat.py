@@ -131,23 +131,36 @@ def text_object(completion: Completion, request_id: str, echo: bool) -> dict[str
 Shape = Callable[[str, list[TokenEvent], int], dict[str, Any]]
 
 
+def chat_base(streaming: Streaming, request_id: str) -> dict[str, Any]:
+    """The fields every chunk of a streamed chat repeats."""
+    return {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": streaming.model_id}
+
+
+def opening(base: dict[str, Any]) -> dict[str, Any]:
+    """A streamed chat's first chunk, as OpenAI sends it: the role, no content yet."""
+    return {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+
+
+def chat_piece(streaming: Streaming, delta: dict[str, Any], events: list[TokenEvent]) -> dict[str, Any]:
+    """A chat chunk's fields: its delta, and the logprobs of the tokens it covers when they were asked for."""
+    if not streaming.params.wants_logprobs:
+        return {"delta": delta}
+    return {"delta": delta, "logprobs": chat_logprobs(streaming.vocabulary, *_columns(events))}
+
+
 async def chat_chunks(streaming: Streaming, request_id: str, include_usage: bool,
                       opened: bool | None = None) -> AsyncIterator[dict[str, Any]]:
     """Streamed chat; with `opened` not None, the reasoning block goes to `delta.reasoning_content`."""
-    base = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": streaming.model_id}
-    wanted = streaming.params.wants_logprobs
+    base = chat_base(streaming, request_id)
     splitter = ReasoningStream(opened) if opened is not None else None
 
     def delta(reasoning: str, content: str) -> dict[str, str]:
         return {**({"reasoning_content": reasoning} if reasoning else {}), **({"content": content} if content else {})}
 
     def shape(text: str, events: list[TokenEvent], sent: int) -> dict[str, Any]:
-        out: dict[str, Any] = {"delta": delta(*splitter.feed(text)) if splitter else delta("", text)}
-        if wanted:
-            out["logprobs"] = chat_logprobs(streaming.vocabulary, *_columns(events))
-        return out
+        return chat_piece(streaming, delta(*splitter.feed(text)) if splitter else delta("", text), events)
 
-    yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+    yield opening(base)
     async for chunk in _deltas(streaming, base, shape, include_usage):
         choices = chunk["choices"]
         if splitter and choices and choices[0]["finish_reason"] is not None:  # the end: what the splitter held
@@ -178,18 +191,15 @@ async def call_chunks(streaming: Streaming, request_id: str, include_usage: bool
     """A call that a grammar enforces, streamed as OpenAI streams one: each call's first item (index, id, type,
     name) as soon as its name is generated, then its arguments piece by piece as tokens arrive (`CallReader`), then
     `finish_reason: "tool_calls"` once the whole answer is the call (an answer cut short keeps its own reason)."""
-    base = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": streaming.model_id}
+    base = chat_base(streaming, request_id)
     wanted, reader, text = streaming.params.wants_logprobs, CallReader(), []
 
     def shape(piece: str, events: list[TokenEvent], sent: int) -> dict[str, Any]:
         text.append(piece)
         calls = reader.feed(piece)
-        out: dict[str, Any] = {"delta": {"tool_calls": calls} if calls else {}}
-        if wanted:
-            out["logprobs"] = chat_logprobs(streaming.vocabulary, *_columns(events))
-        return out
+        return chat_piece(streaming, {"tool_calls": calls} if calls else {}, events)
 
-    yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+    yield opening(base)
     async for chunk in _deltas(streaming, base, shape, include_usage):
         choices = chunk["choices"]
         if choices and choices[0]["finish_reason"] is not None and plan.calls("".join(text)):
@@ -209,7 +219,7 @@ async def tool_chunks(streaming: Streaming, request_id: str, include_usage: bool
         async for chunk in call_chunks(streaming, request_id, include_usage, plan):
             yield chunk
         return
-    base = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": streaming.model_id}
+    base = chat_base(streaming, request_id)
     events, held, visible = aiter(streaming.events), [], ""
     if not opened:  # an answer that opens inside a reasoning block is held whole
         async for event in events:
@@ -222,7 +232,7 @@ async def tool_chunks(streaming: Streaming, request_id: str, include_usage: bool
             async for chunk in chat_chunks(replayed, request_id, include_usage, opened):
                 yield chunk
             return
-    yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+    yield opening(base)
     text, last = "".join(e.text for e in held), held[-1] if held else None
     if last is None or not last.is_last:
         async for event in events:
