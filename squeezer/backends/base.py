@@ -101,19 +101,21 @@ def split_outputs(head: str, outputs: dict[str, np.ndarray], lengths: Sequence[i
     return rows
 
 
-def instances_for(config: BackendConfig, artifact: Artifact) -> int:
-    """How many batches run at once: `--instances`, else one per core for a CPU throughput artifact.
+def instances_for(config: BackendConfig, artifact: Artifact, lone_on_all_cores: bool = False) -> int:
+    """How many batches run at once: `--instances`, else one per core for a CPU throughput artifact, or for any
+    CPU artifact of a backend that runs a batch alone on all the cores (`lone_on_all_cores`: OpenVINO).
 
     Under load, one single-threaded run per core beats one run split across the cores: a run on two
     threads waits at every op for the slower thread, and the server's own thread (parsing, tokenizing,
     answering) keeps preempting one of them. Measured on 2 cores with MiniLM int8 and server-like batches
     (about 6 sentences, 8% padding), 3 interleaved rounds: 226-231 sentences/s from two single-threaded runs
     against 196-222 from one run on two threads. One request alone, though, finishes sooner on all the cores, so a latency
-    artifact (and CUDA, where one run fills the device) keeps a single instance. ONNX Runtime runs instances as
+    artifact (and CUDA, where one run fills the device) keeps a single instance, unless its backend runs a lone
+    batch on all the cores anyway and only concurrent ones on one core each. ONNX Runtime runs instances as
     runs of one session, OpenVINO as streams of one compiled model.
     """
     if config.instances:
         return config.instances
-    if artifact.target == "cpu" and artifact.profile == "throughput":
+    if artifact.target == "cpu" and (artifact.profile == "throughput" or lone_on_all_cores):
         return config.threads or available_cpus()
     return 1
