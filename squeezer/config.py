@@ -138,7 +138,8 @@ class BatchingConfig:
     max_batch_tokens: int = setting(16384, "Token budget of one batch (padded length x sequences).")
     max_batch_size: int = setting(64, "Most sequences in one batch.")
     max_wait_ms: float = setting(2.0, "How long a batch may wait for more requests while the model is busy.")
-    # 1.05 against 1.1: +5% requests/s and a lower p99 for MiniLM under 32 clients (bench/bench_server.py).
+    # 1.05 against 1.1: +5% requests/s and a lower p99 for MiniLM under 32 clients (wrk, one sentence each); 1.3 and
+    # 1.6 made bigger batches but fewer requests/s (OpenVINO bf16: 250 and 218 against 278).
     max_padding_ratio: float = setting(1.05, "Most padded tokens per real token in a batch; other lengths wait for the next batch.")
     max_queue: int = setting(1024, "Most sequences waiting per model; beyond it requests get 429.")
 

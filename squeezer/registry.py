@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from squeezer import heap
 from squeezer.artifact import read_report
 from squeezer.background import BackgroundOptimizer
 from squeezer.config import ServeConfig
@@ -126,6 +127,7 @@ class ModelRegistry:
         entry.state, entry.load_seconds, entry.last_used = "ready", time.monotonic() - entry.load_started, time.monotonic()
         entry.ever_settled = True
         entry.settled.set()
+        heap.freeze()
         await self._enforce_budget(keep=entry)
         if self._optimizer is not None and entry.optimization is None and not entry.source.artifact:
             self._optimizer.begin(entry)
@@ -154,10 +156,9 @@ class ModelRegistry:
                 entry.served = None
                 return {"state": "failed", "reason": error_text(exc, self._hidden(entry))}
             old, entry.runtime = entry.runtime, new
-            try:
-                await old.drain()
-            finally:
-                old.close()
+            await self._retire(old)
+            del old
+            heap.settle()
         return {"state": "serving", "backend": new.describe().get("backend"), **verdict(artifact)}
 
     async def unload(self, model_id: str) -> ModelEntry:
@@ -169,12 +170,19 @@ class ModelRegistry:
             if entry.runtime:
                 runtime, entry.runtime = entry.runtime, None
                 entry.state = "unloading"  # requests now get 503 and start no new load until it is freed
-                try:
-                    await runtime.drain()
-                finally:
-                    runtime.close()
+                await self._retire(runtime)
+                del runtime
+                heap.settle()
             entry.state = "unloaded"
         return entry
+
+    @staticmethod
+    async def _retire(runtime: Runtime) -> None:
+        """Finish the work `runtime` accepted, then free it."""
+        try:
+            await runtime.drain()
+        finally:
+            runtime.close()
 
     async def reserve(self, entry: ModelEntry, needed: int) -> bool:
         """Hold `needed` bytes of the budget for work beside the loaded models (a background compile of
@@ -234,3 +242,4 @@ class ModelRegistry:
         for model_id, entry in self.entries.items():
             if entry.state == "ready":
                 await self.unload(model_id)
+        heap.release()

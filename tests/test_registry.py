@@ -1,4 +1,5 @@
-"""The model lifecycle under concurrency and faults: a start that fails, unloads that overlap (issue 13).
+"""The model lifecycle under concurrency and faults: a start that fails, unloads that overlap (issue 13); the
+heap frozen out of the garbage collector while a model is loaded, and given back when it is not.
 
 The registry is driven with a stand-in runtime (`load_runtime` replaced), so each fault is exact and quick.
 """
@@ -6,6 +7,8 @@ The registry is driven with a stand-in runtime (`load_runtime` replaced), so eac
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,13 @@ from squeezer.runtime import RuntimeStats
 from squeezer.sources import ModelSource
 
 
+class Cycle:
+    """An object in a reference cycle: only the collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
 class StandIn:
     """A runtime that counts what the registry does to it."""
 
@@ -30,6 +40,8 @@ class StandIn:
     def __init__(self, fail_start: bool) -> None:
         self.fail_start, self.started, self.drains, self.closes = fail_start, 0, 0, 0
         self.draining = asyncio.Event()
+        self.cycle = Cycle()  # what a real runtime holds in reference cycles: only the collector frees it
+
 
     def describe(self) -> dict[str, Any]:
         return {"task": self.task}
@@ -116,3 +128,23 @@ async def test_the_memory_budget_evicts_the_least_recently_used_of_three(tiny_mo
         assert await states() == {first: "ready", second: "ready", cold: "unloaded"}
     finally:
         await engine.close()
+
+
+async def test_a_loaded_model_stays_out_of_the_collector_and_is_collected_once_unloaded(monkeypatch, tmp_path) -> None:
+    """A load freezes the heap (a full collection would otherwise scan every object the model holds, stalling
+    every request for its length); an unload unfreezes and collects, so what the model held in cycles is freed,
+    and freezes again what remains."""
+    gc.unfreeze()
+    registry, made = registry_with(monkeypatch, tmp_path)
+    registry.load("m")
+    await registry.ready("m", wait=True)
+    assert gc.get_freeze_count() > 0
+    held = weakref.ref(made[0].cycle)
+    gc.collect()
+    assert held() is not None  # frozen with the model (and still in use)
+    made.clear()
+    await registry.unload("m")
+    assert held() is None  # its cycle was collected, not left frozen for ever
+    assert gc.get_freeze_count() > 0  # the rest is frozen again
+    await registry.close()
+    assert gc.get_freeze_count() == 0  # closed: everything is the collector's again

@@ -1,0 +1,35 @@
+"""Keeping the loaded models out of Python's garbage collector, as vLLM does after its start-up.
+
+A served model leaves some 450,000 long-lived Python objects (the imported libraries, the tokenizer, the
+runtime). The collector's oldest generation scans all of them: measured in the server under 32 clients (MiniLM on
+OpenVINO), one full collection every 15 to 20 s, each holding the GIL for 220 to 240 ms, during which no request
+is parsed, batched or answered. `gc.freeze()` moves what is alive into a permanent generation the collector
+skips, so a full collection only scans the objects made since.
+
+Frozen objects are never collected, so the heap is settled again whenever the set of loaded models changes:
+what an unloaded or replaced model leaves in reference cycles is unfrozen and collected first, then what
+remains is frozen again.
+"""
+
+from __future__ import annotations
+
+import gc
+
+
+def freeze() -> None:
+    """Freeze what is alive now: after a model has loaded, nothing it holds will be scanned again."""
+    gc.freeze()
+
+
+def settle() -> None:
+    """Collect what a model that is gone left in cycles, then freeze the rest (after an unload or a swap): one
+    full collection, about as long as one the collector would have made by itself."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
+def release() -> None:
+    """Give everything back to the collector (the registry closes: its models are gone for good)."""
+    gc.unfreeze()
+    gc.collect()
