@@ -7,7 +7,9 @@ for the same logits, and swapping the torch reference for a compiled artifact to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -101,21 +103,40 @@ def split_outputs(head: str, outputs: dict[str, np.ndarray], lengths: Sequence[i
     return rows
 
 
-def instances_for(config: BackendConfig, artifact: Artifact, lone_on_all_cores: bool = False) -> int:
-    """How many batches run at once: `--instances`, else one per core for a CPU throughput artifact, or for any
-    CPU artifact of a backend that runs a batch alone on all the cores (`lone_on_all_cores`: OpenVINO).
+def instances_for(config: BackendConfig, artifact: Artifact) -> int:
+    """How many batches run at once: `--instances`, else one per core on a CPU (one on CUDA, where one run
+    fills the device).
 
     Under load, one single-threaded run per core beats one run split across the cores: a run on two
     threads waits at every op for the slower thread, and the server's own thread (parsing, tokenizing,
-    answering) keeps preempting one of them. Measured on 2 cores with MiniLM int8 and server-like batches
-    (about 6 sentences, 8% padding), 3 interleaved rounds: 226-231 sentences/s from two single-threaded runs
-    against 196-222 from one run on two threads. One request alone, though, finishes sooner on all the cores, so a latency
-    artifact (and CUDA, where one run fills the device) keeps a single instance, unless its backend runs a lone
-    batch on all the cores anyway and only concurrent ones on one core each. ONNX Runtime runs instances as
+    answering) keeps preempting one of them. Measured on 2 cores with MiniLM, two workers taking length-sorted
+    batches of 1 / 4 / 8 sentences in a loop: ONNX Runtime int8 252 / 281 / 276 sentences/s from two
+    single-threaded runs against 197 / 257 / 240 from one run on both threads; OpenVINO bf16 306 / 388 / 408
+    against 280 / 350 / 382. One request alone, though, finishes sooner on all the cores, so the CPU backends
+    run a batch that finds no other running on every core instead (`Alone`). ONNX Runtime runs instances as
     runs of one session, OpenVINO as streams of one compiled model.
     """
     if config.instances:
         return config.instances
-    if artifact.target == "cpu" and (artifact.profile == "throughput" or lone_on_all_cores):
-        return config.threads or available_cpus()
-    return 1
+    return (config.threads or available_cpus()) if artifact.target == "cpu" else 1
+
+
+class Alone:
+    """Counts a backend's forwards in flight, to tell one that starts with none running (it may take every core)
+    from one that starts beside another (it keeps to its own)."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def entering(self) -> Iterator[bool]:
+        """Hold a place among the running forwards; yields whether none was running."""
+        with self._lock:
+            alone = self._running == 0
+            self._running += 1
+        try:
+            yield alone
+        finally:
+            with self._lock:
+                self._running -= 1

@@ -3,12 +3,13 @@
 It needs neither torch nor the compiler, so an artifact can be served from a small install
 (`pip install 'squeezer[onnx]'`). The compiler times and gates candidates through this very class
 (`OnnxBackend.from_graph`), so what the report measured is what serving runs, session options included
-(a throughput artifact then serves as one single-threaded instance per core: see `instances_for`).
+(on a CPU it serves one single-threaded instance per core, and a lone batch on every core: see `instances_for`).
 
 Session options are chosen, not left at their defaults:
 - intra-op threads = the cores this process may really use (affinity and cgroup quota), or `--threads`,
-  shared among the instances (batches run at once, see `instances_for`); one inter-op thread and sequential
-  execution, since an encoder graph is one chain of ops;
+  shared among the instances (batches run at once, see `instances_for`); with several instances, a second
+  session on all of them runs a batch that finds none running (one client's request takes every core); one
+  inter-op thread and sequential execution, since an encoder graph is one chain of ops;
 - spinning: after each run ONNX Runtime's workers spin, burning most of a core for ~40 ms (measured on
   MiniLM) to catch the next run sooner. That wins ~1 ms on back-to-back runs, but a server also needs a core
   to tokenize the next requests (and other models need theirs), so workers spin only when the session
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from squeezer.artifact import Artifact, ArtifactError, load_artifact
-from squeezer.backends.base import HEAD_OUTPUTS, Batch, Capabilities, instances_for
+from squeezer.backends.base import HEAD_OUTPUTS, Alone, Batch, Capabilities, instances_for
 from squeezer.config import BackendConfig, ModelConfig
 from squeezer.hardware import available_cpus
 from squeezer.sources import ModelSource
@@ -104,6 +105,9 @@ class OnnxBackend:
         threads = max(1, (config.threads or available_cpus()) // self.instances)
         spinning = default_spinning(config.threads)
         self._setup(artifact.graph_path, head, artifact.target, threads, spinning, max_length, artifact.dtype)
+        if self.instances > 1 and artifact.target == "cpu":
+            self._wide = self._session_for(artifact.graph_path, artifact.target, config.threads, spinning)
+            self._bytes *= 2  # each session packs its own copy of the weights
         self.artifact: Artifact | None = artifact
 
     @classmethod
@@ -117,15 +121,11 @@ class OnnxBackend:
         return backend
 
     def _setup(self, graph: Path, head: str, target: str, threads: int, spinning: bool, max_length: int, dtype: str) -> None:
-        ort = import_onnxruntime()
         self._head, self._target, self._max_length, self._dtype = head, target, max_length, dtype
         self._bytes = graph_bytes(graph)
-        try:
-            self._session = ort.InferenceSession(str(graph), session_options(threads, spinning), providers=providers_for(target))
-        except ArtifactError:
-            raise
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
-            raise ArtifactError(f"artifact graph {graph} cannot be loaded by onnxruntime: {exc}") from None
+        self._session = self._session_for(graph, target, threads, spinning)
+        self._wide: Any = None  # the session on every core, for a batch that runs alone (several instances only)
+        self._alone = Alone()
         if target == "cuda" and PROVIDERS["cuda"] not in self._session.get_providers():
             raise ArtifactError("onnxruntime could not start its CUDA provider (CUDA or cuDNN libraries missing?); "
                                 "see its warnings above, or optimize again with --target cpu")
@@ -139,6 +139,16 @@ class OnnxBackend:
             )
         self._outputs = list(HEAD_OUTPUTS[head])
 
+    @staticmethod
+    def _session_for(graph: Path, target: str, threads: int, spinning: bool) -> Any:
+        ort = import_onnxruntime()
+        try:
+            return ort.InferenceSession(str(graph), session_options(threads, spinning), providers=providers_for(target))
+        except ArtifactError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            raise ArtifactError(f"artifact graph {graph} cannot be loaded by onnxruntime: {exc}") from None
+
     def _feed(self, batch: Batch) -> dict[str, np.ndarray]:
         arrays = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
                   "token_type_ids": batch.token_type_ids if batch.token_type_ids is not None else np.zeros_like(batch.input_ids)}
@@ -149,7 +159,8 @@ class OnnxBackend:
         if self._target == "cuda":
             values = self._run_bound(feed)
         else:
-            values = self._session.run(self._outputs, feed)
+            with self._alone.entering() as alone:
+                values = (self._wide if alone and self._wide is not None else self._session).run(self._outputs, feed)
         return {name: np.asarray(value, dtype=np.float32) for name, value in zip(self._outputs, values)}
 
     def _run_bound(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -170,4 +181,4 @@ class OnnxBackend:
                             self._bytes)
 
     def close(self) -> None:
-        self._session = None
+        self._session = self._wide = None

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from squeezer.artifact import Artifact, ArtifactError, load_artifact
-from squeezer.backends.base import HEAD_OUTPUTS, Batch, Capabilities, instances_for
+from squeezer.backends.base import HEAD_OUTPUTS, Alone, Batch, Capabilities, instances_for
 from squeezer.config import BackendConfig, ModelConfig
 from squeezer.hardware import available_cpus
 from squeezer.sources import ModelSource
@@ -53,8 +53,7 @@ class OpenVinoBackend:
         if artifact.head != head:
             raise ArtifactError(f"artifact {source.path} was compiled for the {artifact.head!r} head; it cannot serve {head!r}")
         precision = str(artifact.report["graph"].get("precision", "f32"))
-        instances = instances_for(config, artifact, lone_on_all_cores=True)
-        self._setup(artifact.graph_path, head, config.threads, precision, max_length, instances)
+        self._setup(artifact.graph_path, head, config.threads, precision, max_length, instances_for(config, artifact))
         self.artifact: Artifact | None = artifact
 
     @classmethod
@@ -99,8 +98,7 @@ class OpenVinoBackend:
         except Exception as exc:  # OpenVINO raises its own RuntimeError subclasses
             raise ArtifactError(f"OpenVINO cannot load {graph}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
         self._wide_request = self._wide.create_infer_request() if self._wide is not None else None
-        self._running = 0  # forwards in flight: guarded by _count
-        self._count = threading.Lock()
+        self._alone = Alone()
         self._inputs = [port.get_any_name() for port in self._compiled.inputs]
         names = {name for port in self._compiled.outputs for name in port.get_names()}
         missing = [name for name in HEAD_OUTPUTS[head] if name not in names]
@@ -119,16 +117,10 @@ class OpenVinoBackend:
         arrays = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
                   "token_type_ids": batch.token_type_ids if batch.token_type_ids is not None else np.zeros_like(batch.input_ids)}
         feed = {name: np.ascontiguousarray(arrays[name], dtype=np.int64) for name in self._inputs}
-        with self._count:
-            alone = self._running == 0
-            self._running += 1
-        try:  # the wide request serves only a forward that found none running, so never two at once
+        with self._alone.entering() as alone:  # the wide request serves only a forward that found none running
             request = self._wide_request if alone and self._wide_request is not None else self._request()
             request.infer(feed)
             return {name: np.asarray(request.get_tensor(name).data, dtype=np.float32).copy() for name in self._outputs}
-        finally:
-            with self._count:
-                self._running -= 1
 
     def warmup(self) -> None:
         self.forward(Batch.pad([[0, 1, 2, 3]], None, 0))

@@ -35,6 +35,7 @@ from squeezer.hardware import available_cpus
 from squeezer.loading import LoadedModel, load_info
 from squeezer.sources import ModelSource
 from squeezer.tasks import TASKS
+from tests.backends.lone import check_lone_batches_run_wide
 from tests.compiler.artifacts import TASK_OF_HEAD, build_artifact
 from tests.helpers import assert_close, run_direct
 
@@ -97,27 +98,33 @@ def test_capabilities_and_session_tuning(artifacts) -> None:
     assert default_spinning(1) == (available_cpus() > 1)
 
 
-def test_instances_default_by_profile_and_target() -> None:
+def test_instances_default_to_one_per_core_on_a_cpu() -> None:
     def artifact(target: str, profile: str) -> Artifact:
         return Artifact(Path("unused"), {"target": target, "profile": profile})
 
-    assert instances_for(BackendConfig(), artifact("cpu", "throughput")) == available_cpus()
+    for profile in ("latency", "throughput"):  # a lone batch runs on every core anyway (see the next test)
+        assert instances_for(BackendConfig(), artifact("cpu", profile)) == available_cpus()
+        assert instances_for(BackendConfig(), artifact("cuda", profile)) == 1
     assert instances_for(BackendConfig(threads=3), artifact("cpu", "throughput")) == 3
-    assert instances_for(BackendConfig(), artifact("cpu", "latency")) == 1
-    assert instances_for(BackendConfig(), artifact("cuda", "throughput")) == 1
     assert instances_for(BackendConfig(instances=2), artifact("cpu", "latency")) == 2
+    assert instances_for(BackendConfig(instances=1), artifact("cpu", "latency")) == 1
 
 
 def test_instances_run_batches_at_once_with_the_same_answers(artifacts) -> None:
+    """Two instances: batches at once from two threads on one session of one thread each, and a batch that finds
+    none running on a second session on both threads; the same answers either way."""
     backend = serve(artifacts["base"].path, BackendConfig(threads=2, instances=2)).backend
     assert backend.capabilities().instances == 2
+    assert backend._wide is not None and serve(artifacts["base"].path, BackendConfig(instances=1)).backend._wide is None
     batches = [Batch.pad([[101, *range(1000 + i, 1000 + i + n), 102] for n in (3, 9, 5)], None, 0) for i in range(8)]
     alone = [backend.forward(b) for b in batches]
     with ThreadPoolExecutor(2) as pool:
         together = list(pool.map(backend.forward, batches))
     for a, b in zip(alone, together):
         for name in a:
-            np.testing.assert_array_equal(a[name], b[name])
+            assert_close(a[name], b[name], 1e-5)
+    check_lone_batches_run_wide(backend, "_wide", "run", lambda got, want: assert_close(
+        got["last_hidden_state"], want["last_hidden_state"], 1e-5))
 
 
 def test_batches_with_and_without_segment_ids(artifacts) -> None:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from squeezer.hardware import hardware_fingerprint
 from squeezer.runtime import load_runtime
 from squeezer.sources import ModelSource
 from tests.compiler.artifacts import build_artifact
+from tests.backends.lone import check_lone_batches_run_wide
 from tests.helpers import assert_close, run_direct
 
 TEXTS = ["I loved every minute of it!", "Terrible service, never again.", "It was fine, I guess, for the price."]
@@ -109,24 +108,6 @@ def test_an_artifact_chosen_for_cpu_features_this_cpu_lacks_is_refused(ov_artifa
     assert load_artifact(ov_artifacts["base"]).report["requires"] == []  # an fp32 IR runs anywhere
 
 
-class Counted:
-    """An infer request that counts its runs and can hold them at the start (the real one still runs them)."""
-
-    def __init__(self, request: Any) -> None:
-        self.request, self.runs = request, 0
-        self.started, self.go = threading.Event(), threading.Event()
-        self.go.set()
-
-    def infer(self, feed: dict[str, np.ndarray]) -> Any:
-        self.runs += 1
-        self.started.set()
-        self.go.wait(10)
-        return self.request.infer(feed)
-
-    def get_tensor(self, name: str) -> Any:
-        return self.request.get_tensor(name)
-
-
 def test_instances_run_as_openvino_streams_with_the_same_answers(ov_artifacts) -> None:
     """--instances 2 compiles two OpenVINO streams of one model: two batches at once, from two threads with their
     own infer requests, answering exactly as one stream does; a batch that finds none running takes the model
@@ -146,19 +127,9 @@ def test_instances_run_as_openvino_streams_with_the_same_answers(ov_artifacts) -
         assert backend.capabilities().instances == 2
         assert backend._compiled.get_property("NUM_STREAMS") == 2
         assert (backend._wide.get_property("NUM_STREAMS"), backend._wide.get_property("INFERENCE_NUM_THREADS")) == (1, 2)
-        wide = backend._wide_request = Counted(backend._wide_request)
+        check_lone_batches_run_wide(backend, "_wide_request", "infer", lambda got, want: assert_close(
+            got["last_hidden_state"], want["last_hidden_state"], 1e-5))
         batches = [Batch.pad([[101, 7, 8, 9, 102][: 3 + i % 3]] * (1 + i % 4), None, 0) for i in range(12)]
-        backend.forward(batches[0])
-        assert wide.runs == 1  # alone: on every thread
-        wide.go.clear()
-        with ThreadPoolExecutor(2) as pool:
-            lone = pool.submit(backend.forward, batches[1])  # none running: the wide model, held there
-            assert wide.started.wait(10)
-            beside = pool.submit(backend.forward, batches[2]).result(10)  # one running: a stream
-            assert wide.runs == 2
-            wide.go.set()
-            lone.result(10)
-        assert_close(beside["last_hidden_state"], one.model.backend.forward(batches[2])["last_hidden_state"], 1e-5)  # type: ignore[attr-defined]
         with ThreadPoolExecutor(2) as pool:
             together = list(pool.map(backend.forward, batches))
         for batch, got in zip(batches, together):
@@ -167,17 +138,3 @@ def test_instances_run_as_openvino_streams_with_the_same_answers(ov_artifacts) -
     finally:
         one.close()
         two.close()
-
-
-def test_a_latency_artifact_serves_one_stream_per_core(ov_artifacts) -> None:
-    """OpenVINO runs a lone batch on every core anyway, so a latency artifact takes one stream per core too."""
-    from squeezer.artifact import load_artifact
-    from squeezer.backends.base import instances_for
-    from squeezer.config import BackendConfig
-    from squeezer.hardware import available_cpus
-
-    artifact = load_artifact(ov_artifacts["base"])
-    assert artifact.profile == "latency"
-    assert instances_for(BackendConfig(), artifact, lone_on_all_cores=True) == available_cpus()
-    assert instances_for(BackendConfig(), artifact) == 1  # ONNX Runtime's rule: one instance for latency
-    assert instances_for(BackendConfig(instances=3), artifact, lone_on_all_cores=True) == 3
