@@ -159,8 +159,9 @@ class OnnxBackend:
         if self._target == "cuda":
             values = self._run_bound(feed)
         else:
-            with self._alone.entering() as alone:
-                values = (self._wide if alone and self._wide is not None else self._session).run(self._outputs, feed)
+            with self._alone.entering() as none_running:
+                wide = batch.alone and none_running and self._wide is not None
+                values = (self._wide if wide else self._session).run(self._outputs, feed)
         return {name: np.asarray(value, dtype=np.float32) for name, value in zip(self._outputs, values)}
 
     def _run_bound(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:

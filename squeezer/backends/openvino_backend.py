@@ -117,8 +117,9 @@ class OpenVinoBackend:
         arrays = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
                   "token_type_ids": batch.token_type_ids if batch.token_type_ids is not None else np.zeros_like(batch.input_ids)}
         feed = {name: np.ascontiguousarray(arrays[name], dtype=np.int64) for name in self._inputs}
-        with self._alone.entering() as alone:  # the wide request serves only a forward that found none running
-            request = self._wide_request if alone and self._wide_request is not None else self._request()
+        with self._alone.entering() as none_running:  # the wide request serves one forward at a time
+            wide = batch.alone and none_running and self._wide_request is not None
+            request = self._wide_request if wide else self._request()
             request.infer(feed)
             return {name: np.asarray(request.get_tensor(name).data, dtype=np.float32).copy() for name in self._outputs}
 

@@ -1,9 +1,10 @@
-"""A check both CPU backends share: a batch that finds none running runs on every core (the backend's wide
-runner), and a batch that starts beside it keeps to its own instance."""
+"""A check both CPU backends share: a batch marked alone that finds none running runs on every core (the
+backend's wide runner); a batch not marked, or one that starts beside another, keeps to its own instance."""
 
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -37,18 +38,21 @@ class Held:
 
 def check_lone_batches_run_wide(backend: Any, wide_attr: str, method: str,
                                 compare: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None]) -> None:
-    """`backend.<wide_attr>` (whose `method` runs a batch) takes a forward with none running, and only such one;
+    """`backend.<wide_attr>` (whose `method` runs a batch) takes a batch marked alone with none running, and only
+    such a batch;
     `compare(got, want)` checks a batch run beside it against the same batch run alone."""
     wide = Held(getattr(backend, wide_attr), method)
     setattr(backend, wide_attr, wide)
-    batches = [Batch.pad([[101, 7, 8, 9, 102][: 3 + i % 3]] * (1 + i % 4), None, 0) for i in range(3)]
+    batches = [replace(Batch.pad([[101, 7, 8, 9, 102][: 3 + i % 3]] * (1 + i % 4), None, 0), alone=True) for i in range(3)]
     alone = backend.forward(batches[2])
-    assert wide.runs == 1  # alone: on every core
+    assert wide.runs == 1  # marked alone, and none running: on every core
+    backend.forward(replace(batches[2], alone=False))
+    assert wide.runs == 1  # not marked: on an instance, though none runs
     wide.go.clear()
     with ThreadPoolExecutor(2) as pool:
         lone = pool.submit(backend.forward, batches[1])  # none running: the wide runner, held there
         assert wide.started.wait(10)
-        beside = pool.submit(backend.forward, batches[2]).result(10)  # one running: its own instance
+        beside = pool.submit(backend.forward, batches[2]).result(10)  # marked too, but one runs: its own instance
         assert wide.runs == 2
         wide.go.set()
         lone.result(10)

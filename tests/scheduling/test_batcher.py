@@ -22,6 +22,7 @@ class FakeModel:
 
     def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
         self.batches: list[np.ndarray] = []
+        self.alone: list[bool] = []  # each batch's `alone` mark, in the order they reach the model
         self.calls = 0  # batches taken and handed to the model, counted before the gate
         self.delay = delay
         self.fail = fail
@@ -30,6 +31,7 @@ class FakeModel:
 
     def __call__(self, batch: Batch) -> list[dict[str, np.ndarray]]:
         self.calls += 1
+        self.alone.append(batch.alone)  # in the order the batches are taken
         self.gate.wait(5)
         if self.fail:
             raise RuntimeError("backend exploded")
@@ -224,4 +226,32 @@ async def test_only_a_batch_that_had_company_waits_for_more() -> None:
     company = asyncio.ensure_future(batcher.submit([feature(4, value=2)]))  # the same length: no padding between them
     assert [int(r.outputs[0]["sum"]) for r in await asyncio.gather(lone, company)] == [4, 8]
     assert [len(b) for b in model.batches] == [1, 3, 2]
+    await batcher.close()
+
+
+async def test_a_batch_is_marked_alone_only_with_nothing_else_running_or_waiting() -> None:
+    """The mark lets a backend with instances run the batch on every core: a lone request's batch has it; a
+    batch taken while another runs, or that leaves others waiting, keeps to one instance."""
+    model = FakeModel()
+    batcher = Batcher(model, 0, BatchingConfig(max_wait_ms=0), workers=2)
+    batcher.start()
+    await batcher.submit([feature(3)])
+    assert model.alone == [True]
+    model.gate.clear()
+    running = asyncio.ensure_future(batcher.submit([feature(3)]))  # alone, held in the model
+    await until(lambda: model.calls == 2)
+    beside = asyncio.ensure_future(batcher.submit([feature(3)]))  # the other worker takes it while one runs
+    await until(lambda: model.calls == 3)
+    model.gate.set()
+    await asyncio.gather(running, beside)
+    assert model.alone == [True, True, False]
+    model.alone.clear()
+    model.gate.clear()
+    held = asyncio.ensure_future(batcher.submit([feature(3)]))
+    await until(lambda: model.calls == 4)
+    queued = [asyncio.ensure_future(batcher.submit([feature(n)])) for n in (2, 60)]  # too far apart to share
+    await until(lambda: model.calls == 5)  # the second worker took one, the other waits
+    model.gate.set()
+    await asyncio.gather(held, *queued)
+    assert model.alone[:2] == [True, False]  # the last may find the others done: it is timing's to say
     await batcher.close()
