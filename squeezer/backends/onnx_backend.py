@@ -8,7 +8,7 @@ It needs neither torch nor the compiler, so an artifact can be served from a sma
 Session options are chosen, not left at their defaults:
 - intra-op threads = the cores this process may really use (affinity and cgroup quota), or `--threads`,
   shared among the instances (batches run at once, see `instances_for`); with several instances, a second
-  session on all of them runs a batch that finds none running (one client's request takes every core); one
+  session on all of them runs a batch the batcher marks alone (one client's request takes every core); one
   inter-op thread and sequential execution, since an encoder graph is one chain of ops;
 - spinning: after each run ONNX Runtime's workers spin, burning most of a core for ~40 ms (measured on
   MiniLM) to catch the next run sooner. That wins ~1 ms on back-to-back runs, but a server also needs a core

@@ -73,8 +73,8 @@ class OpenVinoBackend:
         365 / 393. Streams are as fast as separate instances, hold the weights once and cannot be pinned together.
 
         With several streams, the same IR is also compiled once more as one stream on every thread (`_wide`), for
-        a batch that finds no other running: one client's request then takes all the cores instead of waiting
-        on one. Measured (same machine, MiniLM bf16, two workers taking length-sorted batches of 1 / 4 / 8 in a
+        a batch the batcher marks alone (`Batch.alone`): one client's request then takes all the cores instead
+        of waiting on one. Measured (same machine, MiniLM bf16, two workers taking length-sorted batches of 1 / 4 / 8 in a
         loop): 348 / 401 / 416 sentences/s this way against 306 / 388 / 408 from the streams alone and
         280 / 350 / 382 from one stream on both threads; through HTTP, embed-short at 32 clients 281 against 251
         requests/s for one stream, p99 299 against 330 ms. The second compiled model shares the weights (10 MB
