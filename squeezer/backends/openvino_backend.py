@@ -74,11 +74,11 @@ class OpenVinoBackend:
 
         With several streams, the same IR is also compiled once more as one stream on every thread (`_wide`), for
         a batch the batcher marks alone (`Batch.alone`): one client's request then takes all the cores instead
-        of waiting on one. Measured (same machine, MiniLM bf16, two workers taking length-sorted batches of 1 / 4 / 8 in a
-        loop): 348 / 401 / 416 sentences/s this way against 306 / 388 / 408 from the streams alone and
-        280 / 350 / 382 from one stream on both threads; through HTTP, embed-short at 32 clients 281 against 251
-        requests/s for one stream, p99 299 against 330 ms. The second compiled model shares the weights (10 MB
-        more resident)."""
+        of waiting on one. Measured (same machine, MiniLM bf16, two workers taking length-sorted batches of
+        1 / 4 / 8 in a loop): 348 / 401 / 416 sentences/s this way against 306 / 388 / 408 from the streams
+        alone and 280 / 350 / 382 from one stream on both threads; through HTTP, embed-short at 32 clients 281
+        against 251 requests/s for one stream, p99 299 against 330 ms. The second compiled model shares the
+        weights (10 MB more resident)."""
         ov = import_openvino()
         if precision not in PRECISIONS:
             raise ArtifactError(f"unknown OpenVINO precision {precision!r}; known: {', '.join(PRECISIONS)}")
