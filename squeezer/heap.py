@@ -30,6 +30,7 @@ def settle() -> None:
 
 
 def release() -> None:
-    """Give everything back to the collector (the registry closes: its models are gone for good)."""
+    """Give everything back to the collector (the registry closes: its models are gone for good), which frees
+    it in its own time: a process that goes on (an application embedding the engine, a test run) pays no
+    collection here."""
     gc.unfreeze()
-    gc.collect()

@@ -164,6 +164,13 @@ class ModelRegistry:
     async def unload(self, model_id: str) -> ModelEntry:
         """Finish the model's queued work, then free it; it reloads on the next request or /load."""
         entry = self.get(model_id)
+        if await self._unload(entry):
+            heap.settle()
+        return entry
+
+    async def _unload(self, entry: ModelEntry) -> bool:
+        """Unload `entry`; whether a runtime was freed (what it held in cycles is then the collector's to free)."""
+        freed = False
         async with entry.lifecycle:  # a second unload (or an eviction) waits for this one, never closes twice
             if entry.state == "loading":
                 await entry.settled.wait()
@@ -171,10 +178,9 @@ class ModelRegistry:
                 runtime, entry.runtime = entry.runtime, None
                 entry.state = "unloading"  # requests now get 503 and start no new load until it is freed
                 await self._retire(runtime)
-                del runtime
-                heap.settle()
+                freed = True
             entry.state = "unloaded"
-        return entry
+        return freed
 
     @staticmethod
     async def _retire(runtime: Runtime) -> None:
@@ -239,7 +245,7 @@ class ModelRegistry:
             self._optimizer.close()
         for task in list(self._tasks):
             await asyncio.gather(task, return_exceptions=True)
-        for model_id, entry in self.entries.items():
+        for entry in self.entries.values():
             if entry.state == "ready":
-                await self.unload(model_id)
-        heap.release()
+                await self._unload(entry)
+        heap.release()  # once for all of them, not a settle per model
