@@ -43,7 +43,8 @@ class Batch:
 
     @classmethod
     def pad(
-        cls, sequences: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]] | None, pad_id: int
+        cls, sequences: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]] | None, pad_id: int,
+        alone: bool = False,
     ) -> Batch:
         """Pad sequences to the longest one; padding is masked, so it does not change any real row."""
         width = max(len(s) for s in sequences)
@@ -55,7 +56,7 @@ class Batch:
             mask[row, : len(seq)] = 1
             if types is not None and type_ids is not None:
                 types[row, : len(seq)] = type_ids[row]
-        return cls(ids, mask, types)
+        return cls(ids, mask, types, alone)
 
     @property
     def size(self) -> int:

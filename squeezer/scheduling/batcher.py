@@ -270,8 +270,7 @@ class Batcher:
         try:  # padding included: a feature it cannot pad fails its batch, never the thread
             types = [it.feature.token_type_ids or [0] * it.length for it in batch]
             has_types = any(it.feature.token_type_ids is not None for it in batch)
-            padded = Batch.pad([it.feature.input_ids for it in batch], types if has_types else None, self._pad_id)
-            padded = dataclasses.replace(padded, alone=alone)
+            padded = Batch.pad([it.feature.input_ids for it in batch], types if has_types else None, self._pad_id, alone)
             stats = BatchStats(len(batch), padded.input_ids.size, sum(padded.lengths), 0.0)
             rows: list[Outputs] | Exception = self._run(padded)
         except Exception as exc:  # a backend failure answers every request in the batch, never hangs them

@@ -4,9 +4,9 @@ backend's wide runner); a batch not marked, or one that starts beside another, k
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -39,11 +39,10 @@ class Held:
 def check_lone_batches_run_wide(backend: Any, wide_attr: str, method: str,
                                 compare: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None]) -> None:
     """`backend.<wide_attr>` (whose `method` runs a batch) takes a batch marked alone with none running, and only
-    such a batch;
-    `compare(got, want)` checks a batch run beside it against the same batch run alone."""
+    such a batch; `compare(got, want)` checks a batch run beside it against the same batch run alone."""
     wide = Held(getattr(backend, wide_attr), method)
     setattr(backend, wide_attr, wide)
-    batches = [replace(Batch.pad([[101, 7, 8, 9, 102][: 3 + i % 3]] * (1 + i % 4), None, 0), alone=True) for i in range(3)]
+    batches = [Batch.pad([[101, 7, 8, 9, 102][: 3 + i % 3]] * (1 + i % 4), None, 0, alone=True) for i in range(3)]
     alone = backend.forward(batches[2])
     assert wide.runs == 1  # marked alone, and none running: on every core
     backend.forward(replace(batches[2], alone=False))

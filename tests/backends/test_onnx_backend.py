@@ -111,8 +111,8 @@ def test_instances_default_to_one_per_core_on_a_cpu() -> None:
 
 
 def test_instances_run_batches_at_once_with_the_same_answers(artifacts) -> None:
-    """Two instances: batches at once from two threads on one session of one thread each, and a batch that finds
-    none running on a second session on both threads; the same answers either way."""
+    """Two instances: batches at once from two threads on one session of one thread each, and a batch marked alone
+    on a second session on both threads; the same answers either way."""
     backend = serve(artifacts["base"].path, BackendConfig(threads=2, instances=2)).backend
     assert backend.capabilities().instances == 2
     assert backend._wide is not None and serve(artifacts["base"].path, BackendConfig(instances=1)).backend._wide is None

@@ -110,8 +110,8 @@ def test_an_artifact_chosen_for_cpu_features_this_cpu_lacks_is_refused(ov_artifa
 
 def test_instances_run_as_openvino_streams_with_the_same_answers(ov_artifacts) -> None:
     """--instances 2 compiles two OpenVINO streams of one model: two batches at once, from two threads with their
-    own infer requests, answering exactly as one stream does; a batch that finds none running takes the model
-    compiled as one stream on every thread instead, and only such a batch."""
+    own infer requests, answering exactly as one stream does; a batch marked alone, with none running, takes the
+    model compiled as one stream on every thread instead, and only such a batch."""
     from concurrent.futures import ThreadPoolExecutor
 
     from squeezer.backends import Batch
