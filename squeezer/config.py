@@ -123,7 +123,8 @@ class BackendConfig:
     instances: int = setting(
         0,
         "Batches run at once, each on its share of the threads (like Triton's instance count); 0 = auto: one per "
-        "core for a CPU artifact optimized for throughput, else 1 (the torch backend runs one).",
+        "core for a CPU artifact, whatever its profile (a batch alone runs on every core), else 1 (the torch backend "
+        "runs one).",
     )
 
     def __post_init__(self) -> None:

@@ -17,13 +17,14 @@ from squeezer.engine import Engine
 router = APIRouter()  # /health stays open; the rest of this module needs the API key when one is set
 
 def shown(engine: Engine, server: ServerConfig) -> list[dict[str, Any]]:
-    """The models as /info and /models show them: a source is named by its last path part, so the server's
-    file layout stays private, unless --show-paths."""
-    models = engine.models()
-    if not server.show_paths:
-        for model in models:
-            model["source"] = Path(model["source"]).name
-    return models
+    """The models as /info and /models show them (see `shown_model`)."""
+    return [shown_model(model, server) for model in engine.models()]
+
+
+def shown_model(model: dict[str, Any], server: ServerConfig) -> dict[str, Any]:
+    """A model as every route shows it: its source named by the last path part, so the server's file layout
+    stays private, unless --show-paths."""
+    return model if server.show_paths else {**model, "source": Path(model["source"]).name}
 
 
 @router.get("/health")

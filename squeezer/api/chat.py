@@ -23,6 +23,7 @@ from squeezer.api.body import model_name, read_json_object
 from squeezer.api.generation import OPENAI_FINISH, sse, strip_stop
 from squeezer.api.openai_logprobs import chat_logprobs, logprob_parameters, text_logprobs
 from squeezer.api.responses import FastJSONResponse, unless_disconnected
+from squeezer.api.schemas import openai_chat, openai_completions, request_body
 from squeezer.engine import Engine
 from squeezer.errors import ClientError
 from squeezer.generation.outputs import TokenEvent
@@ -332,7 +333,7 @@ async def _completions(request: Request, path_model: str | None, chat: bool) -> 
     return FastJSONResponse(text_object(completion, request_id, bool(body.get("echo"))))
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=request_body(openai_chat()))
 async def chat_completions(request: Request) -> Any:
     return await _completions(request, None, chat=True)
 
@@ -342,6 +343,6 @@ async def chat_for_model(request: Request, model_id: str) -> Any:
     return await _completions(request, model_id, chat=True)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=request_body(openai_completions()))
 async def completions(request: Request) -> Any:
     return await _completions(request, None, chat=False)

@@ -13,11 +13,13 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
+from squeezer.api.admin import shown_model
 from squeezer.api.auth import require_admin_key, require_api_key, tenant_of
 from squeezer.api.body import parse_json_or_text, read_body
 from squeezer.api.chat import chat_for_model
 from squeezer.api.compat import shape_for_client
 from squeezer.api.responses import FastJSONResponse, result_headers, unless_disconnected
+from squeezer.api.schemas import inference_api, request_body
 from squeezer.api.tgi import generate_response
 from squeezer.engine import Engine
 from squeezer.errors import ClientError, UnknownModelError
@@ -79,7 +81,7 @@ async def generation(engine: Engine, request: Request, model_id: str, inputs: An
     return result if stream else FastJSONResponse(result)
 
 
-@router.post("/")
+@router.post("/", openapi_extra=request_body(inference_api(), text=True))
 async def infer_root(request: Request) -> FastJSONResponse:
     """The server's root, as TGI and TEI answer it: a client given only the server's address (TGI users write
     `InferenceClient("http://host:8080")`) posts there. It is this route on the served model, the first
@@ -92,16 +94,16 @@ async def infer_root(request: Request) -> FastJSONResponse:
     return await answer(request, model_id, None)
 
 
-@router.post("/models/{model_path:path}")
+@router.post("/models/{model_path:path}", openapi_extra=request_body(inference_api(), text=True))
 async def infer(model_path: str, request: Request) -> FastJSONResponse:
     engine: Engine = request.app.state.engine
     model_id, task, action = split_model_path(model_path, set(engine.model_ids()))
     if action in ACTIONS:
         require_admin_key(request)
     if action == "load":
-        return FastJSONResponse(await engine.load(model_id))
+        return FastJSONResponse(shown_model(await engine.load(model_id), request.app.state.server_config))
     if action == "unload":
-        return FastJSONResponse(await engine.unload(model_id))
+        return FastJSONResponse(shown_model(await engine.unload(model_id), request.app.state.server_config))
     if action == "chat":
         return await chat_for_model(request, model_id)
     return await answer(request, model_id, task)

@@ -9,8 +9,9 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 
 from squeezer.api.auth import require_api_key, tenant_of
-from squeezer.api.body import read_json_object
+from squeezer.api.body import model_name, read_json_object
 from squeezer.api.responses import FastJSONResponse, result_headers, unless_disconnected
+from squeezer.api.schemas import openai_embeddings, request_body
 from squeezer.engine import Engine
 from squeezer.errors import ClientError
 from squeezer.runtime.base import EMBED
@@ -51,16 +52,14 @@ def check_options(body: dict[str, Any]) -> tuple[str, int | None]:
     return encoding, dimensions
 
 
-@router.post("/v1/embeddings")
+@router.post("/v1/embeddings", openapi_extra=request_body(openai_embeddings()))
 async def embeddings(request: Request) -> FastJSONResponse:
     engine: Engine = request.app.state.engine
     body = await read_json_object(request, request.app.state.server_config.max_payload_bytes)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise ClientError("model: required; one of " + ", ".join(engine.model_ids()), status=422)
+    model = engine.resolve(model_name(body), EMBED)  # omitted: the first model that embeds, as on every route
     texts = embedding_inputs(body.get("input"))
     encoding, dimensions = check_options(body)
-    run = engine.run(engine.resolve(model, EMBED), texts, {"normalize": True}, task="feature-extraction", scope=tenant_of(request))
+    run = engine.run(model, texts, {"normalize": True}, task="feature-extraction", scope=tenant_of(request))
     result = await unless_disconnected(request, run)
     request.app.state.metrics.observe_timings(result.timings)
     data = [

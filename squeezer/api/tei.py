@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from squeezer.api.auth import require_api_key, tenant_of
 from squeezer.api.body import model_name, read_json_object
 from squeezer.api.responses import FastJSONResponse, result_headers, unless_disconnected
+from squeezer.api.schemas import request_body, tei_embed, tei_tokenize
 from squeezer.engine import Engine
 from squeezer.errors import ClientError
 from squeezer.runtime.base import EMBED, TOKENIZE
@@ -29,7 +30,7 @@ def flag(body: dict[str, Any], name: str, default: bool) -> bool:
     return value
 
 
-@router.post("/embed")
+@router.post("/embed", openapi_extra=request_body(tei_embed()))
 async def embed(request: Request) -> FastJSONResponse:
     """Always a list of vectors, one per input; `truncate` defaults to false, as in TEI."""
     engine: Engine = request.app.state.engine
@@ -43,7 +44,7 @@ async def embed(request: Request) -> FastJSONResponse:
     return FastJSONResponse(result.output, headers=result_headers(result))
 
 
-@router.post("/tokenize")
+@router.post("/tokenize", openapi_extra=request_body(tei_tokenize()))
 async def tokenize(request: Request) -> list[list[dict[str, Any]]]:
     """Tokens with ids, text and character offsets, as TEI returns them."""
     engine: Engine = request.app.state.engine

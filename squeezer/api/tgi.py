@@ -17,6 +17,7 @@ from squeezer.api.auth import require_api_key, tenant_of
 from squeezer.api.body import model_name, read_json_object
 from squeezer.api.generation import sse, tgi_outputs, tgi_top_tokens
 from squeezer.api.responses import FastJSONResponse, unless_disconnected
+from squeezer.api.schemas import request_body, tgi_generate
 from squeezer.engine import Engine
 from squeezer.generation.outputs import output_text
 from squeezer.runtime.base import GENERATE, STREAM, Streaming
@@ -55,7 +56,7 @@ async def generate_response(engine: Engine, request: Request, model_id: str, pro
     return tgi_outputs(completion)
 
 
-@router.post("/generate")
+@router.post("/generate", openapi_extra=request_body(tgi_generate()))
 async def generate(request: Request) -> FastJSONResponse:
     engine: Engine = request.app.state.engine
     body = await read_json_object(request, request.app.state.server_config.max_payload_bytes)
@@ -64,7 +65,7 @@ async def generate(request: Request) -> FastJSONResponse:
     return FastJSONResponse(outputs[0])
 
 
-@router.post("/generate_stream")
+@router.post("/generate_stream", openapi_extra=request_body(tgi_generate()))
 async def generate_stream(request: Request) -> StreamingResponse:
     engine: Engine = request.app.state.engine
     body = await read_json_object(request, request.app.state.server_config.max_payload_bytes)

@@ -43,6 +43,21 @@ def pipeline_generation_config(model: Any) -> Any:
     return config
 
 
+def decoder_room(config: Any) -> int | None:
+    """New tokens the decoder can hold: a model with a table of learned (or fixed) positions, BART, Marian,
+    Pegasus, has `max_position_embeddings` of them, the decoder's start token included, and past it `generate`
+    fails with an IndexError; T5's relative positions have no such end (None)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    return positions - 1 if isinstance(positions, int) and positions > 1 else None
+
+
+def default_new_tokens(config: Any) -> int | None:
+    """How many new tokens a request that names none gets from a generation config (None: no bound of its own)."""
+    if config.max_new_tokens is not None:
+        return int(config.max_new_tokens)
+    return int(config.max_length) - 1 if config.max_length else None
+
+
 class TorchSeq2Seq:
     """One loaded `AutoModelForSeq2SeqLM`; `generate` must run on one thread at a time (the scheduler's)."""
 
@@ -60,6 +75,8 @@ class TorchSeq2Seq:
             config.pad_token_id = tokenizer.pad_token_id
         self.generation_config = config
         self.memory_bytes = module_bytes(model)  # weights; `generate` keeps no cache between calls
+        self.max_new_tokens = decoder_room(model.config)
+
 
     @property
     def eos_token_ids(self) -> frozenset[int]:
@@ -106,10 +123,14 @@ class TorchSeq2Seq:
             hooks["stopping_criteria"] = _stopping(stop)
         # `generate` samples from torch's global generator: seed it inside a fork of its state, so a request's
         # seed never fixes other clients' draws, and an unseeded request still draws fresh ones.
+        kwargs = params.generate_kwargs()
+        if self.max_new_tokens is not None and "max_new_tokens" not in kwargs:  # a default past the positions' end
+            kwargs["max_new_tokens"] = min(default_new_tokens(self.generation_config) or self.max_new_tokens,
+                                           self.max_new_tokens)
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
             torch.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
             out = self.model.generate(
-                input_ids=ids, attention_mask=mask, generation_config=self.generation_config, **params.generate_kwargs(), **hooks
+                input_ids=ids, attention_mask=mask, generation_config=self.generation_config, **kwargs, **hooks
             )
         return out.tolist()
 

@@ -46,21 +46,21 @@ class GenerationParams:
     """
 
     max_new_tokens: int | None = param(**positive("must be at least 1"))
-    temperature: float | None = param(check=lambda v: v >= 0, rule="must be 0 (greedy) or more")
-    top_k: int | None = param(check=lambda v: v >= 0, rule="must be 0 (off) or more")
-    top_p: float | None = param(check=lambda v: 0 < v <= 1, rule="must be in (0, 1]")
-    repetition_penalty: float | None = param(check=lambda v: v > 0, rule="must be greater than 0")
-    frequency_penalty: float | None = param(check=lambda v: -2 <= v <= 2, rule="must be between -2 and 2")
-    presence_penalty: float | None = param(check=lambda v: -2 <= v <= 2, rule="must be between -2 and 2")
+    temperature: float | None = param(bounds={"minimum": 0}, rule="must be 0 (greedy) or more")
+    top_k: int | None = param(bounds={"minimum": 0}, rule="must be 0 (off) or more")
+    top_p: float | None = param(bounds={"exclusiveMinimum": 0, "maximum": 1}, rule="must be in (0, 1]")
+    repetition_penalty: float | None = param(bounds={"exclusiveMinimum": 0}, rule="must be greater than 0")
+    frequency_penalty: float | None = param(bounds={"minimum": -2, "maximum": 2}, rule="must be between -2 and 2")
+    presence_penalty: float | None = param(bounds={"minimum": -2, "maximum": 2}, rule="must be between -2 and 2")
     logit_bias: dict | None = param(check=_bias_ok, rule="must map token ids to numbers from -100 to 100")  # type: ignore[type-arg]
     do_sample: bool = param(False)
-    seed: int | None = param(check=lambda v: 0 <= v <= MAX_SEED, rule="must be between 0 and 2**64 - 1")
+    seed: int | None = param(bounds={"minimum": 0, "maximum": MAX_SEED}, rule="must be between 0 and 2**64 - 1")
     stop: list[str] | None = param()
     return_full_text: bool = param(False)
-    num_return_sequences: int = param(1, check=lambda v: 1 <= v <= MAX_RETURN_SEQUENCES,
+    num_return_sequences: int = param(1, bounds={"minimum": 1, "maximum": MAX_RETURN_SEQUENCES},
                                       rule=f"must be from 1 to {MAX_RETURN_SEQUENCES}")
     details: bool = param(False)
-    top_n_tokens: int | None = param(check=lambda v: 0 <= v <= MAX_TOP_N_TOKENS, rule=f"must be 0 to {MAX_TOP_N_TOKENS}")
+    top_n_tokens: int | None = param(bounds={"minimum": 0, "maximum": MAX_TOP_N_TOKENS}, rule=f"must be 0 to {MAX_TOP_N_TOKENS}")
     grammar: dict | None = param()  # type: ignore[type-arg]  # TGI's {"type": "json" | "regex", "value"}: see generation.grammar
 
     def __post_init__(self) -> None:

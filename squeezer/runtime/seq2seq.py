@@ -141,11 +141,15 @@ class Seq2SeqRuntime:
             raise
 
     def _check_new_tokens(self, wanted: int | None) -> None:
-        """A request may not ask for more new tokens than `--max-new-tokens` (decoders check it in their loop,
-        against the context length too)."""
+        """A request may not ask for more new tokens than `--max-new-tokens`, nor than the decoder has positions
+        for (a request that names none is cut to them by the generator; decoders check their context in their loop)."""
         limit = self._config.decoding.max_new_tokens
         if wanted is not None and wanted > limit:
             raise InputError(f"parameters.max_new_tokens: {wanted} exceeds the limit of {limit}")
+        room = self.generator.max_new_tokens
+        if wanted is not None and room is not None and wanted > room:
+            raise InputError(f"parameters.max_new_tokens: {wanted} exceeds the {room} new tokens this model's decoder "
+                             "has positions for")
 
     async def infer(self, inputs: Any, parameters: Any, task: str | None) -> Inferred:
         """The pipeline's answer: tokenize with the task prefix, `generate` on the worker, decode."""

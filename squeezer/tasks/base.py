@@ -149,6 +149,7 @@ class Task(Protocol):
 
     name: ClassVar[str]
     head: ClassVar[str]  # the model head it runs on (see squeezer.backends.base.HEAD_OUTPUTS)
+    params_type: ClassVar[type]  # the dataclass `parse` reads `parameters` into; the API documents it too
 
     def supports(self, info: ModelInfo) -> bool:
         """Whether this model can serve the task (zero-shot needs an entailment label, ...)."""
@@ -180,6 +181,7 @@ class BaseTask:
 
     name: ClassVar[str]
     head: ClassVar[str]
+    params_type: ClassVar[type]
 
     def supports(self, info: ModelInfo) -> bool:
         return True
@@ -232,6 +234,37 @@ def parse_params(cls: type[P], raw: Any) -> P:
     return cls(**kwargs)
 
 
+_JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string", dict: "object"}
+_STRINGS = {"type": "array", "items": {"type": "string", "minLength": 1}}
+
+
+def params_schema(cls: type) -> dict[str, Any]:
+    """The JSON Schema of what `parse_params(cls, ...)` accepts, for the API's OpenAPI document: read from the same
+    fields, types, choices and rules, so the document cannot drift from the validation. A rule that is code (a
+    check) is stated in the field's description."""
+    properties = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        schema = _value_schema(_hints(cls)[f.name])
+        if f.metadata.get("choices"):
+            schema["enum"] = list(f.metadata["choices"])
+        if f.metadata.get("bounds"):
+            schema.update(f.metadata["bounds"])
+        if f.metadata.get("rule"):
+            schema["description"] = f.metadata["rule"]
+        if isinstance(f.default, (bool, int, float, str, tuple)):
+            schema["default"] = list(f.default) if isinstance(f.default, tuple) else f.default
+        properties[f.name] = schema
+    return {"type": "object", "properties": properties}
+
+
+def _value_schema(kind: Any) -> dict[str, Any]:
+    args = [a for a in getattr(kind, "__args__", ()) if a is not type(None)]
+    base = args[0] if len(args) == 1 and getattr(kind, "__origin__", None) not in (list, tuple) else kind
+    if getattr(base, "__origin__", None) in (list, tuple):  # one string is taken as a list of one
+        return {"anyOf": [{"type": "string", "minLength": 1}, _STRINGS]}
+    return {"type": _JSON_TYPES[base]}
+
+
 @functools.lru_cache(maxsize=None)
 def _hints(cls: type) -> dict[str, Any]:
     """A parameter class's resolved annotations, computed once (resolving them is slow)."""
@@ -269,13 +302,24 @@ def _check_value(name: str, value: Any, kind: Any, meta: Any) -> Any:
 MAX_SEED = 2**64 - 1  # the largest request seed: torch generators take up to this (TGI's seed is a u64)
 
 
-def param(default: Any = None, *, choices: tuple[Any, ...] | None = None, check: Any = None, rule: str = "") -> Any:
-    """Declare a task parameter with its allowed values or a validity rule."""
-    return field(default=default, metadata={"choices": choices, "check": check, "rule": rule})
+def param(default: Any = None, *, choices: tuple[Any, ...] | None = None, check: Any = None, rule: str = "",
+          bounds: dict[str, float] | None = None) -> Any:
+    """Declare a task parameter with its allowed values or a validity rule (`rule` is the error's text).
+
+    A numeric range is given as `bounds`, JSON Schema's own words (minimum, maximum, exclusiveMinimum): the same
+    numbers are checked here and published in the API's OpenAPI document (`params_schema`)."""
+    if bounds:
+        check = functools.partial(_within, bounds)
+    return field(default=default, metadata={"choices": choices, "check": check, "rule": rule, "bounds": bounds})
+
+
+def _within(bounds: dict[str, float], value: float) -> bool:
+    return (value >= bounds.get("minimum", value) and value <= bounds.get("maximum", value)
+            and ("exclusiveMinimum" not in bounds or value > bounds["exclusiveMinimum"]))
 
 
 def positive(rule: str = "must be a positive integer") -> dict[str, Any]:
-    return {"check": lambda v: v > 0, "rule": rule}
+    return {"bounds": {"minimum": 1}, "rule": rule}
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:

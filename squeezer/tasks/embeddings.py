@@ -61,6 +61,7 @@ class EmbeddingParams:
 
 class FeatureExtraction(BaseTask):
     name: ClassVar[str] = "feature-extraction"
+    params_type: ClassVar[type] = EmbeddingParams
     head: ClassVar[str] = "base"
 
     def parse(self, inputs: Any, parameters: dict[str, Any]) -> tuple[list[Any], Any, bool]:
@@ -93,6 +94,7 @@ class SentenceSimilarity(BaseTask):
     """Cosine similarity of `source_sentence` with each of `sentences`, as the Inference API computes it."""
 
     name: ClassVar[str] = "sentence-similarity"
+    params_type: ClassVar[type] = SimilarityParams
     head: ClassVar[str] = "base"
 
     def claims(self, inputs: Any, parameters: dict[str, Any]) -> bool:

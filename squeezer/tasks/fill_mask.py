@@ -66,6 +66,7 @@ class FillMaskParams:
 
 class FillMask(BaseTask):
     name: ClassVar[str] = "fill-mask"
+    params_type: ClassVar[type] = FillMaskParams
     head: ClassVar[str] = "masked-lm"
 
     def supports(self, info: ModelInfo) -> bool:

@@ -23,7 +23,7 @@ MAX_WINDOWS = 256
 @dataclass(frozen=True)
 class QuestionAnsweringParams:
     top_k: int = param(1, **positive())
-    doc_stride: int | None = param(None, check=lambda v: v >= 0, rule="must be a non-negative integer")
+    doc_stride: int | None = param(None, bounds={"minimum": 0}, rule="must be a non-negative integer")
     max_answer_len: int = param(15, **positive())
     max_seq_len: int | None = param(None, **positive())
     # Accepted for client compatibility; the pipeline's fast-tokenizer path never uses it either.
@@ -193,6 +193,7 @@ def add_answer(answers: list[dict[str, Any]], context: str, start: int, end: int
 
 class QuestionAnswering(BaseTask):
     name: ClassVar[str] = "question-answering"
+    params_type: ClassVar[type] = QuestionAnsweringParams
     head: ClassVar[str] = "question-answering"
 
     def parse(self, inputs: Any, parameters: dict[str, Any]) -> tuple[list[Any], Any, bool]:

@@ -24,14 +24,14 @@ class Seq2SeqParams:
     """A request's parameters; None leaves the model's generation config (what the pipeline uses) in charge."""
 
     max_new_tokens: int | None = param(**positive("must be at least 1"))
-    min_new_tokens: int | None = param(check=lambda v: v >= 0, rule="must be 0 or more")
-    num_beams: int | None = param(check=lambda v: 1 <= v <= MAX_BEAMS, rule=f"must be from 1 to {MAX_BEAMS}")
+    min_new_tokens: int | None = param(bounds={"minimum": 0}, rule="must be 0 or more")
+    num_beams: int | None = param(bounds={"minimum": 1, "maximum": MAX_BEAMS}, rule=f"must be from 1 to {MAX_BEAMS}")
     do_sample: bool | None = param()
-    temperature: float | None = param(check=lambda v: v > 0, rule="must be greater than 0")
+    temperature: float | None = param(bounds={"exclusiveMinimum": 0}, rule="must be greater than 0")
     top_k: int | None = param(**positive("must be at least 1"))
-    top_p: float | None = param(check=lambda v: 0 < v <= 1, rule="must be in (0, 1]")
-    repetition_penalty: float | None = param(check=lambda v: v > 0, rule="must be greater than 0")
-    seed: int | None = param(check=lambda v: 0 <= v <= MAX_SEED, rule="must be between 0 and 2**64 - 1")
+    top_p: float | None = param(bounds={"exclusiveMinimum": 0, "maximum": 1}, rule="must be in (0, 1]")
+    repetition_penalty: float | None = param(bounds={"exclusiveMinimum": 0}, rule="must be greater than 0")
+    seed: int | None = param(bounds={"minimum": 0, "maximum": MAX_SEED}, rule="must be between 0 and 2**64 - 1")
     clean_up_tokenization_spaces: bool = param(False)
     truncate: bool = param(True)
 

@@ -104,6 +104,7 @@ class ClassificationParams:
 
 class TextClassification(BaseTask):
     name: ClassVar[str] = "text-classification"
+    params_type: ClassVar[type] = ClassificationParams
     head: ClassVar[str] = "sequence-classification"
 
     def parse(self, inputs: Any, parameters: dict[str, Any]) -> tuple[list[Any], Any, bool]:

@@ -34,7 +34,7 @@ WORD_AGGREGATIONS = ("first", "average", "max")
 class TokenClassificationParams:
     aggregation_strategy: str = param("simple", choices=AGGREGATIONS)
     ignore_labels: tuple[str, ...] = ("O",)  # see `parse_ignore_labels`: an empty list is meaningful
-    stride: int | None = param(None, check=lambda v: v >= 0, rule="must be a non-negative integer")
+    stride: int | None = param(None, bounds={"minimum": 0}, rule="must be a non-negative integer")
     truncate: bool = True
 
 
@@ -234,6 +234,7 @@ def merge_overlapping(entities: list[Tagged | Group]) -> list[Tagged | Group]:
 
 class TokenClassification(BaseTask):
     name: ClassVar[str] = "token-classification"
+    params_type: ClassVar[type] = TokenClassificationParams
     head: ClassVar[str] = "token-classification"
 
     def parse(self, inputs: Any, parameters: dict[str, Any]) -> tuple[list[Any], Any, bool]:

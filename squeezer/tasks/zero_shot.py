@@ -55,6 +55,7 @@ class ZeroShotParams:
 
 class ZeroShotClassification(BaseTask):
     name: ClassVar[str] = "zero-shot-classification"
+    params_type: ClassVar[type] = ZeroShotParams
     head: ClassVar[str] = "sequence-classification"
 
     def supports(self, info: ModelInfo) -> bool:

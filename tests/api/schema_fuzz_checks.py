@@ -9,9 +9,10 @@ import json
 
 import schemathesis
 
-# Non-JSON answers a route may give on success.
+# Non-JSON answers a route may give on success (the Inference API routes stream TGI's tokens for "stream": true).
 NON_JSON = {"/generate_stream": "text/event-stream", "/v1/chat/completions": "text/event-stream",
-            "/v1/completions": "text/event-stream", "/metrics": "text/plain"}
+            "/v1/completions": "text/event-stream", "/": "text/event-stream",
+            "/models/{model_path}": "text/event-stream", "/metrics": "text/plain"}
 
 
 @schemathesis.check

@@ -40,10 +40,18 @@ def test_openai_base64_is_little_endian_float32(server) -> None:
     np.testing.assert_allclose(decoded, floats["data"][0]["embedding"], atol=1e-7)
 
 
+def test_openai_embeddings_without_a_model_go_to_the_first_that_embeds(server) -> None:
+    """As on every route (the README's rule, vLLM's and TEI's too): the answer names the model that answered."""
+    answer = httpx.post(server.url + "/v1/embeddings", json={"input": "hello"})
+    named = httpx.post(server.url + "/v1/embeddings", json={"model": MINILM, "input": "hello"})
+    assert answer.status_code == 200 and answer.json()["model"] == MINILM
+    assert answer.json()["data"] == named.json()["data"]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "fragment"),
     [
-        ({"input": "x"}, 422, "model"),
+        ({"model": 5, "input": "x"}, 422, "model"),
         ({"model": MINILM}, 422, "input"),
         ({"model": MINILM, "input": []}, 422, "input"),
         ({"model": MINILM, "input": [[1, 2]]}, 422, "token-id"),

@@ -4,12 +4,12 @@ types, methods the route lacks). Whatever it sends, the answer is never a 5xx, a
 was wrong in `error`), but for an SSE stream from a streaming route and /metrics' Prometheus text (the check is
 `schema_fuzz_checks.py`).
 
-The routes read their bodies by hand (size limit, strict UTF-8, depth limit), so the document describes no request
-body and schemathesis alone would send none. The second run fills in a body schema for each POST operation the
-document leaves without one (`BODIES`, a sketch of each dialect's wire format with small valid values; negative
-mode sends wrong types, out-of-range values and missing fields), and the served model ids for
-`/models/{model_path}`; a body the server documents itself is used as served. `tests/api/test_properties.py`
-fuzzes the same bodies with free-form hypothesis strategies.
+The routes read their bodies by hand (size limit, strict UTF-8, depth limit), and the document describes each
+POST body (`squeezer/api/schemas.py`), so schemathesis sends bodies generated from it: valid ones, and in negative
+mode wrong types, out-of-range values and missing fields. The first run takes the document as served, where the
+model ids are free strings (so most requests name no served model); the second narrows every `model` field and
+`/models/{model_path}` to the served ids, so the bodies reach the models. `tests/api/test_properties.py` fuzzes
+the same bodies with free-form hypothesis strategies.
 
 The server is this module's own (an encoder, a causal LM with a chat template and a seq2seq model, so every
 dialect reaches a model), so no operation is excluded: whatever one changes, no other test shares the process.
@@ -39,57 +39,6 @@ EXAMPLES = int(os.environ.get("SQUEEZER_SCHEMA_EXAMPLES", "50"))
 CHECKS = Path(__file__).with_name("schema_fuzz_checks.py")
 MODELS = ["emb", "chat", "t2t"]
 
-# Valid requests stay small (negative mode steps outside every bound: huge, negative, wrong types).
-_NUM, _INT = {"type": "number", "minimum": 0, "maximum": 2}, {"type": "integer", "minimum": 1, "maximum": 8}
-_BOOL, _STR = {"type": "boolean"}, {"type": "string", "maxLength": 40}
-_PROMPT = {"type": "string", "minLength": 1, "maxLength": 40}  # the generation routes take one non-empty prompt
-_TEXTS = {"anyOf": [_STR, {"type": "array", "items": _STR, "maxItems": 4}]}
-_MODEL = {"enum": MODELS}
-_PARAMETERS = {"type": "object", "properties": {name: kind for names, kind in [
-    (["max_new_tokens", "min_new_tokens", "top_k", "seed", "truncate", "top_n_tokens", "num_return_sequences",
-      "num_beams", "best_of"], _INT),
-    (["temperature", "top_p", "typical_p", "repetition_penalty", "frequency_penalty"], _NUM),
-    (["do_sample", "details", "return_full_text", "decoder_input_details", "watermark", "normalize", "multi_label"], _BOOL),
-    (["function_to_apply", "aggregation_strategy", "hypothesis_template"], _STR),
-    (["stop", "candidate_labels", "targets"], _TEXTS),
-    (["grammar", "logit_bias"], {"type": "object"}),
-] for name in names}}
-_OPENAI = {"max_tokens": _INT, "max_completion_tokens": _INT, "temperature": _NUM, "top_p": _NUM, "n": _INT,
-           "stream": _BOOL, "stream_options": {"type": "object", "properties": {"include_usage": _BOOL}}, "stop": _TEXTS,
-           "seed": _INT, "frequency_penalty": _NUM, "presence_penalty": _NUM,
-           "logit_bias": {"type": "object", "additionalProperties": _NUM}, "user": _STR}
-_MESSAGE = {"type": "object", "required": ["role", "content"], "properties": {
-    "role": {"enum": ["system", "user", "assistant"]},
-    "content": {"anyOf": [_STR, {"type": "array", "maxItems": 3, "items": {
-        "type": "object", "required": ["type", "text"], "properties": {"type": {"enum": ["text"]}, "text": _STR}}}]},
-    "name": _STR}}
-_HF = {"type": "object", "required": ["inputs"], "properties": {
-    "inputs": {"anyOf": [_STR, {"type": "array", "items": _STR, "maxItems": 3}, {"type": "object"}]},
-    "parameters": _PARAMETERS, "options": {"type": "object"}}}
-_TEI = {"type": "object", "required": ["inputs"], "properties": {
-    "inputs": _TEXTS, "normalize": _BOOL, "truncate": _BOOL, "truncation_direction": _STR, "prompt_name": _STR,
-    "add_special_tokens": _BOOL, "return_offsets": _BOOL, "model": _MODEL}}
-_TGI = {"type": "object", "required": ["inputs"], "properties": {"inputs": _PROMPT, "parameters": _PARAMETERS, "stream": _BOOL}}
-BODIES: dict[str, dict[str, Any]] = {
-    "/": _HF,
-    "/models/{model_path}": _HF,
-    "/embed": _TEI,
-    "/tokenize": _TEI,
-    "/generate": _TGI,
-    "/generate_stream": _TGI,
-    "/v1/embeddings": {"type": "object", "required": ["input"], "properties": {
-        "model": _MODEL, "input": {"anyOf": [_STR, {"type": "array", "items": _STR}, {"type": "array", "items": _INT}]},
-        "encoding_format": {"enum": ["float", "base64"]}, "dimensions": _INT, "user": _STR}},
-    "/v1/chat/completions": {"type": "object", "required": ["model", "messages"], "properties": {
-        "model": _MODEL, "messages": {"type": "array", "items": _MESSAGE, "minItems": 1, "maxItems": 4}, "logprobs": _BOOL,
-        "top_logprobs": _INT, "response_format": {"type": "object"}, "tools": {"type": "array", "items": {"type": "object"}},
-        "tool_choice": {"anyOf": [_STR, {"type": "object"}]}, **_OPENAI}},
-    "/v1/completions": {"type": "object", "required": ["model", "prompt"], "properties": {
-        "model": _MODEL, "prompt": _PROMPT,
-        "echo": _BOOL, "logprobs": _INT, "suffix": _STR, "best_of": _INT, **_OPENAI}},
-}
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model, tiny_decoder_path, tiny_seq2seq_path):
     paths = [tiny_model("bert", "base"), tiny_decoder_path("llama"), tiny_seq2seq_path("t5")]
@@ -108,15 +57,15 @@ def operations(document: dict[str, Any]) -> list[tuple[str, str]]:
     return [(method, path) for path, item in document["paths"].items() for method in item if method in methods]
 
 
-def with_bodies(document: dict[str, Any]) -> dict[str, Any]:
-    """The document, with a body schema for each POST operation that has none, and the model ids as the values
-    of `/models/{model_path}`."""
+def with_model_ids(document: dict[str, Any]) -> dict[str, Any]:
+    """The document, with the served model ids as the only values of `/models/{model_path}` and of every
+    body's `model` field."""
     document = json.loads(json.dumps(document))
     for method, path in operations(document):
         operation = document["paths"][path][method]
-        if method == "post" and "requestBody" not in operation:
-            assert path in BODIES, f"POST {path} documents no body: describe it in the server or in BODIES here"
-            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": BODIES[path]}}}
+        for media in operation.get("requestBody", {}).get("content", {}).values():
+            if "model" in media["schema"].get("properties", {}):
+                media["schema"]["properties"]["model"] = {"enum": MODELS}
         for parameter in operation.get("parameters", []):
             if (path, parameter["name"]) == ("/models/{model_path}", "model_path"):
                 parameter["schema"] = {"enum": MODELS}
@@ -140,10 +89,13 @@ def run_schemathesis(server: ServerProcess, location: str, workdir: Path, operat
 
 def test_served_openapi_document(server, tmp_path) -> None:
     document = httpx.get(server.url + "/openapi.json").json()
+    undocumented = [path for method, path in operations(document)
+                    if method == "post" and "requestBody" not in document["paths"][path][method]]
+    assert not undocumented, f"POST routes without a documented body: {undocumented}"
     run_schemathesis(server, server.url + "/openapi.json", tmp_path, len(operations(document)))
 
 
-def test_served_openapi_document_with_request_bodies(server, tmp_path) -> None:
-    document = with_bodies(httpx.get(server.url + "/openapi.json").json())
+def test_served_openapi_document_with_the_served_model_ids(server, tmp_path) -> None:
+    document = with_model_ids(httpx.get(server.url + "/openapi.json").json())
     (tmp_path / "openapi.json").write_text(json.dumps(document))
     run_schemathesis(server, str(tmp_path / "openapi.json"), tmp_path, len(operations(document)))

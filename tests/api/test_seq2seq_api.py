@@ -91,3 +91,25 @@ def test_tgi_generation_and_streaming_on_an_encoder_decoder(s2s_server) -> None:
     assert too_long.status_code == 422 and "exceeds the limit" in too_long.json()["error"]
     chat = httpx.post(f"{proc.url}/v1/chat/completions", json={"model": "tiny/t2t", "messages": [{"role": "user", "content": "hi"}]})
     assert chat.status_code == 400 and "no chat template" in chat.json()["error"]
+
+
+def test_a_decoder_with_a_position_table_generates_no_further_than_its_positions(s2s_server) -> None:
+    """BART's decoder has `max_position_embeddings` learned positions (the tiny one: MAX_INPUT), and the pipeline's
+    default of 256 new tokens goes past them (an IndexError inside `generate` before): a request that names no
+    length is cut to the positions on every route; one that asks for more is refused with a 422 naming the field."""
+    from squeezer.testing.tiny_seq2seq import MAX_INPUT
+
+    proc, _ = s2s_server
+    url = f"{proc.url}/models/tiny/tr"
+    answer = httpx.post(url, json={"inputs": TEXT}, timeout=120)
+    assert answer.status_code == 200, answer.text
+    streamed = httpx.post(f"{proc.url}/generate", json={"model": "tiny/tr", "inputs": TEXT, "parameters": {"details": True}},
+                          timeout=120)
+    assert streamed.status_code == 200, streamed.text
+    assert 0 < streamed.json()["details"]["generated_tokens"] <= MAX_INPUT - 1
+    for route, body in [(url, {"inputs": TEXT, "parameters": {"max_new_tokens": MAX_INPUT}}),
+                        (f"{proc.url}/generate", {"model": "tiny/tr", "inputs": TEXT, "parameters": {"max_new_tokens": MAX_INPUT}})]:
+        refused = httpx.post(route, json=body, timeout=60)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"].startswith("parameters.max_new_tokens") and "positions" in refused.json()["error"]
+    assert httpx.post(url, json={"inputs": TEXT, "parameters": {"max_new_tokens": MAX_INPUT - 1}}, timeout=120).status_code == 200
