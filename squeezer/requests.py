@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from squeezer.loading import LoadedModel
-from squeezer.tasks import TASKS, InputError, Task
+from squeezer.tasks import ALL_TASKS, TASKS, InputError, Task
 from squeezer.tasks.base import Feature, Prepared
 
 
@@ -53,9 +53,9 @@ def pick_task(model: LoadedModel, inputs: Any, parameters: dict[str, Any], task_
     """The task named by the route, else one the request's shape claims, else the model's default."""
     candidates = model.tasks()
     if task_name is not None:
-        if task_name not in TASKS:
-            raise InputError(f"unknown task {task_name!r}; known tasks: {', '.join(sorted(TASKS))}", status=404)
-        if TASKS[task_name] not in candidates:
+        if task_name not in ALL_TASKS:
+            raise InputError(f"unknown task {task_name!r}; known tasks: {', '.join(sorted(ALL_TASKS))}", status=404)
+        if task_name not in TASKS or TASKS[task_name] not in candidates:  # a generation task, or another head's
             names = ", ".join(t.name for t in candidates)
             raise InputError(f"model {model.model_id} cannot serve {task_name}; it serves: {names}", status=400)
         return TASKS[task_name]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -34,6 +35,27 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 # OpenAI body field -> generation parameter.
 RENAMED = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens", "n": "num_return_sequences"}
 PASSED = ("temperature", "top_p", "seed", "stop", "frequency_penalty", "presence_penalty", "logit_bias")
+
+
+def openai_field(message: str, body: dict[str, Any], chat: bool) -> str:
+    """An error about a generation parameter, named by the OpenAI field the client sent (`n`, not
+    `parameters.num_return_sequences`)."""
+    field, sep, rest = message.removeprefix("parameters.").partition(":")
+    if not sep or not message.startswith("parameters."):
+        return message
+    sent = {"num_return_sequences": "n", "top_n_tokens": "top_logprobs" if chat else "logprobs", "grammar": "response_format",
+            "max_new_tokens": "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"}
+    return f"{sent.get(field, field)}:{rest}"
+
+
+@contextmanager
+def openai_names(body: dict[str, Any], chat: bool) -> Iterator[None]:
+    """Errors raised inside name the OpenAI fields (see `openai_field`)."""
+    try:
+        yield
+    except ClientError as exc:
+        exc.args = (openai_field(str(exc), body, chat),)
+        raise
 
 
 def openai_parameters(body: dict[str, Any], chat: bool) -> dict[str, Any]:
@@ -295,8 +317,13 @@ async def _deltas(streaming: Streaming, base: dict[str, Any], shape: Shape, incl
 
 
 async def _completions(request: Request, path_model: str | None, chat: bool) -> Any:
-    engine: Engine = request.app.state.engine
     body = await read_json_object(request, request.app.state.server_config.max_payload_bytes)
+    with openai_names(body, chat):
+        return await _answer(request, body, path_model, chat)
+
+
+async def _answer(request: Request, body: dict[str, Any], path_model: str | None, chat: bool) -> Any:
+    engine: Engine = request.app.state.engine
     model_id = engine.resolve(path_model or model_name(body), CHAT if chat else GENERATE)
     params = openai_parameters(body, chat)
     prompt, messages = (None, body.get("messages")) if chat else (body.get("prompt"), None)

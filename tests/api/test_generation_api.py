@@ -205,12 +205,21 @@ def test_openai_completions_and_stop_sequences(gen_server, reference) -> None:
         ("/v1/completions", {"model": "tiny/llama", "prompt": PROMPT, "logprobs": True}, 422, "logprobs"),
         ("/generate", {"model": "tiny/llama", "inputs": PROMPT, "parameters": {"top_n_tokens": 50}}, 422, "top_n_tokens"),
         ("/v1/chat/completions", {"model": "tiny/gpt2", "messages": CHAT}, 422, "chat template"),
+        # OpenAI errors name the field the client sent, not the generation parameter it maps to
+        ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "n": 17}, 422, "^n: must be from 1 to 16"),
+        ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "max_completion_tokens": 5000}, 422,
+         "^max_completion_tokens: must be at most"),
+        ("/v1/completions", {"model": "tiny/llama", "prompt": PROMPT, "max_tokens": 0}, 422, "^max_tokens: must be"),
+        ("/v1/completions", {"model": "tiny/llama", "prompt": PROMPT, "logprobs": 50}, 422, "^logprobs: must be 0 to 20"),
+        ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "top_p": 0}, 422, "^top_p: must be in"),
     ],
 )
 def test_generation_errors(gen_server, path, body, status, fragment) -> None:
+    """`fragment` is in the error message; one that starts with ^ is how the message starts."""
     response = httpx.post(gen_server.url + path, json=body)
     assert response.status_code == status, response.text
-    assert fragment in response.json()["error"]
+    error = response.json()["error"]
+    assert error.startswith(fragment[1:]) if fragment.startswith("^") else fragment in error, error
 
 
 def test_disconnect_frees_the_slot_and_metrics_count(gen_server) -> None:

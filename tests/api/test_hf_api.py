@@ -129,6 +129,7 @@ def test_truncation_is_announced_and_can_be_refused(server) -> None:
         ("/models/no/such-model", {"json": {"inputs": "x"}}, 404, "no/such-model"),
         (f"/models/{MINILM}/pipeline/no-such-task", {"json": {"inputs": "x"}}, 404, "no-such-task"),
         (f"/models/{MINILM}/pipeline/fill-mask", {"json": {"inputs": "x"}}, 400, "cannot serve fill-mask"),
+        (f"/models/{MINILM}/pipeline/text2text-generation", {"json": {"inputs": "x"}}, 400, "cannot serve text2text-generation"),
         ("/models/tiny/fill-mask", {"json": {"inputs": "no mask here"}}, 422, "[MASK]"),
         ("/models/tiny/zero-shot", {"json": {"inputs": "x", "parameters": {"candidate_labels": []}}}, 422, "candidate_labels"),
         ("/models/tiny/question-answering", {"json": {"inputs": {"question": "q"}}}, 422, "context"),
