@@ -29,10 +29,17 @@ T = TypeVar("T")
 Swap = Callable[[Any, ModelSource], Awaitable[dict[str, Any]]]  # (entry, artifact) -> its `optimization` record
 Reserve = Callable[[Any, int], Awaitable[bool]]  # (entry, bytes) -> whether the memory budget holds them now
 Release = Callable[[int], None]  # bytes a finished compile gives back to the budget
-# What a compile holds beside the served model, in multiples of that model's memory: the reference, the export,
-# every candidate that passed the gate (kept loaded to be timed together) and the runtimes' own copies. Measured
-# for MiniLM's default sweep (90 MB of weights): a peak of 2.35 GB resident against 0.37 GB for the libraries alone.
-COMPILE_MEMORY_FACTOR = 24
+# What a compile holds beside the served model: its process's libraries, and in multiples of the model's memory the
+# reference, the export, every candidate that passed the gate (kept loaded to be timed together) and the runtimes'
+# own copies. Measured as the peak resident memory of `squeezer optimize` with the default sweep and every candidate
+# passing (BERT encoders of 87, 127 and 418 MiB of weights: 2.36, 3.33 and 9.68 GiB); this holds each with 1-4% to spare.
+COMPILE_MEMORY_BASE = 512 << 20
+COMPILE_MEMORY_FACTOR = 23
+
+
+def compile_memory(model_bytes: int) -> int:
+    """The bytes a background compile of a model of `model_bytes` is held in the memory budget for."""
+    return COMPILE_MEMORY_BASE + COMPILE_MEMORY_FACTOR * model_bytes
 
 
 def in_daemon_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
@@ -81,7 +88,7 @@ class BackgroundOptimizer:
     async def _run(self, entry: Any) -> None:
         started = time.monotonic()
         async with self._one_at_a_time:  # swaps too: two at once could each wait to evict the other
-            held = COMPILE_MEMORY_FACTOR * entry.memory_bytes
+            held = compile_memory(entry.memory_bytes)
             if not await self._reserve(entry, held):
                 entry.optimization = {"state": "kept", "reason": f"--max-memory-mb cannot hold the compile (about "
                                       f"{held >> 20} MiB beside the served models); it keeps serving as it is"}

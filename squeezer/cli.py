@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         "models",
         nargs="*",
         metavar="MODEL",
-        help="[ID=]SOURCE: a model folder, a .gguf file or a cached Hub id "
+        help="[ID=]SOURCE: a model folder, a .gguf file, package:NAME (a model inside a Python package) or a cached Hub id "
         f"(default: the packaged all-MiniLM-L6-v2; env {env_name('models')}, space-separated)",
     )
     for cls in SERVE_GROUPS.values():

@@ -97,7 +97,7 @@ async def test_the_compile_counts_in_the_memory_budget(tiny_model, tmp_path: Pat
     compile at all keeps the model serving as it is, with the reason, without unloading anyone for nothing."""
     import threading
 
-    from squeezer.background import COMPILE_MEMORY_FACTOR
+    from squeezer.background import compile_memory
     from tests.compiler.artifacts import build_artifact
 
     started, finish = threading.Event(), threading.Event()
@@ -113,7 +113,7 @@ async def test_the_compile_counts_in_the_memory_budget(tiny_model, tmp_path: Pat
     await probe.start()
     sizes = {m["id"]: m["memory_bytes"] for m in probe.models()}
     await probe.close()
-    compile_mb = (COMPILE_MEMORY_FACTOR * sizes["m"]) >> 20
+    compile_mb = compile_memory(sizes["m"]) >> 20
     both_mb = (sizes["m"] + sizes["other"]) >> 20
 
     # Room for the compile beside one of the two models only: while it runs, one is unloaded (whichever the

@@ -31,7 +31,7 @@ def add_optimize_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Export, fuse and quantize a model, gate every candidate against PyTorch on a validation set, "
         "time the survivors here, and write the fastest into DIR with its report (squeezer.json).",
     )
-    parser.add_argument("source", metavar="SOURCE", help="[ID=]SOURCE: a model folder, a .gguf file or a cached Hub id")
+    parser.add_argument("source", metavar="SOURCE", help="[ID=]SOURCE: a model folder, a .gguf file, package:NAME or a cached Hub id")
     parser.add_argument("--out", required=True, metavar="DIR", help="Artifact folder to write (replaced atomically).")
     parser.add_argument("--quiet", action="store_true", help="Print only the final table, not the progress.")
     add_config_arguments(parser, OptimizeConfig)
