@@ -32,14 +32,15 @@ Release = Callable[[int], None]  # bytes a finished compile gives back to the bu
 # What a compile holds beside the served model: its process's libraries, and in multiples of the model's memory the
 # reference, the export, every candidate that passed the gate (kept loaded to be timed together) and the runtimes'
 # own copies. Measured as the peak resident memory of `squeezer optimize` with the default sweep and every candidate
-# passing (BERT encoders of 87, 127 and 418 MiB of weights: 2.36, 3.33 and 9.68 GiB); this holds each with 1-4% to spare.
-COMPILE_MEMORY_BASE = 512 << 20
-COMPILE_MEMORY_FACTOR = 23
+# passing (BERT encoders of 87, 127 and 418 MiB of weights: 1.74, 2.25 and 5.63 GiB, BENCHMARKS.md); this holds
+# each with 4 to 6% to spare.
+COMPILE_MEMORY_BASE = 800 << 20
+COMPILE_MEMORY_FACTOR = 12.5
 
 
 def compile_memory(model_bytes: int) -> int:
     """The bytes a background compile of a model of `model_bytes` is held in the memory budget for."""
-    return COMPILE_MEMORY_BASE + COMPILE_MEMORY_FACTOR * model_bytes
+    return COMPILE_MEMORY_BASE + int(COMPILE_MEMORY_FACTOR * model_bytes)
 
 
 def in_daemon_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:

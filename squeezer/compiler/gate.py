@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from squeezer import heap
 from squeezer.backends.base import Backend, Batch, split_outputs
 from squeezer.compiler.validation_data import Example
 from squeezer.loading import LoadedModel
@@ -233,6 +234,14 @@ def gate_candidate(record: dict[str, Any], build: Callable[[], R], judge: Callab
     Shared by every model family: a candidate that cannot be built or run is reported as failed (never fatal
     to the whole optimize), a rejected one lists the bounds it broke, and a runner not kept is closed.
     """
+    try:
+        return _gated(record, build, judge, say)
+    finally:  # the build's transient copies (a graph fused in Python, a quantizer's) leave the resident size
+        heap.trim()
+
+
+def _gated(record: dict[str, Any], build: Callable[[], R], judge: Callable[[R], Verdict],
+           say: Callable[[str], None]) -> R | None:
     runner = None
     try:
         runner = build()

@@ -47,7 +47,7 @@ CASES: list[tuple[str, Any, int, str]] = [
     ("/models/t2t", {"inputs": "A text", "parameters": {"num_beams": 17}}, 422, "num_beams"),
     ("/generate", {"model": "chat", "inputs": "x" * 5_001}, 422, "characters"),
     ("/v1/chat/completions", {"model": "chat", "messages": CHAT * 17}, 413, "inputs"),
-    ("/v1/chat/completions", {"model": "chat", "messages": CHAT, "n": 17}, 422, "num_return_sequences"),
+    ("/v1/chat/completions", {"model": "chat", "messages": CHAT, "n": 17}, 422, "n: must be from 1 to 16"),
     ("/v1/chat/completions", {"model": "chat", "messages": CHAT, "stop": ["y" * 300]}, 422, "stop"),
     ("/v1/chat/completions", {"model": "chat", "messages": CHAT, "logit_bias": {"\u00b2": 5}}, 422, "logit_bias"),
     ("/v1/chat/completions", {"model": "chat", "messages": CHAT, "stream": True, "stream_options": "yes"}, 422,
