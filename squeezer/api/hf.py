@@ -96,6 +96,14 @@ async def infer_root(request: Request) -> FastJSONResponse:
 
 @router.post("/models/{model_path:path}", openapi_extra=request_body(inference_api(), text=True))
 async def infer(model_path: str, request: Request) -> FastJSONResponse:
+    """The Inference API on a served model (the id may hold slashes), and the routes below it:
+
+    - `/models/{id}/pipeline/{task}`: the same, with the task chosen;
+    - `/models/{id}/v1/chat/completions`: OpenAI chat (the body of `POST /v1/chat/completions`), where
+      huggingface_hub sends it for a model URL;
+    - `/models/{id}/load`, `/models/{id}/unload`: load or unload a configured model (no body; the admin key
+      when one is set).
+    """
     engine: Engine = request.app.state.engine
     model_id, task, action = split_model_path(model_path, set(engine.model_ids()))
     if action in ACTIONS:
