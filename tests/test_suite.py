@@ -44,4 +44,5 @@ def test_a_hanging_test_fails_with_its_stack_and_the_run_goes_on(tmp_path: Path)
     assert "2 failed, 1 passed" in out, out
     for name in ("test_awaits_for_ever", "test_waits_for_a_thread_that_never_ends"):
         assert f"FAILED test_hangs.py::{name} - Failed: Time" in out, out
-    assert out.count("Failed: Timeout (>2.0s) from pytest-timeout") == 2, out
+    raised = [line for line in out.splitlines() if line.startswith("E ") and "Failed: Timeout (>2.0s)" in line]
+    assert len(raised) == 2, out  # one per hanging test (the summary repeats them, whole when CI is set)

@@ -84,6 +84,7 @@ def test_served_artifact_generates_what_torch_generates(artifact, reference, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # a full decoder compile: about 150 s on 2 idle cores, 270 s on busy ones
 def test_smollm2_gguf_optimize_then_serve_optimize(tmp_path, smollm2_file) -> None:
     """The real model: optimize picks a passing quantized candidate; `serve x.gguf --optimize` then serves it
     (from the cache the optimize run filled, as the same default settings make the same key)."""
