@@ -273,8 +273,10 @@ class Engine:
         request = await runtime.prep.run(runtime.prepare, prompt, messages, parameters, tools)
         return await runtime.stream(dataclasses.replace(request, scope=scope))
 
-    async def tokenize(self, model_id: str, texts: list[str], add_special_tokens: bool = True) -> list[list[TokenSpan]]:
-        """Each text's tokens with their character offsets (TEI's /tokenize)."""
+    async def tokenize(self, model_id: str, texts: list[str], add_special_tokens: bool | None = None) -> list[list[TokenSpan]]:
+        """Each text's tokens with their character offsets (TEI's /tokenize); `add_special_tokens` None: as the
+        model tokenizes its own requests (an encoder adds them, a plain generation prompt does not, as TGI's
+        /tokenize shows what /generate feeds the model)."""
         self._check_limits(texts)
         runtime = await self._runtime(model_id, TOKENIZE, False)
         spans = runtime.vocabulary.spans

@@ -69,7 +69,9 @@ def tei_embed() -> dict[str, Any]:
 
 def tei_tokenize() -> dict[str, Any]:
     return {"type": "object", "required": ["inputs"], "properties": {
-        "inputs": _TEXTS, "model": _MODEL, "add_special_tokens": {**_BOOL, "default": True}}}
+        "inputs": _TEXTS, "model": _MODEL, "add_special_tokens": {
+            **_BOOL, "description": "default: as the model's requests are tokenized (an encoder adds them, a "
+                                    "generation prompt not)"}}}
 
 
 def tgi_generate() -> dict[str, Any]:

@@ -23,9 +23,10 @@ from squeezer.tasks.base import text_items
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
-def flag(body: dict[str, Any], name: str, default: bool) -> bool:
+def flag(body: dict[str, Any], name: str, default: bool | None) -> Any:
+    """A boolean field of the body; `default` when absent."""
     value = body.get(name, default)
-    if not isinstance(value, bool):
+    if value is not default and not isinstance(value, bool):
         raise ClientError(f"{name}: expected a boolean, got {value!r}", status=422)
     return value
 
@@ -46,9 +47,10 @@ async def embed(request: Request) -> FastJSONResponse:
 
 @router.post("/tokenize", openapi_extra=request_body(tei_tokenize()))
 async def tokenize(request: Request) -> list[list[dict[str, Any]]]:
-    """Tokens with ids, text and character offsets, as TEI returns them."""
+    """Tokens with ids, text and character offsets, as TEI returns them; special tokens are added as the model's
+    own requests add them unless `add_special_tokens` says (an encoder's input has them, a generation prompt not)."""
     engine: Engine = request.app.state.engine
     body = await read_json_object(request, request.app.state.server_config.max_payload_bytes)
     texts, _ = text_items(body.get("inputs"))
-    spans = await engine.tokenize(engine.resolve(model_name(body), TOKENIZE), texts, flag(body, "add_special_tokens", True))
+    spans = await engine.tokenize(engine.resolve(model_name(body), TOKENIZE), texts, flag(body, "add_special_tokens", None))
     return [[asdict(span) for span in text] for text in spans]

@@ -62,19 +62,22 @@ class Vocabulary:
     """Token ids as text, for the dialects (TGI's token objects, OpenAI's logprobs, TEI's /tokenize), so the
     HTTP layer never reaches into a tokenizer."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, adds_special_tokens: bool = True) -> None:
+        """`adds_special_tokens`: whether the model's own requests are tokenized with them (an encoder's are; a
+        plain generation prompt is not), what /tokenize shows unless the client asks otherwise."""
         self._tokenizer = tokenizer
         self.special_ids = frozenset(tokenizer.all_special_ids)  # the tokenizer rebuilds this list on every read
+        self.adds_special_tokens = adds_special_tokens
 
     def text(self, token_id: int) -> str:
         """One token's text, as `decode([id])` gives it."""
         return str(self._tokenizer.decode([token_id]))
 
-    def spans(self, text: str, add_special_tokens: bool) -> list[TokenSpan]:
-        """The tokens of `text` with their character offsets (special tokens have none)."""
-        enc = self._tokenizer(
-            text, add_special_tokens=add_special_tokens, return_offsets_mapping=True, return_special_tokens_mask=True
-        )
+    def spans(self, text: str, add_special_tokens: bool | None = None) -> list[TokenSpan]:
+        """The tokens of `text` with their character offsets (special tokens have none); None: as the model's
+        own requests are tokenized."""
+        specials = self.adds_special_tokens if add_special_tokens is None else add_special_tokens
+        enc = self._tokenizer(text, add_special_tokens=specials, return_offsets_mapping=True, return_special_tokens_mask=True)
         spans = []
         for tid, (start, stop), special in zip(enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"]):
             if special:

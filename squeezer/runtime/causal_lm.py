@@ -53,7 +53,7 @@ class CausalLMRuntime:
     def __init__(self, source: ModelSource, info: ModelInfo, decoder: Decoder, config: ServeConfig, hooks: Hooks,
                  backend: str = "torch", dtype: str = "float32") -> None:
         self.source, self.info, self.decoder = source, info, decoder
-        self.vocabulary = Vocabulary(info.tokenizer)
+        self.vocabulary = Vocabulary(info.tokenizer, adds_special_tokens=False)  # as `_prompt` tokenizes
         self.prep = PrepThread(source.model_id)
         self.grammars = Grammars(info.tokenizer, decoder.eos_token_ids)
         self._config, self._hooks = config, hooks

@@ -295,3 +295,15 @@ def test_a_full_generation_queue_answers_429_over_http(tiny_decoder_path, tmp_pa
     assert 1 <= statuses.count(200) and statuses.count(429) >= 3 and set(statuses) <= {200, 429}, statuses
     assert all(r.json()["details"]["generated_tokens"] == 60 for r in responses if r.status_code == 200)
     assert all("retry" in r.json()["error"] for r in responses if r.status_code == 429)
+
+
+def test_tokenize_on_a_decoder_shows_the_tokens_generation_is_fed(gen_server) -> None:
+    """TGI's /tokenize shows what /generate feeds the model: a plain prompt gets no BOS here (as the pipeline
+    tokenizes it), so by default neither does /tokenize; a client may still ask for the special tokens."""
+    body = {"model": "tiny/llama", "prompt": PROMPT, "max_tokens": 1, "temperature": 0}
+    used = httpx.post(gen_server.url + "/v1/completions", json=body).json()["usage"]["prompt_tokens"]
+    tokens = httpx.post(gen_server.url + "/tokenize", json={"model": "tiny/llama", "inputs": PROMPT}).json()[0]
+    with_specials = httpx.post(gen_server.url + "/tokenize",
+                               json={"model": "tiny/llama", "inputs": PROMPT, "add_special_tokens": True}).json()[0]
+    assert len(tokens) == used and not any(t["special"] for t in tokens)
+    assert len(with_specials) == used + 1 and with_specials[0]["special"]  # the llama tokenizer's BOS
