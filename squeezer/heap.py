@@ -37,7 +37,7 @@ def trim() -> None:
     """Collect, then hand the heap's free pages back to the system. glibc keeps freed memory for the process's
     next allocations, so a large transient (a graph fused in Python, a quantizer's copies, an unloaded model)
     stays in the resident size it is judged by: measured on MiniLM's default compile, the peak went from 2.40 to
-    1.77 GB when each build step ended with this. A no-op on a C library without `malloc_trim` (musl, macOS)."""
+    1.77 GB when each candidate's gate ended with this (BENCHMARKS.md). A no-op on a C library without `malloc_trim` (musl, macOS)."""
     gc.collect()
     trimmer = _malloc_trim()
     if trimmer is not None:

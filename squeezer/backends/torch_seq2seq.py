@@ -77,7 +77,6 @@ class TorchSeq2Seq:
         self.memory_bytes = module_bytes(model)  # weights; `generate` keeps no cache between calls
         self.max_new_tokens = decoder_room(model.config)
 
-
     @property
     def eos_token_ids(self) -> frozenset[int]:
         """EOS tokens as `generate` reads them here: this generator's config first, the model's otherwise."""
@@ -121,12 +120,12 @@ class TorchSeq2Seq:
             hooks["streamer"] = _TokenStreamer(on_token)
         if stop is not None:
             hooks["stopping_criteria"] = _stopping(stop)
-        # `generate` samples from torch's global generator: seed it inside a fork of its state, so a request's
-        # seed never fixes other clients' draws, and an unseeded request still draws fresh ones.
         kwargs = params.generate_kwargs()
         if self.max_new_tokens is not None and "max_new_tokens" not in kwargs:  # a default past the positions' end
             kwargs["max_new_tokens"] = min(default_new_tokens(self.generation_config) or self.max_new_tokens,
                                            self.max_new_tokens)
+        # `generate` samples from torch's global generator: seed it inside a fork of its state, so a request's
+        # seed never fixes other clients' draws, and an unseeded request still draws fresh ones.
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
             torch.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
             out = self.model.generate(
