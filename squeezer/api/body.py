@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from squeezer.errors import ClientError
 
@@ -19,11 +21,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared and declared.isdigit() and int(declared) > limit:
         raise ClientError(f"payload of {declared} bytes exceeds the limit of {limit} bytes", status=413)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ClientError(f"payload exceeds the limit of {limit} bytes", status=413)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ClientError(f"payload exceeds the limit of {limit} bytes", status=413)
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone before its body arrived: counted as the other disconnects are, not a 500
+        raise ClientError("client disconnected", status=499) from None
     return b"".join(chunks)
 
 
@@ -59,7 +64,31 @@ def load_json(text: str) -> Any:
     except RecursionError:  # the parser's own bound, far below the payload limit's reach
         raise ClientError(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels", status=400) from None
     check_depth(value)
+    if _ESCAPED_SURROGATE.search(text):
+        check_unicode(value)
     return value
+
+
+# A JSON string may escape half of a surrogate pair ("\ud800"), which the parser turns into a string no encoder
+# takes (a tokenizer fails on it); a whole pair becomes one character. Only a body with such an escape is walked.
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def check_unicode(value: Any) -> None:
+    """Refuse a body whose strings (keys included) hold a lone surrogate, as invalid UTF-8 is refused."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            stack += item
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ClientError(f"body: a string holds a lone surrogate ({item[exc.start]!r}); send valid Unicode",
+                                  status=400) from None
 
 
 def check_depth(value: Any) -> None:

@@ -97,6 +97,26 @@ def test_a_client_that_leaves_has_its_queued_work_dropped(start) -> None:
     assert metric(text, "squeezer_batch_size_count", model="minilm") == 12  # the leaver's sequence never ran
 
 
+def test_a_client_that_leaves_while_sending_its_body_is_a_499_not_a_500(start) -> None:
+    """Gone before its body arrived: counted as the other disconnects are, so no 5xx alert fires for it."""
+    import socket
+
+    srv = start(MINILM_SPEC)
+    host, port = srv.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"inputs\": ")
+    text = ""
+    for _ in range(50):  # the server notices the close at its next read
+        text = httpx.get(srv.url + "/metrics").text
+        if metric(text, "squeezer_requests_total", route="/embed", status="499"):
+            break
+        time.sleep(0.1)
+    assert metric(text, "squeezer_requests_total", route="/embed", status="499") == 1
+    assert not metric(text, "squeezer_requests_total", route="/embed", status="500")
+    assert "unexpected error" not in srv.logs()
+
+
 def test_unload_load_and_wait_for_model(start, tiny_model) -> None:
     srv = start(MINILM_SPEC, f"tiny={tiny_model('bert', 'base')}")
     unloaded = httpx.post(srv.url + "/models/minilm/unload").json()
