@@ -46,6 +46,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
     from squeezer.api import create_app
     from squeezer.api.stopping import GracefulServer
+    from squeezer.api.protocol import bounded_protocol
     from squeezer.engine import Engine
 
     config = serve_config(args)
@@ -72,6 +73,7 @@ def serve_command(args: argparse.Namespace) -> int:
         log_level=server.log_level,
         access_log=False,  # squeezer.api.access logs one structured line per request instead
         timeout_graceful_shutdown=int(server.shutdown_grace),
+        http=bounded_protocol(server.read_timeout),  # a request's head bounded in size and time
     )
     GracefulServer(listen, app.state.stopping).run()
     if app.state.unfinished:  # worker threads (a compile, a generate) would hold the interpreter's exit

@@ -72,6 +72,9 @@ class ServerConfig:
         choices=("split", "inline"),
     )
     shutdown_grace: float = setting(30.0, "Seconds to finish accepted requests after SIGTERM before exiting.")
+    read_timeout: float = setting(
+        30.0, "Seconds a client may take to send a request's head, and again its body (408 beyond; 0: no limit).",
+    )
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", f"must be between 0 and 65535, got {self.port}")
@@ -80,6 +83,7 @@ class ServerConfig:
         _check(self.api_key is None or self.api_key_file is None, "api_key_file", "give the key or its file, not both")
         _check(self.admin_key is None or len(self.admin_key) >= 8, "admin_key", "must be at least 8 characters")
         _check(self.shutdown_grace >= 0, "shutdown_grace", "must be 0 or more seconds")
+        _check(self.read_timeout >= 0, "read_timeout", "must be 0 (no limit) or more seconds")
 
 
 @dataclass(frozen=True)

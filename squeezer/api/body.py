@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -21,14 +22,18 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared and declared.isdigit() and int(declared) > limit:
         raise ClientError(f"payload of {declared} bytes exceeds the limit of {limit} bytes", status=413)
     chunks, size = [], 0
+    wait = request.app.state.server_config.read_timeout or None
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ClientError(f"payload exceeds the limit of {limit} bytes", status=413)
-            chunks.append(chunk)
+        async with asyncio.timeout(wait):  # a body sent a byte at a time must not hold its connection for ever
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ClientError(f"payload exceeds the limit of {limit} bytes", status=413)
+                chunks.append(chunk)
     except ClientDisconnect:  # gone before its body arrived: counted as the other disconnects are, not a 500
         raise ClientError("client disconnected", status=499) from None
+    except TimeoutError:
+        raise ClientError(f"request body not received within {wait:g}s (--read-timeout)", status=408) from None
     return b"".join(chunks)
 
 
