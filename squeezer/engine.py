@@ -140,6 +140,10 @@ class Engine:
         """What a model can do, from its configured task (loaded or not); 404 for an unknown model."""
         return self._registry().get(model_id).capabilities
 
+    def task(self, model_id: str) -> str | None:
+        """A model's configured task (None while a folder's is still unknown); 404 for an unknown model."""
+        return self._registry().get(model_id).task
+
     def resolve(self, name: str | None, capability: str) -> str:
         """The model a request is for, the same for every dialect: the one it names (404 when not served, 400
         when it cannot do what is asked), else the first model given on the command line that can. By

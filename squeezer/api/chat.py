@@ -339,7 +339,10 @@ async def _answer(request: Request, body: dict[str, Any], path_model: str | None
         params["grammar"] = plan.grammar()
     request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     scope = scope_of(request, body.get("cache_salt"))
-    if body.get("stream"):
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise ClientError(f"stream: expected true or false, got {stream!r}", status=422)
+    if stream:
         options = body.get("stream_options") or {}
         if not isinstance(options, dict):
             raise ClientError(f"stream_options: expected an object, got {type(options).__name__}", status=422)

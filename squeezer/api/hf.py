@@ -128,6 +128,9 @@ async def answer(request: Request, model_id: str, task: str | None) -> FastJSONR
     capabilities = engine.capabilities(model_id)
     streamed = isinstance(payload, dict) and payload.get("stream") is True
     if INFER not in capabilities or (streamed and STREAM in capabilities):  # TGI streams seq2seq models too
+        served = engine.task(model_id)
+        if task is not None and served is not None and task != served:  # a generator answers for its own task only
+            raise ClientError(f"model {model_id} cannot serve {task}; it serves: {served}", status=400)
         return await generation(engine, request, model_id, inputs, parameters, payload, wait)
     run = engine.run(model_id, inputs, parameters, task=task, wait_for_model=wait, use_cache=option(options, "use_cache", True),
                      scope=tenant_of(request))

@@ -212,6 +212,8 @@ def test_openai_completions_and_stop_sequences(gen_server, reference) -> None:
         ("/v1/completions", {"model": "tiny/llama", "prompt": PROMPT, "max_tokens": 0}, 422, "^max_tokens: must be"),
         ("/v1/completions", {"model": "tiny/llama", "prompt": PROMPT, "logprobs": 50}, 422, "^logprobs: must be 0 to 20"),
         ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "top_p": 0}, 422, "^top_p: must be in"),
+        ("/v1/chat/completions", {"model": "tiny/llama", "messages": CHAT, "stream": "yes"}, 422, "^stream: expected"),
+        ("/models/tiny/llama/pipeline/feature-extraction", {"inputs": PROMPT}, 400, "cannot serve feature-extraction"),
     ],
 )
 def test_generation_errors(gen_server, path, body, status, fragment) -> None:
