@@ -66,7 +66,7 @@ class FeatureExtraction(BaseTask):
 
     def parse(self, inputs: Any, parameters: dict[str, Any]) -> tuple[list[Any], Any, bool]:
         items, batched = text_items(inputs)
-        return items, parse_params(EmbeddingParams, parameters), batched
+        return items, parse_params(self.params_type, parameters), batched
 
     def prepare(self, item: str, params: EmbeddingParams, info: ModelInfo) -> Prepared:
         return encode_text(item, info, params.truncate)
@@ -112,7 +112,7 @@ class SentenceSimilarity(BaseTask):
         for i, text in enumerate(sentences):
             if not isinstance(text, str) or not text.strip():
                 raise InputError(f"inputs.sentences[{i}]: must be a non-empty string")
-        return [[source, *sentences]], parse_params(SimilarityParams, parameters), False
+        return [[source, *sentences]], parse_params(self.params_type, parameters), False
 
     def prepare(self, item: list[str], params: SimilarityParams, info: ModelInfo) -> Prepared:
         parts = [encode_text(text, info, params.truncate) for text in item]

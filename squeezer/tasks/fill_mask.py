@@ -74,7 +74,7 @@ class FillMask(BaseTask):
 
     def parse(self, inputs: Any, parameters: dict[str, Any]) -> tuple[list[Any], Any, bool]:
         items, batched = text_items(inputs)
-        return items, parse_params(FillMaskParams, parameters), batched
+        return items, parse_params(self.params_type, parameters), batched
 
     def prepare(self, item: str, params: FillMaskParams, info: ModelInfo) -> Prepared:
         """Tokenize, and refuse before the forward pass a text with no mask left or targets that map to nothing.

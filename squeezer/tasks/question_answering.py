@@ -197,7 +197,7 @@ class QuestionAnswering(BaseTask):
     head: ClassVar[str] = "question-answering"
 
     def parse(self, inputs: Any, parameters: dict[str, Any]) -> tuple[list[Any], Any, bool]:
-        params = parse_params(QuestionAnsweringParams, parameters)
+        params = parse_params(self.params_type, parameters)
         if isinstance(inputs, dict):
             return [question_item(inputs, "inputs")], params, False
         if isinstance(inputs, list) and inputs:

@@ -109,7 +109,7 @@ class TextClassification(BaseTask):
 
     def parse(self, inputs: Any, parameters: dict[str, Any]) -> tuple[list[Any], Any, bool]:
         items, batched = classification_items(inputs)
-        return items, parse_params(ClassificationParams, parameters), batched
+        return items, parse_params(self.params_type, parameters), batched
 
     def prepare(self, item: TextInput, params: ClassificationParams, info: ModelInfo) -> Prepared:
         enc, cut = encode_item(item, info, params.truncate)

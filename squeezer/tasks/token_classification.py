@@ -240,7 +240,7 @@ class TokenClassification(BaseTask):
     def parse(self, inputs: Any, parameters: dict[str, Any]) -> tuple[list[Any], Any, bool]:
         items, batched = text_items(inputs)
         rest = {k: v for k, v in parameters.items() if k != "ignore_labels"}
-        params = parse_params(TokenClassificationParams, rest)
+        params = parse_params(self.params_type, rest)
         params = dataclasses.replace(params, ignore_labels=parse_ignore_labels(parameters.get("ignore_labels")))
         return items, params, batched
 

@@ -69,7 +69,7 @@ class ZeroShotClassification(BaseTask):
         items, batched = text_items(inputs)
         if isinstance(parameters, dict) and "candidate_labels" in parameters:
             parameters = {**parameters, "candidate_labels": split_labels(parameters["candidate_labels"])}
-        params = parse_params(ZeroShotParams, parameters)
+        params = parse_params(self.params_type, parameters)
         if not params.candidate_labels:
             raise InputError("parameters.candidate_labels: required, a list of labels or a comma-separated string")
         if len(params.candidate_labels) > MAX_LABELS:
