@@ -198,7 +198,9 @@ class Engine:
         cached answers and tokenizations are only ever shared within one (see `squeezer.caches.SCOPE`)."""
         started = time.perf_counter()
         runtime = cast(Inferring, await self._runtime(model_id, INFER, wait_for_model))
-        key = request_key(scope, model_id, task, inputs, parameters) if use_cache else None
+        # Read with the runtime (no await between): answers cached before a swap are the old backend's, not this one's.
+        swaps = self._registry().get(model_id).swaps
+        key = request_key(scope, model_id, swaps, task, inputs, parameters) if use_cache else None
         hit = self.results.get(key) if key is not None else None
         if hit is not None:
             return Result(hit, Timings(total=time.perf_counter() - started), cached=True)

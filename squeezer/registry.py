@@ -52,6 +52,7 @@ class ModelEntry:
     lifecycle: asyncio.Lock = field(default_factory=asyncio.Lock)  # one unload, eviction or swap at a time
     served: ModelSource | None = None  # the artifact swapped in for `source`: what later loads load
     optimization: dict[str, Any] | None = None  # background optimization: its state and verdict (see background)
+    swaps: int = 0  # runtimes swapped in: part of the result cache's key, so no answer outlives its backend
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -156,6 +157,7 @@ class ModelRegistry:
                 entry.served = None
                 return {"state": "failed", "reason": error_text(exc, self._hidden(entry))}
             old, entry.runtime = entry.runtime, new
+            entry.swaps += 1
             await self._retire(old)
             del old
             heap.settle()

@@ -51,6 +51,8 @@ async def test_the_artifact_is_swapped_in_under_load(tiny_model, tmp_path: Path,
         first = engine.models()[0]
         assert first["backend"] == "torch" and first["optimization"]["state"] == "compiling"
         reference = {t: (await engine.run("m", t, {"normalize": True}, use_cache=False)).output for t in TEXTS}
+        assert not (await engine.run("m", "cached before the swap")).cached
+        assert (await engine.run("m", "cached before the swap")).cached
         stop = asyncio.Event()
         load = asyncio.ensure_future(keep_asking(engine, stop))
         for _ in range(1200):
@@ -67,6 +69,10 @@ async def test_the_artifact_is_swapped_in_under_load(tiny_model, tmp_path: Path,
         assert {backend for _, _, backend in answers} == {"torch", info["backend"]}  # answered on both sides
         for text, output, _ in answers:  # every answer, before, during and after the swap, is the model's
             assert cosine(output, reference[text]) > 0.99
+        # The result cache does not answer with the old backend's vector: the new one computes it, then caches it.
+        after = await engine.run("m", "cached before the swap")
+        assert not after.cached
+        assert (await engine.run("m", "cached before the swap")).cached
     finally:
         await engine.close()
 

@@ -68,6 +68,8 @@ def tool_plan(body: dict[str, Any]) -> ToolPlan | None:
     tools, choice, parallel = body.get("tools"), body.get("tool_choice", "auto"), body.get("parallel_tool_calls", True)
     if not isinstance(parallel, bool):
         raise ClientError("parallel_tool_calls: expected true or false", status=422)
+    if tools is not None:
+        _listed(tools)  # `{}` or `""` is a mistake to name, not a chat without tools
     if not tools or choice == "none":
         if choice not in ("none", "auto", "required") and not isinstance(choice, dict):
             raise ClientError('tool_choice: expected "none", "auto", "required" or {"type": "function", ...}', status=422)

@@ -110,6 +110,17 @@ def _dead_end(constraint: Constraint, allowed: bool) -> DeadEnd:
     return DeadEnd(f"the grammar cannot go on: {why} ({constraint.matcher.get_error() or 'no error from llguidance'})")
 
 
+def _check_start(llg: Any, matcher: Any, vocab: int) -> None:
+    """An InputError when a compiled grammar cannot begin any text: a schema whose `$ref`s only lead to each other
+    compiles, then stops at its first mask. Found here, it is a 422, not a 200 with empty content. One mask, on a
+    copy, once per grammar (the compiled grammars are cached)."""
+    probe = matcher.deep_copy()
+    llg.numpy.fill_next_token_bitmask(probe, llg.numpy.allocate_token_bitmask(1, vocab), 0)
+    if probe.is_error():
+        why = (probe.get_error() or "").split("\n", 1)[0]  # the rest is llguidance's parser state
+        raise InputError(f"parameters.grammar: no text satisfies it (llguidance: {why or 'no error given'})")
+
+
 class Grammars:
     """One model's llguidance tokenizer and its compiled grammars (thread-safe: prep and decode threads use it)."""
 
@@ -133,6 +144,7 @@ class Grammars:
                 found = llg.LLMatcher(self._llg_tokenizer(), text)
                 if found.is_error():
                     raise InputError(f"parameters.grammar: cannot compile it: {found.get_error()}")
+                _check_start(llg, found, self._llg_tokenizer().vocab_size)
                 self._compiled.put(text, found)
             return found
 

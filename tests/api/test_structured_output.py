@@ -68,6 +68,8 @@ def test_tgi_grammar_through_huggingface_hub(server) -> None:
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "json_schema"),
     ({"response_format": {"type": "yaml"}}, "response_format.type"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/missing"}}}}, "response_format: cannot compile it"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}}}}},
+     "response_format: no text satisfies it"),
 ])
 def test_a_bad_response_format_is_a_422(server, body, message) -> None:
     response = httpx.post(server.url + "/v1/chat/completions", json={"model": "llm", "messages": CHAT, **body})

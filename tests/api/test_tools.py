@@ -151,6 +151,8 @@ def test_huggingface_hub_chat_completion_with_tools(server) -> None:
 
 @pytest.mark.parametrize("extra, message", [
     ({"tools": "get_weather"}, "tools"),
+    ({"tools": {}}, "tools"),
+    ({"tools": {}, "tool_choice": "none"}, "tools"),
     ({"tools": [{"type": "function", "function": {}}]}, "tools[0]"),
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "no function named"),
     ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice"),

@@ -78,6 +78,8 @@ def test_a_bad_grammar_is_a_clear_error_before_queueing(llama) -> None:
         ({"type": "json", "value": "{not json"}, "not valid JSON"),
         ({"type": "json", "value": {"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}}, "compile"),
         ({"type": "regex", "value": "(unclosed"}, "cannot compile it"),
+        ({"type": "json", "value": {"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}}},
+         "no text satisfies it"),  # compiles, then can begin nothing: it was a 200 with empty content
         ({"type": "regex", "value": ""}, "non-empty"),
     ]:
         with pytest.raises(InputError, match=message):
