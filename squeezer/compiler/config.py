@@ -44,6 +44,10 @@ class OptimizeConfig:
     )
     threads: int = setting(0, "Threads for measuring and serving; 0 means the cores available to this process.")
     timing_rounds: int = setting(12, "Timed rounds per candidate after warm-up; the best round counts (noise only adds time).")
+    finalists: int = setting(
+        3, "Passed candidates kept loaded for the final interleaved timing, besides each runtime's fastest; the others "
+        "are freed after a first timing (less memory while compiling). 0 keeps every one.",
+    )
     cache_dir: str | None = setting(None, "Where finished optimizations are cached; default ~/.cache/squeezer/optimize.")
     cache: bool = setting(True, "Read finished optimizations from the cache and store new ones; --no-cache does neither.")
     trust_remote_code: bool = setting(False, "Run model code shipped with the model; only for sources you trust.")
@@ -68,6 +72,7 @@ class OptimizeConfig:
         _check(self.sweep in SWEEPS, "sweep", f"must be one of {', '.join(SWEEPS)}, got {self.sweep!r}")
         _check(not self.unknown_recipes(), "recipes", f"unknown recipes {', '.join(self.unknown_recipes())}; "
                f"known: {', '.join(r.name for r in recipes.all_recipes())}")
+        _check(self.finalists >= 0, "finalists", f"must be 0 (keep every one) or more, got {self.finalists}")
         _check(
             self.max_accuracy_loss is None or 0 < self.max_accuracy_loss < 1,
             "max_accuracy_loss",

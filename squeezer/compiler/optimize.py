@@ -43,6 +43,7 @@ from squeezer.compiler.package import check_destination, package_files, staging
 from squeezer.compiler.pipeline import Pipeline, Progress
 from squeezer.compiler.recipes import Recipe, recipes_for
 from squeezer.compiler.report import Report
+from squeezer.compiler.screen import Finalists
 from squeezer.compiler.select import choose, record_timings
 from squeezer.config import BackendConfig, ModelConfig
 from squeezer.hardware import gpus, hardware_fingerprint
@@ -158,7 +159,7 @@ def compile_model(src: ModelSource, info: ModelInfo, task: str, target: str, exa
     scratch = tmp / ".work"
     scratch.mkdir()
     head, spinning = TASKS[task].head, default_spinning(config.threads)
-    backends: dict[str, Backend] = {}
+    finalists: Finalists | None = None
     try:
         say(f"exporting {src.model_id} ({head} head) to ONNX")
         exported = export(src.path, head, info, scratch / "exported.onnx", gguf_file=src.gguf_file,
@@ -170,6 +171,8 @@ def compile_model(src: ModelSource, info: ModelInfo, task: str, target: str, exa
         builder = Builder(BuildContext(exported, scratch, feeds, feeds[:8], save_weights=reference.backend.save))
         recipes = recipes_for(target, config.sweep, config.recipe_names())
         flags = hardware_fingerprint()["cpu"]["flags"]
+        loads = timing.workloads(config.profile, info.tokenizer, info.max_length, "token_type_ids" in exported.inputs)
+        finalists = Finalists(config.finalists, reference.backend, loads, config.profile, say)
         candidates = []
         for i, recipe in enumerate(recipes):
             missing = recipe.missing_features(flags)
@@ -182,8 +185,8 @@ def compile_model(src: ModelSource, info: ModelInfo, task: str, target: str, exa
             record, backend = evaluate(recipe, builder, gate, head, target, config.threads, spinning, info.max_length, step_say)
             candidates.append(record)
             if backend is not None:
-                backends[recipe.name] = backend
-        ref_timing = time_all(backends, reference.backend, candidates, info, exported, config, say)
+                finalists.add(record, backend)
+        ref_timing = time_all(finalists.backends, reference.backend, candidates, loads, config, say)
         chosen = choose(candidates)
         say(f"chosen: {chosen['name']} ({chosen.get('speedup', '?')}x the PyTorch reference)")
         graph_file = package_graph(scratch / chosen["graph"], tmp)
@@ -191,8 +194,8 @@ def compile_model(src: ModelSource, info: ModelInfo, task: str, target: str, exa
         return report_data(src, task, target, config, exported, gate, examples, candidates, chosen, ref_timing, spinning,
                            graph_file)
     finally:
-        for backend in backends.values():
-            backend.close()
+        if finalists is not None:
+            finalists.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -280,10 +283,9 @@ def package_graph(graph: Path, tmp: Path) -> str:
     return name
 
 
-def time_all(backends: dict[str, Backend], reference: Backend, candidates: list[dict[str, Any]], info: ModelInfo,
-             exported: Exported, config: OptimizeConfig, say: Progress) -> dict[str, Any]:
-    """Time the passed candidates and the reference together; fill each record's timings and speedup."""
-    loads = timing.workloads(config.profile, info.tokenizer, info.max_length, "token_type_ids" in exported.inputs)
+def time_all(backends: dict[str, Backend], reference: Backend, candidates: list[dict[str, Any]],
+             loads: list[timing.Workload], config: OptimizeConfig, say: Progress) -> dict[str, Any]:
+    """Time the finalists and the reference together; fill each record's timings and speedup."""
     say(f"timing {len(backends)} candidates and the reference ({config.profile}: {', '.join(w.name for w in loads)})")
     results = timing.measure({"torch": reference, **backends}, loads, config.profile, config.timing_rounds, progress=say)
     return record_timings(candidates, results, results["torch"].score)

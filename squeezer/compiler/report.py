@@ -12,7 +12,7 @@ from typing import Any
 
 from squeezer.artifact import read_report
 
-VERDICT_MARKS = {"chosen": "* chosen", "passed": "passed", "rejected": "REJECTED", "failed": "FAILED"}
+VERDICT_MARKS = {"chosen": "* chosen", "passed": "passed", "screened": "screened", "rejected": "REJECTED", "failed": "FAILED"}
 
 
 @dataclass(frozen=True)

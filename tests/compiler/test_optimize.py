@@ -230,3 +230,45 @@ def test_cuda_target_without_a_gpu_is_refused(tiny_model, tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="--target cuda needs an NVIDIA GPU and onnxruntime-gpu"):
         build_artifact(tiny_model("bert", "base"), tmp_path / "out", "base", target="cuda")
     assert os.listdir(tmp_path) == []
+
+
+def test_only_the_finalists_stay_loaded_for_the_final_timing(tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every passed candidate is timed once as it passes; past the finalists (here 1, plus each runtime's fastest)
+    it is freed at once and reported as screened, with its first timing, speed-up and why."""
+    from squeezer.compiler import optimize as optimize_module
+
+    open_now, most_open = set(), [0]
+
+    def counted(load: Callable) -> Callable:
+        def build(candidate):
+            backend = load(candidate)
+            close = backend.close
+            open_now.add(id(backend))
+            most_open[0] = max(most_open[0], len(open_now))
+
+            def closing() -> None:
+                open_now.discard(id(backend))
+                close()
+            backend.close = closing
+            return backend
+        return build
+
+    for runtime, load in list(optimize_module.CANDIDATE_BACKENDS.items()):
+        monkeypatch.setitem(optimize_module.CANDIDATE_BACKENDS, runtime, counted(load))
+    report = build_artifact(tiny_model("bert", "base"), tmp_path / "out", "base", finalists=1, max_accuracy_loss=0.5,
+                            recipes="fp32,fp32-fused,int8-dyn-u8-pc,ov-fp32")
+    by_verdict: dict[str, list[dict]] = {}
+    for c in report.candidates:
+        assert c["verdict"] in ("chosen", "passed", "screened"), c  # every one passed the loose gate
+        assert c["screen"]["score"] > 0
+        by_verdict.setdefault(c["verdict"], []).append(c)
+    screened, final = by_verdict["screened"], by_verdict.get("passed", []) + by_verdict["chosen"]
+    assert sorted(c["runtime"] for c in final) == ["onnxruntime", "openvino"]  # the fastest, and each runtime's fastest
+    assert len(screened) == 2 and {c["runtime"] for c in screened} == {"onnxruntime"}
+    kept_ort = next(c for c in final if c["runtime"] == "onnxruntime")
+    for c in screened:
+        assert not c["timings"] and "speedup" not in c and c["screen_speedup"] > 0 and "first timing" in c["reasons"][0]
+        assert c["screen"]["score"] >= kept_ort["screen"]["score"]
+    assert all(c["timings"]["score"] > 0 for c in final)
+    assert most_open[0] <= 3 and not open_now  # never all four at once; every one freed at the end
+    assert "screened" in report.table()
