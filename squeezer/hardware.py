@@ -25,6 +25,16 @@ CPU_FLAGS = (
 )
 
 
+# Units a compiled graph may need to run as it was measured: (CPU flags, any one of them; why). A recipe that needs
+# them is skipped where they are missing, and an artifact chosen with them is refused there (`artifact.check_cpu`).
+BF16_UNITS = (("amx_bf16", "avx512_bf16"), "needs a CPU with bf16 units (AMX or AVX-512 BF16)")
+INT8_DOT_UNITS = (("avx512_vnni", "avx_vnni", "amx_int8", "asimddp"),
+                  "needs int8 dot-product units (VNNI, AMX or Arm's dot product): without them ONNX Runtime adds "
+                  "u8 x s8 products in pairs in 16 bits, which full-range s8 weights saturate (7-bit weights, or u8 "
+                  "ones, do not)")
+NO_UNITS: tuple[tuple[str, ...], str] = ((), "")
+
+
 def available_cpus() -> int:
     """Cores this process may really use: CPU affinity, capped by a cgroup CPU quota (containers).
 

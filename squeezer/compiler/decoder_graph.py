@@ -36,6 +36,7 @@ from squeezer.backends.decoder import context_length, eos_ids
 from squeezer.compiler.decoder_int8 import matmul_int8
 from squeezer.compiler.decoder_quant import SCHEMES, matmul_nbits
 from squeezer.compiler.smoothing import smooth
+from squeezer.hardware import INT8_DOT_UNITS, NO_UNITS
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")  # inv_freq and scaling fixed at load: a cos/sin table
@@ -73,10 +74,23 @@ class DecoderWeights:
     int8_activations: bool = False
     smoothing: tuple[float, ...] = ()
     row_scaled: tuple[str, ...] = ()
+    int8_weight_bits: int = 8
+
+    @property
+    def needs(self) -> tuple[tuple[str, ...], str]:
+        """Full-range s8 weights times u8 activations run as measured only on int8 dot-product units."""
+        return INT8_DOT_UNITS if self.int8_activations and self.int8_weight_bits == 8 else NO_UNITS
+
+    @property
+    def int8_qmax(self) -> int:
+        """The largest magnitude of an int8-activation layer's symmetric weights (127, or 63 for 7 bits)."""
+        return 2 ** (self.int8_weight_bits - 1) - 1
 
     def __post_init__(self) -> None:
         if self.int8_activations and (self.bits != 8 or self.head_bits != 8):
             raise ValueError("int8_activations needs 8-bit weights: set bits=8 (and head_bits=8)")
+        if self.int8_weight_bits not in (7, 8):
+            raise ValueError(f"int8_weight_bits is 8, or 7 for CPUs without VNNI, not {self.int8_weight_bits}")
         if (self.smoothing or self.row_scaled) and not self.int8_activations:
             raise ValueError("smoothing and row_scaled shape int8 activations: set int8_activations=True")
         if any(not 0.0 <= alpha <= 1.0 for alpha in self.smoothing):
@@ -165,7 +179,7 @@ class _Builder:
         (int8 activations) or MatMulNBits (weight-only), per the recipe."""
         w = self.weights
         if bits != 32 and w.int8_activations:
-            out = matmul_int8(self.graph, x, weight, name, name.rsplit(".", 1)[-1] in w.row_scaled)
+            out = matmul_int8(self.graph, x, weight, name, name.rsplit(".", 1)[-1] in w.row_scaled, w.int8_qmax)
         elif bits != 32:
             out = matmul_nbits(self.graph, x, weight, name, bits, w.block_size, w.accuracy_level, w.scheme, w.fold_offsets)
         else:
@@ -292,7 +306,7 @@ def build_decoder(model: Any, out_dir: Path, weights: DecoderWeights = DecoderWe
     if weights.smoothing:
         if not calibration:
             raise ValueError("a recipe with smoothing needs calibration prompts to measure activations on")
-        model, alphas = smooth(model, calibration, weights.smoothing, weights.row_scaled)
+        model, alphas = smooth(model, calibration, weights.smoothing, weights.row_scaled, weights.int8_qmax)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     builder = _Builder(model, weights)

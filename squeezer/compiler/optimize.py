@@ -44,7 +44,7 @@ from squeezer.compiler.pipeline import Pipeline, Progress
 from squeezer.compiler.recipes import Recipe, recipes_for
 from squeezer.compiler.report import Report
 from squeezer.compiler.screen import Finalists
-from squeezer.compiler.select import choose, record_timings
+from squeezer.compiler.select import choose, record_timings, skipped
 from squeezer.config import BackendConfig, ModelConfig
 from squeezer.hardware import gpus, hardware_fingerprint
 from squeezer.loading import LoadedModel, check_weights, load_info
@@ -255,12 +255,6 @@ def _torch_candidate(c: Candidate) -> Backend:
 CANDIDATE_BACKENDS: dict[str, Callable[[Candidate], Backend]] = {
     "onnxruntime": _onnx_candidate, "openvino": _openvino_candidate, "torch": _torch_candidate,
 }
-
-
-def skipped(recipe: Recipe, reason: str) -> dict[str, Any]:
-    """The report record of a recipe this machine cannot run (never built, gated or timed)."""
-    return {"name": recipe.name, "runtime": recipe.runtime, "dtype": recipe.dtype, "recipe": recipe.describe(),
-            "verdict": "skipped", "reasons": [reason], "metrics": {}, "timings": {}}
 
 
 def graph_size(graph: Path) -> int:

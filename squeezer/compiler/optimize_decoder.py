@@ -35,7 +35,7 @@ from squeezer.compiler.generation_gate import NEW_TOKENS, GenerationGate
 from squeezer.compiler.package import package_files
 from squeezer.compiler.pipeline import Pipeline, Progress
 from squeezer.compiler.recipes import Recipe, recipes_for
-from squeezer.compiler.select import choose, record_timings
+from squeezer.compiler.select import choose, record_timings, skipped
 from squeezer.config import ModelConfig
 from squeezer.hardware import hardware_fingerprint
 from squeezer.sources import ModelSource
@@ -93,8 +93,14 @@ def compile_decoder(src: ModelSource, info: ModelInfo, task: str, target: str, e
         calibration = gd.encode(info.tokenizer, [vd.Example(t) for t in vd.calibration_texts()],
                                 reference.max_length)
         recipes = recipes_for(target, config.sweep, config.recipe_names(), "decoder")
+        flags = hardware_fingerprint()["cpu"]["flags"]
         candidates = []
         for i, recipe in enumerate(recipes):
+            missing = recipe.missing_features(flags)
+            if missing:  # reported with the reason, never built
+                say(f"[{i + 1}/{len(recipes)}] {recipe.name}: skipped, {missing}")
+                candidates.append(skipped(recipe, missing))
+                continue
             step_say = lambda msg, name=recipe.name, n=i: say(f"[{n + 1}/{len(recipes)}] {name}: {msg}")
             record, decoder = evaluate(recipe, reference.model, gate, calibration, scratch / recipe.name, config.threads,
                                        step_say)
@@ -127,7 +133,7 @@ def evaluate(recipe: Recipe, model: Any, gate: GenerationGate, calibration: list
     """
 
     record: dict[str, Any] = {"name": recipe.name, "dtype": recipe.dtype, "recipe": recipe.describe(), "verdict": "failed",
-                              "reasons": [], "metrics": {}, "timings": {}}
+                              "reasons": [], "metrics": {}, "timings": {}, "requires": list(recipe.requires)}
     [weights] = [step for step in recipe.steps if isinstance(step, DecoderWeights)]
     start = time.perf_counter()
 
@@ -168,6 +174,7 @@ def report_data(src: ModelSource, task: str, target: str, config: OptimizeConfig
         "graph": {"file": GRAPH, "kind": "decoder", "inputs": ["input_ids", "seqlens_k", "total_sequence_length", "logits_index"],
                   "outputs": ["logits"], "dtype": chosen["dtype"], "recipe": chosen["name"], "opset": OPSET},
         "session": {"allow_spinning": SPINNING},
+        "requires": chosen.get("requires", []),  # CPU features the chosen graph needs (any one): refused without them
         "source": {"path": str(src.path), "gguf_file": src.gguf_file},
         "hardware": hardware_fingerprint(), "versions": versions(),
         "accuracy": {"budget": gate.budget, "bounds": gate.limits,

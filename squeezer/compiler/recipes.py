@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from squeezer.compiler.decoder_graph import DecoderWeights
+from squeezer.hardware import BF16_UNITS, INT8_DOT_UNITS, NO_UNITS
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,11 @@ class DynamicInt8:
     keep_embeddings: bool = True
     keep_sensitive: float = 0.0
 
+    @property
+    def needs(self) -> tuple[tuple[str, ...], str]:
+        """Full-range s8 weights run as measured only on int8 dot-product units (see `hardware.INT8_DOT_UNITS`)."""
+        return INT8_DOT_UNITS if self.weights == "s8" and not self.reduce_range else NO_UNITS
+
 
 @dataclass(frozen=True)
 class StaticInt8:
@@ -54,6 +60,10 @@ class StaticInt8:
 
     per_channel: bool = True
     calibration: str = "minmax"  # onnxruntime CalibrationMethod: minmax or entropy
+
+    @property
+    def needs(self) -> tuple[tuple[str, ...], str]:
+        return INT8_DOT_UNITS  # full-range s8 weights, as DynamicInt8's
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,10 @@ class OpenVino:
 
     precision: str = "f32"
 
+    @property
+    def needs(self) -> tuple[tuple[str, ...], str]:
+        return BF16_UNITS if self.precision == "bf16" else NO_UNITS
+
 
 @dataclass(frozen=True)
 class TorchAutocast:
@@ -86,6 +100,10 @@ class TorchAutocast:
     """
 
     precision: str = "bf16"
+
+    @property
+    def needs(self) -> tuple[tuple[str, ...], str]:
+        return BF16_UNITS if self.precision == "bf16" else NO_UNITS
 
 
 # The feed-forward down-projections' MatMuls, as the ONNX exporter names them in the usual encoder families
@@ -117,13 +135,15 @@ class NncfInt8:
 
 
 Step = Fuse | DynamicInt8 | StaticInt8 | Float16 | DecoderWeights | OpenVino | NncfInt8 | TorchAutocast
-BF16_UNITS = (("amx_bf16", "avx512_bf16"), "needs a CPU with bf16 units (AMX or AVX-512 BF16)")
-# CPU features a step needs (any one of them): a recipe is skipped, with this reason, on a CPU without them.
-REQUIRES: dict[Any, tuple[tuple[str, ...], str]] = {OpenVino("bf16"): BF16_UNITS, TorchAutocast("bf16"): BF16_UNITS}
 # The step kinds that hand a candidate to another runtime than ONNX Runtime (the default).
 RUNTIMES: dict[type, str] = {OpenVino: "openvino", TorchAutocast: "torch"}
 BF16_STEPS = (OpenVino("bf16"), TorchAutocast("bf16"))
 WEIGHT_DTYPES = {32: "float32", 8: "int8", 4: "int4"}  # DecoderWeights.bits -> the dtype a report names
+
+
+def needs(step: Any) -> tuple[tuple[str, ...], str]:
+    """The CPU units a step's graph needs to run as measured (any one of them) and why; none for most steps."""
+    return getattr(step, "needs", NO_UNITS)
 
 
 @dataclass(frozen=True)
@@ -135,6 +155,8 @@ class Recipe:
     targets: tuple[str, ...] = ("cpu",)
     sweep: str = "default"  # "default": tried on every run; "full": only with --sweep full
     note: str = ""
+    # Tried only on CPUs with none of these: a variant for CPUs that cannot run its full-range twin as measured.
+    only_without: tuple[str, ...] = ()
 
     @property
     def runtime(self) -> str:
@@ -150,14 +172,17 @@ class Recipe:
     @property
     def requires(self) -> tuple[str, ...]:
         """CPU features this recipe's graph needs to run as measured (any one of them), for the artifact."""
-        return tuple(flag for step in self.steps for flag in REQUIRES.get(step, ((), ""))[0])
+        return tuple(flag for step in self.steps for flag in needs(step)[0])
 
     def missing_features(self, flags: list[str]) -> str | None:
-        """Why this CPU (its `flags`) cannot run the recipe, or None when it can."""
+        """Why this CPU (its `flags`) does not try the recipe, or None when it does."""
         for step in self.steps:
-            needed, reason = REQUIRES.get(step, ((), ""))
+            needed, reason = needs(step)
             if needed and not set(needed) & set(flags):
                 return f"{reason}; this CPU reports none of {', '.join(needed)}"
+        found = sorted(set(self.only_without) & set(flags))
+        if found:
+            return f"for CPUs without {', '.join(self.only_without)}; this one has {', '.join(found)}, where its twin runs"
         return None
 
     @property
@@ -188,6 +213,8 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("int8-dyn-s8-pc-keep33", (FUSED, DynamicInt8("s8", per_channel=True, keep_sensitive=0.34)),
            note="s8 per channel, the most sensitive third kept float"),
     Recipe("int8-static-qdq-pc", (FUSED, StaticInt8(per_channel=True)), note="static QDQ, calibrated"),
+    Recipe("int8-dyn-s8-pc-keep33-rr", (FUSED, DynamicInt8("s8", per_channel=True, reduce_range=True, keep_sensitive=0.34)),
+           only_without=INT8_DOT_UNITS[0], note="7-bit weights per channel, the sensitive third float (no VNNI)"),
     Recipe("ov-fp32", (OpenVino("f32"),), note="OpenVINO IR, its CPU plugin in fp32"),
     Recipe("ov-bf16", (OpenVino("bf16"),), note="OpenVINO IR in bf16 (AMX or AVX-512 BF16 units)"),
     Recipe("ov-int8", (OpenVino("f32"), NncfInt8()), note="OpenVINO IR, NNCF int8 in attention, feed-forward fp32"),
@@ -241,6 +268,10 @@ DECODER_RECIPES: tuple[Recipe, ...] = (
     # step against int4-folded, with a smaller gate margin (top-1 0.94, KL 0.019 against 0.98 and 0.003); the
     # throughput profile picks it, the latency profile keeps int4 (one sequence reads weights, 4 bits win).
     Recipe("decoder-w8a8-smooth", (W8A8,), note="int8 weights and dynamic int8 activations, SmoothQuant, int8 lm head"),
+    # Without VNNI, full-range s8 weights saturate ONNX Runtime's 16-bit pair sums (a 20% error on a random
+    # matrix, tests/compiler/test_decoder_int8.py); 7-bit weights cannot, at half the weight levels.
+    Recipe("decoder-w7a8-smooth", (dataclasses.replace(W8A8, int8_weight_bits=7),), only_without=INT8_DOT_UNITS[0],
+           note="7-bit weights and dynamic int8 activations, for CPUs without VNNI"),
     Recipe("decoder-int8", (DecoderWeights(bits=8),), sweep="full", note="int8 weight-only, float lm head"),
     Recipe("decoder-int4", (DecoderWeights(bits=4),), sweep="full", note="int4 weight-only, float lm head"),
     Recipe("decoder-int4-head4", (DecoderWeights(bits=4, quantize_lm_head=True, head_bits=4),), sweep="full",

@@ -5,6 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 
+def skipped(recipe: Any, reason: str) -> dict[str, Any]:
+    """The report record of a recipe (`recipes.Recipe`) this machine does not try (never built, gated or timed)."""
+    return {"name": recipe.name, "runtime": recipe.runtime, "dtype": recipe.dtype, "recipe": recipe.describe(),
+            "verdict": "skipped", "reasons": [reason], "metrics": {}, "timings": {}}
+
+
 class NoCandidateError(RuntimeError):
     """Every candidate failed or was rejected; the message lists why."""
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from squeezer.compiler.decoder_int8 import fake_quantize_activations, quantize_per_channel
+from squeezer.compiler.decoder_int8 import QMAX, fake_quantize_activations, quantize_per_channel
 
 
 def capture_inputs(model: Any, prompts: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
@@ -56,7 +56,7 @@ def capture_inputs(model: Any, prompts: Sequence[Sequence[int]]) -> dict[str, np
 
 
 def choose_scales(x: np.ndarray, weight: np.ndarray, alphas: Sequence[float], row_scaled: bool,
-                  heads: tuple[int, int] | None = None) -> tuple[float, np.ndarray]:
+                  heads: tuple[int, int] | None = None, qmax: int = QMAX) -> tuple[float, np.ndarray]:
     """(alpha, s [K]) of the grid whose smoothed int8 product of x [T, K] and weight [N, K] errs least.
 
     `heads` (key/value heads, query heads per key/value head) ties s across the query heads of a group, for
@@ -68,7 +68,7 @@ def choose_scales(x: np.ndarray, weight: np.ndarray, alphas: Sequence[float], ro
     best: tuple[float, float, np.ndarray] | None = None
     for alpha in alphas:
         s = np.maximum(act**alpha / wmax ** (1.0 - alpha), 1e-5).astype(np.float32)
-        q, scales = quantize_per_channel(weight * s)
+        q, scales = quantize_per_channel(weight * s, qmax)
         approx = fake_quantize_activations(x / s, row_scaled) @ (q * scales[:, None]).T
         error = float(np.mean((approx - reference) ** 2))
         if best is None or error < best[0]:
@@ -86,7 +86,7 @@ def _tie(values: np.ndarray, heads: tuple[int, int] | None) -> np.ndarray:
 
 
 def smooth(model: Any, prompts: Sequence[Sequence[int]], alphas: Sequence[float],
-           row_scaled: Sequence[str] = ()) -> tuple[Any, dict[str, float]]:
+           row_scaled: Sequence[str] = (), qmax: int = QMAX) -> tuple[Any, dict[str, float]]:
     """A smoothed copy of a Llama-family model and the alpha chosen for each projection group.
 
     `row_scaled` names the projections (`decoder_graph.PROJECTIONS`) whose input rows the graph scales one by
@@ -101,7 +101,7 @@ def smooth(model: Any, prompts: Sequence[Sequence[int]], alphas: Sequence[float]
     def scales(name: str, key: str, weights: list[Any], projection: str,
                heads: tuple[int, int] | None = None) -> torch.Tensor:
         weight = np.concatenate([w.detach().float().numpy() for w in weights])
-        chosen[name], s = choose_scales(inputs[key], weight, alphas, projection in row_scaled, heads)
+        chosen[name], s = choose_scales(inputs[key], weight, alphas, projection in row_scaled, heads, qmax)
         return torch.from_numpy(s)
 
     config = model.config

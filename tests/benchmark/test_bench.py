@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,8 @@ def test_quick_bench_runs_the_ladder_and_writes_its_report(tiny_model, tmp_path)
         for key in ("rps", "p99_ms", "speedup", "of_ceiling", "loadgen_cores"):
             assert measured["min"][key] <= measured[key] <= measured["max"][key], (rung["name"], key)
             assert sorted(r[key] for r in measured["rounds"]) == [measured["min"][key], measured["max"][key]]
-        assert measured["loadgen_cpu_s"] >= 0 and measured["loadgen_cores"] >= 0 and measured["generator"] == "wrk"
+        assert measured["loadgen_cpu_s"] >= 0 and measured["loadgen_cores"] >= 0
+        assert measured["generator"] == ("wrk" if shutil.which("wrk") else "python (httpx)")  # wrk when installed
     assert rungs["squeezer-compiled-fp32"]["serves"] == "fp32 on onnxruntime" and " on " in rungs["squeezer-optimized"]["serves"]
     runner_up = rungs["squeezer-runner-up"]
     assert runner_up.get("skipped") or "it chose" in runner_up["serves"], runner_up

@@ -62,7 +62,8 @@ def test_a_server_given_as_a_peer_is_measured_in_the_rounds_beside_squeezer(mini
     assert peer["peer"] is True and peer["threads"] == available_cpus() and f"--threads {available_cpus()}" in peer["command"]
     assert peer["accuracy"]["embed-short"] >= 0.9999  # the same model: the same vectors, through another route
     measured, theirs = peer["results"]["embed-short"]["2"], rungs["squeezer-pytorch"]["results"]["embed-short"]["2"]
-    assert measured["rps"] > 0 and measured["errors"] == 0 and measured["generator"] == "wrk" and len(measured["rounds"]) == 2
+    assert measured["rps"] > 0 and measured["errors"] == 0 and len(measured["rounds"]) == 2
+    assert measured["generator"] == ("wrk" if shutil.which("wrk") else "python (httpx)")  # wrk when installed
     assert peer["compared_with"] == {"embed-short": "squeezer-pytorch"} and measured["vs_previous"] is None
     for ours, peers in zip(theirs["rounds"], measured["rounds"]):
         assert peers["squeezer_over"] == pytest.approx(ours["rps"] / peers["rps"])

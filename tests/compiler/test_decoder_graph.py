@@ -102,7 +102,7 @@ def test_files_and_facts(tiny_decoder_path: Callable[[str], Path], tmp_path: Pat
     assert facts == (2, 2, 16, model.config.vocab_size)
     assert meta["weights"] == {"bits": 4, "block_size": 16, "accuracy_level": 4, "quantize_lm_head": False,
                                "head_bits": 8, "scheme": None, "fold_offsets": False, "int8_activations": False,
-                               "smoothing": [], "row_scaled": []}
+                               "smoothing": [], "row_scaled": [], "int8_weight_bits": 8}
     assert meta["smoothing"] == {}
     build_decoder(model, tmp_path, weights)  # rebuilding in place rewrites the data file, never appends to it
     assert (tmp_path / "decoder.onnx.data").stat().st_size < 2 * 1024 * 1024

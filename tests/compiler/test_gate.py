@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ def test_gate_passes_the_reference_and_rejects_a_distorted_copy(head: str, tiny_
     broken = gate.judge(Distorted(model.backend, 3.0))
     assert not broken.passed
     family = FAMILIES[task][0]
-    assert set(broken.metrics) == {b.metric for b in TOLERANCES[family]}
+    assert set(broken.metrics) == {b.metric for b in gate.bounds} <= {b.metric for b in TOLERANCES[family]}
     assert broken.failures and all(any(m in f for m in broken.metrics) for f in broken.failures)
 
 
@@ -50,9 +51,50 @@ def test_every_failure_is_reported_with_numbers(tiny_model, load) -> None:
     model = load(tiny_model("bert", "base"))
     gate = Gate(model, vd.builtin("feature-extraction"), "feature-extraction")
     verdict = gate.judge(Distorted(model.backend, 2.0))
-    assert [f.split()[0] for f in verdict.failures] == ["min_cosine", "mean_cosine"]
-    assert "< 0.9900" in verdict.failures[0] and "< 0.9975" in verdict.failures[1]
-    assert gate.limits == {"min_cosine": ">= 0.9900", "mean_cosine": ">= 0.9975"}
+    assert [f.split()[0] for f in verdict.failures] == ["min_cosine", "mean_cosine", "token_min_cosine"]
+    assert "< 0.9900" in verdict.failures[0] and "< 0.9975" in verdict.failures[1] and "< 0.9900" in verdict.failures[2]
+    assert gate.limits == {"min_cosine": ">= 0.9900", "mean_cosine": ">= 0.9975", "token_min_cosine": ">= 0.9900"}
+
+
+class OneTokenAstray:
+    """A real backend that turns one token of each sequence off its direction (cosine 0.97):
+    the mean over the sentence barely moves, the token's own vector, which feature-extraction serves, does."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+
+    def forward(self, batch: Batch) -> dict[str, np.ndarray]:
+        out = dict(self.backend.forward(batch))
+        hidden = out["last_hidden_state"].copy()
+        v = hidden[:, 1, :]
+        noise = np.random.default_rng(0).standard_normal(v.shape).astype(np.float32)
+        noise -= (noise * v).sum(-1, keepdims=True) / (v * v).sum(-1, keepdims=True) * v  # orthogonal to v
+        noise *= np.linalg.norm(v, axis=-1, keepdims=True) / np.linalg.norm(noise, axis=-1, keepdims=True)
+        hidden[:, 1, :] = 0.97 * v + np.sqrt(1 - 0.97**2) * noise
+        out["last_hidden_state"] = hidden
+        return out
+
+
+def test_token_embeddings_are_gated_token_by_token_where_they_are_served(tiny_model, load, tmp_path: Path) -> None:
+    """A model without pooling answers feature-extraction with every token's vector, so one token gone astray is
+    rejected though the pooled cosines pass; a model with sentence-transformers pooling serves only the pooled
+    vector, and no token bound applies to it."""
+    model = load(tiny_model("bert", "base"))
+    gate = Gate(model, vd.builtin("feature-extraction"), "feature-extraction")
+    verdict = gate.judge(OneTokenAstray(model.backend))
+    assert verdict.metrics["min_cosine"] >= 0.99 and verdict.metrics["token_min_cosine"] == pytest.approx(0.97, abs=1e-3)
+    assert [f.split()[0] for f in verdict.failures] == ["token_min_cosine"]
+    pooled = tmp_path / "pooled"
+    shutil.copytree(tiny_model("bert", "base"), pooled)
+    (pooled / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (pooled / "1_Pooling").mkdir()
+    (pooled / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    model = load(pooled)
+    assert model.info.pooling is not None
+    gate = Gate(model, vd.builtin("feature-extraction"), "feature-extraction")
+    assert list(gate.limits) == ["min_cosine", "mean_cosine"] and gate.judge(OneTokenAstray(model.backend)).passed
 
 
 def test_budget_scales_every_bound() -> None:

@@ -16,6 +16,7 @@ from squeezer.compiler.build import BuildContext, Builder
 from squeezer.compiler.export import encode
 from squeezer.compiler.quantize import quantizable_nodes
 from squeezer.compiler.validation_data import calibration_texts
+from squeezer.hardware import INT8_DOT_UNITS
 
 
 def ops(path: Path) -> Counter[str]:
@@ -162,3 +163,17 @@ def test_nncf_int8_quantizes_attention_and_keeps_the_feed_forward_float(builder:
     graph = builder.build(r.Recipe("ov-int8", (r.OpenVino("f32"), r.NncfInt8()))).path
     got = OpenVinoBackend.from_graph(graph, "base").forward(batch)["last_hidden_state"]
     assert float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want)) > 0.95
+
+
+def test_the_full_range_recipes_need_int8_dot_units_and_their_7_bit_twins_stand_in() -> None:
+    by_name = {x.name: x for x in r.all_recipes()}
+    avx2, vnni, amx = ["avx2", "fma"], ["avx2", "avx512_vnni"], ["avx2", "amx_int8"]
+    for full, twin in (("decoder-w8a8-smooth", "decoder-w7a8-smooth"), ("int8-dyn-s8-pc-keep33", "int8-dyn-s8-pc-keep33-rr")):
+        assert "int8 dot-product units" in (by_name[full].missing_features(avx2) or "")
+        assert by_name[full].missing_features(vnni) is None and by_name[full].missing_features(amx) is None
+        assert set(by_name[full].requires) == set(INT8_DOT_UNITS[0]) and not by_name[twin].requires
+        assert by_name[twin].missing_features(avx2) is None  # tried where its twin is not, and only there
+        assert "where its twin runs" in (by_name[twin].missing_features(vnni) or "")
+    assert by_name["int8-static-qdq-pc"].missing_features(avx2) and by_name["int8-dyn-s8"].missing_features(avx2)
+    for runs_anywhere in ("int8-dyn-u8-pc", "int8-dyn-s8-pc-rr", "ov-int8", "decoder-int8-head8", "decoder-int4-head8"):
+        assert by_name[runs_anywhere].missing_features(avx2) is None, runs_anywhere
