@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from squeezer.api import admin, chat, hf, metrics, openai, tei, tgi
 from squeezer.api.access import AccessLog
+from squeezer.api.docs import install_docs
 from squeezer.api.errors import install_error_handlers
 from squeezer.api.guard import Guard
 from squeezer.api.stopping import Stopping
@@ -48,7 +49,8 @@ def create_app(engine: Engine) -> FastAPI:
                 log.warning("models still busy after --shutdown-grace (%gs): exiting without them", config.shutdown_grace)
                 app.state.unfinished = True
 
-    app = FastAPI(title="Squeezer", lifespan=lifespan, **quiet_fastapi())
+    app = FastAPI(title="Squeezer", lifespan=lifespan, docs_url=None, redoc_url=None, **quiet_fastapi())
+    install_docs(app)  # the pages with their scripts from this server, not a CDN
     app.state.engine = engine
     app.state.stopping = Stopping()  # the CLI's server calls its begin() when shutdown starts
     app.state.unfinished = False  # set when shutdown gave up waiting for the models (see the CLI)
