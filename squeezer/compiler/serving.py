@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,10 @@ from squeezer.config import ModelConfig
 from squeezer.sources import ModelSource
 
 log = logging.getLogger(__name__)
+
+# A compile uses every core and about 12 times the model's weights: --optimize's compiles take turns (a loading
+# model waits for its own compile, not for another model's load).
+ONE_COMPILE = threading.Lock()
 
 
 def optimized_source(source: ModelSource, model_config: ModelConfig) -> ModelSource:
@@ -34,7 +39,8 @@ def optimized_source(source: ModelSource, model_config: ModelConfig) -> ModelSou
     name = str(source.path / source.gguf_file) if source.gguf_file else str(source.path)
     key = f"{name}\0{config.profile}"  # one served artifact per source and profile
     out = default_dir() / "served" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    built, unsupported = run_isolated(compile_into, source, out, config)
+    with ONE_COMPILE:
+        built, unsupported = run_isolated(compile_into, source, out, config)
     if unsupported:
         log.warning("%s; serving it on the float32 torch reference instead", unsupported)
         return source

@@ -57,9 +57,9 @@ def load_runtime(source: ModelSource, config: ServeConfig, hooks: Hooks | None =
     """
     from squeezer.artifact import load_artifact
 
+    if prepare is not None and not source.artifact:  # --optimize's compile, in a child process: outside the lock,
+        source = prepare(source)  # so another model's load (an evicted one's reload) does not wait minutes for it
     with LOAD_LOCK:
-        if prepare is not None and not source.artifact:
-            source = prepare(source)
         artifact = load_artifact(source.path) if source.artifact else None
         if artifact is not None:
             model_config = ModelConfig(task=artifact.task, trust_remote_code=config.model.trust_remote_code)
