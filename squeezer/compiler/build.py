@@ -74,10 +74,24 @@ def _static(step: StaticInt8, prev: Built, dst: Path, ctx: BuildContext) -> Buil
     return Built(dst, prev.fusions, prev.kept_float)
 
 
+def decline_telemetry() -> None:
+    """Keep OpenVINO's converter and NNCF from reporting usage to Google Analytics. Both count a missing consent
+    file as a yes (outside CI), write a client id under ~/intel, and send each report from a process forked off the
+    compile's threads: off the internet such a child hung, and held the interpreter's exit for ever (`squeezer
+    optimize` printed its artifact and never returned). A compiler has no business phoning home: every consent
+    check of theirs (openvino_telemetry's) answers no."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:  # not installed: nothing reports
+        return
+    OptInChecker.check = lambda self, *args, **kwargs: ConsentCheckResult.DECLINED  # type: ignore[method-assign]
+
+
 def _openvino(step: OpenVino, prev: Built, dst: Path, ctx: BuildContext) -> Built:
     """The graph as OpenVINO's IR (`.xml` and its `.bin`); the precision is applied when it is compiled."""
     from squeezer.backends.openvino_backend import import_openvino
 
+    decline_telemetry()
     ov = import_openvino()
     xml = prev.path.with_name(prev.path.stem + "-ir.xml")
     if not xml.exists():  # one IR per source graph: the f32 and bf16 candidates share it
@@ -89,6 +103,7 @@ def _nncf(step: NncfInt8, prev: Built, dst: Path, ctx: BuildContext) -> Built:
     """The IR quantized to int8 by NNCF, calibrated on every calibration input (a few dozen: seconds)."""
     from squeezer.backends.openvino_backend import import_openvino
 
+    decline_telemetry()
     ov = import_openvino()
     try:
         import nncf
