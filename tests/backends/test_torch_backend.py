@@ -69,7 +69,8 @@ def test_the_torch_bf16_candidate_is_tried_only_where_the_cpu_has_bf16(tiny_mode
 def test_a_torch_bf16_artifact_is_served_from_its_own_weights(tiny_model, load, tmp_path, head: str) -> None:
     """Chosen alone, the candidate becomes an artifact holding the weights (no source needed: it is served from a
     copy in another folder), loaded on the torch backend in bf16, answering like the fp32 reference."""
-    built = build_artifact(tiny_model("bert", head), tmp_path / "art", head, recipes="torch-bf16")
+    # the gate's bound is not what this test is about: a random tiny model's token vectors in bf16 reach 0.98 only
+    built = build_artifact(tiny_model("bert", head), tmp_path / "art", head, recipes="torch-bf16", max_accuracy_loss=0.05)
     moved = tmp_path / "elsewhere"
     shutil.copytree(built.path, moved)
     report = json.loads((moved / "squeezer.json").read_text())
