@@ -30,12 +30,13 @@ Swap = Callable[[Any, ModelSource], Awaitable[dict[str, Any]]]  # (entry, artifa
 Reserve = Callable[[Any, int], Awaitable[bool]]  # (entry, bytes) -> whether the memory budget holds them now
 Release = Callable[[int], None]  # bytes a finished compile gives back to the budget
 # What a compile holds beside the served model: its process's libraries, and in multiples of the model's memory the
-# reference, the export, every candidate that passed the gate (kept loaded to be timed together) and the runtimes'
-# own copies. Measured as the peak resident memory of `squeezer optimize` with the default sweep and every candidate
-# passing (BERT encoders of 87, 127 and 418 MiB of weights: 1.74, 2.25 and 5.63 GiB, BENCHMARKS.md); this holds
-# each with 4 to 6% to spare.
+# reference, the export, the candidates being built and the finalists kept loaded to be timed together, and the
+# runtimes' own copies. Measured as the peak resident memory of `squeezer optimize` with the default sweep and every
+# candidate passing (BERT encoders of 87, 127 and 418 MiB of weights: 1.48, 1.94 and 5.13 GiB since only the
+# finalists stay loaded, BENCHMARKS.md); this holds each with 5 to 17% to spare (the most, in proportion, for the
+# smallest).
 COMPILE_MEMORY_BASE = 800 << 20
-COMPILE_MEMORY_FACTOR = 12.5
+COMPILE_MEMORY_FACTOR = 11.2
 
 
 def compile_memory(model_bytes: int) -> int:
