@@ -40,7 +40,7 @@ class ModelEntry:
     """One served model and where it is in its life."""
 
     source: ModelSource
-    task: str | None  # as configured (None: its files do not say; loading it fails and says why)
+    task: str | None  # as configured, then as loaded (None: its files do not say; loading it fails and says why)
     state: str = "unloaded"  # unloaded -> loading -> ready | failed; ready -> unloading -> unloaded
     error: str | None = None
     runtime: Runtime | None = None
@@ -124,7 +124,7 @@ class ModelRegistry:
             entry.ever_settled = True
             entry.settled.set()
             return
-        entry.runtime = runtime
+        entry.runtime, entry.task = runtime, runtime.task  # the task as loaded: its files may have been repaired
         entry.state, entry.load_seconds, entry.last_used = "ready", time.monotonic() - entry.load_started, time.monotonic()
         entry.ever_settled = True
         entry.settled.set()
@@ -226,9 +226,14 @@ class ModelRegistry:
         return used <= budget
 
     async def ready(self, model_id: str, wait: bool) -> Runtime:
-        """The model's runtime once ready: 503 while it loads (unless `wait`), after it failed, or when unloaded
-        (it starts loading)."""
-        entry = self.load(model_id) if self.get(model_id).state == "unloaded" else self.get(model_id)
+        """The model's runtime once ready: 503 while it loads or is being unloaded (unless `wait`: then it waits for
+        the unload to end and the reload it starts), after it failed, or when unloaded (it starts loading)."""
+        entry = self.get(model_id)
+        if entry.state == "unloading" and wait:  # an eviction under a memory budget: wait it out, then reload
+            async with entry.lifecycle:  # the unload holds it until the runtime is freed
+                pass
+        if entry.state == "unloaded":
+            entry = self.load(model_id)
         if entry.state == "loading" and wait:
             await entry.settled.wait()
         if entry.state == "loading":

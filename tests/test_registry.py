@@ -96,6 +96,18 @@ async def test_overlapping_unloads_drain_and_close_once(monkeypatch, tmp_path) -
     assert registry.get("m").state == "unloaded"
 
 
+async def test_a_request_that_waits_for_the_model_outlasts_its_unload_and_gets_the_reload(monkeypatch, tmp_path) -> None:
+    """`wait_for_model` (the Inference API's option) waits through an eviction too, not only through a load: the
+    request gets the reloaded runtime instead of a 503."""
+    registry, made = registry_with(monkeypatch, tmp_path)
+    await asyncio.wait_for(registry.load("m").settled.wait(), 5)
+    unloading = asyncio.ensure_future(registry.unload("m"))
+    await made[0].draining.wait()
+    runtime = await asyncio.wait_for(registry.ready("m", wait=True), 5)
+    await unloading
+    assert runtime is made[1] and (made[0].closes, made[1].closes) == (1, 0) and registry.get("m").state == "ready"
+
+
 async def test_the_memory_budget_evicts_the_least_recently_used_of_three(tiny_model) -> None:
     """Three ~4 MiB models under a 10 MiB budget: two stay loaded, and a load evicts whichever was used least
     recently, not the first or the last given."""
@@ -126,6 +138,37 @@ async def test_the_memory_budget_evicts_the_least_recently_used_of_three(tiny_mo
         await engine.run(first, "hi")  # now `cold` is the least recently used
         await engine.load(second)
         assert await states() == {first: "ready", second: "ready", cold: "unloaded"}
+    finally:
+        await engine.close()
+
+
+async def test_a_model_repaired_after_a_failed_start_serves_its_task_once_reloaded(tiny_model, tmp_path) -> None:
+    """A folder whose config.json is broken at start has no task and fails to load; once the file is repaired,
+    /load brings it up and its task routes the Inference API's requests (it answered 400 "does not generate
+    text" with the task it never had)."""
+    import shutil
+
+    import httpx
+
+    from squeezer.api import create_app
+    from squeezer.engine import Engine
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model("bert", "base"), folder)
+    config = (folder / "config.json").read_text()
+    (folder / "config.json").write_text(config[: len(config) // 2])
+    engine = Engine([ModelSource("m", folder)])
+    app = create_app(engine)
+    await engine.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
+            failed = await client.post("/models/m", json={"inputs": "hi"})
+            assert failed.status_code == 503 and engine.registry.get("m").state == "failed"  # type: ignore[union-attr]
+            (folder / "config.json").write_text(config)
+            assert (await client.post("/models/m/load")).status_code == 200
+            answered = await client.post("/models/m", json={"inputs": "hi"})
+            assert answered.status_code == 200, answered.text
+            assert (await client.post("/models/m/pipeline/feature-extraction", json={"inputs": "hi"})).status_code == 200
     finally:
         await engine.close()
 
