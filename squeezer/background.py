@@ -30,13 +30,12 @@ Swap = Callable[[Any, ModelSource], Awaitable[dict[str, Any]]]  # (entry, artifa
 Reserve = Callable[[Any, int], Awaitable[bool]]  # (entry, bytes) -> whether the memory budget holds them now
 Release = Callable[[int], None]  # bytes a finished compile gives back to the budget
 # What a compile holds beside the served model: its process's libraries, and in multiples of the model's memory the
-# reference, the export, the candidates being built and the finalists kept loaded to be timed together, and the
-# runtimes' own copies. Measured as the peak resident memory of `squeezer optimize` with the default sweep and every
-# candidate passing (BERT encoders of 87, 127 and 418 MiB of weights: 1.48, 1.94 and 5.13 GiB since only the
-# finalists stay loaded, BENCHMARKS.md); this holds each with 5 to 17% to spare (the most, in proportion, for the
-# smallest).
+# reference, the export, the candidates being built (ONNX Runtime's fusions, in Python, at some 5 times the weights)
+# and the finalists kept loaded to be timed together. Measured as the peak resident memory of `squeezer optimize`
+# with the default sweep and every candidate passing (BERT encoders of 87, 127 and 418 MiB of weights: 1.36, 1.74
+# and 4.58 GiB, BENCHMARKS.md); this holds each with 6 to 20% to spare (the most, in proportion, for the smallest).
 COMPILE_MEMORY_BASE = 800 << 20
-COMPILE_MEMORY_FACTOR = 11.2
+COMPILE_MEMORY_FACTOR = 10.0
 
 
 def compile_memory(model_bytes: int) -> int:

@@ -13,7 +13,17 @@ from typing import Any
 from squeezer.compiler import fuse as fusion
 from squeezer.compiler import quantize
 from squeezer.compiler.export import Exported
-from squeezer.compiler.recipes import DynamicInt8, Float16, Fuse, NncfInt8, OpenVino, Recipe, StaticInt8, TorchAutocast
+from squeezer.compiler.recipes import (
+    ApproximateGelu,
+    DynamicInt8,
+    Float16,
+    Fuse,
+    NncfInt8,
+    OpenVino,
+    Recipe,
+    StaticInt8,
+    TorchAutocast,
+)
 
 # What a torch candidate's weights are written as, the file the PyTorch backend loads from an artifact.
 TORCH_WEIGHTS = "model.safetensors"
@@ -56,6 +66,12 @@ class Built:
 
 def _fuse(step: Fuse, prev: Built, dst: Path, ctx: BuildContext) -> Built:
     return Built(dst, fusion.fuse(prev.path, dst, step, ctx.exported), prev.kept_float)
+
+
+def _approximate_gelu(step: ApproximateGelu, prev: Built, dst: Path, ctx: BuildContext) -> Built:
+    swapped = fusion.approximate_gelu(prev.path, dst)
+    fusions = {k: v for k, v in prev.fusions.items() if k not in ("Gelu", "BiasGelu")}
+    return Built(dst, {**fusions, "FastGelu": swapped} if swapped else fusions, prev.kept_float)
 
 
 def _float16(step: Float16, prev: Built, dst: Path, ctx: BuildContext) -> Built:
@@ -138,6 +154,7 @@ def _torch(step: TorchAutocast, prev: Built, dst: Path, ctx: BuildContext) -> Bu
 BUILDERS: dict[type, Callable[[Any, Built, Path, BuildContext], Built]] = {
     TorchAutocast: _torch,
     Fuse: _fuse,
+    ApproximateGelu: _approximate_gelu,
     OpenVino: _openvino,
     NncfInt8: _nncf,
     Float16: _float16,

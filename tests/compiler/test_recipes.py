@@ -52,9 +52,10 @@ def test_fusions_apply_to_bert(builder: Builder) -> None:
 
 def test_gelu_approximation_is_its_own_candidate(builder: Builder) -> None:
     exact = builder.build(r.Recipe("fused", (r.Fuse(),)))
-    approx = builder.build(r.Recipe("fast", (r.Fuse(gelu_approximation=True),)))
+    approx = builder.build(r.Recipe("fast", (r.Fuse(), r.ApproximateGelu())))
     assert ops(approx.path)["FastGelu"] == 2 and ops(approx.path)["BiasGelu"] == 0
-    assert ops(exact.path)["FastGelu"] == 0
+    assert ops(exact.path)["FastGelu"] == 0 and ops(exact.path)["BiasGelu"] == 2
+    assert approx.fusions["FastGelu"] == 2 and "BiasGelu" not in approx.fusions
     close_to_fp32(builder, approx.path, 1e-3)
 
 
