@@ -137,7 +137,7 @@ class NncfInt8:
     smooth_quant: bool = False
 
 
-Step = Fuse | DynamicInt8 | StaticInt8 | Float16 | DecoderWeights | OpenVino | NncfInt8 | TorchAutocast
+Step = Fuse | ApproximateGelu | DynamicInt8 | StaticInt8 | Float16 | DecoderWeights | OpenVino | NncfInt8 | TorchAutocast
 # The step kinds that hand a candidate to another runtime than ONNX Runtime (the default).
 RUNTIMES: dict[type, str] = {OpenVino: "openvino", TorchAutocast: "torch"}
 BF16_STEPS = (OpenVino("bf16"), TorchAutocast("bf16"))
@@ -154,7 +154,7 @@ class Recipe:
     """A candidate: steps applied, in order, to the exported fp32 graph."""
 
     name: str
-    steps: tuple[Any, ...]
+    steps: tuple[Step, ...]
     targets: tuple[str, ...] = ("cpu",)
     sweep: str = "default"  # "default": tried on every run; "full": only with --sweep full
     note: str = ""
