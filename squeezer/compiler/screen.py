@@ -1,8 +1,9 @@
 """Screening: which passed candidates stay loaded for the final, interleaved timing.
 
 Every candidate that passes the gate used to stay loaded until the end, so that all could be timed together; with
-the default sweep that is about eleven runtimes' copies of the model at once, most of a compile's peak memory
-(12 times the weights, BENCHMARKS.md). Now each is timed once as it passes (one round, the profile's workloads) and
+the default sweep that is about eleven runtimes' copies of the model at once (measured since: the final timing
+was not the peak, the builds beside the loaded candidates were, and screening took 9% off BERT-base's peak,
+BENCHMARKS.md). Now each is timed once as it passes (one round, the profile's workloads) and
 only the finalists stay loaded: the fastest few, and each runtime's fastest (so the report, and the bench's
 runner-up rung, still compare runtimes on the final clock). The others are freed at once, their first timing and
 its speed-up over the reference's first timing kept in the report with the verdict "screened" (not in the
