@@ -108,11 +108,11 @@ def embedding_metrics(ref: Run, cand: Run, info: ModelInfo) -> dict[str, float]:
     cosines = [_cosine(pooled(r), pooled(c)) for r, c in pairs]
     metrics = {"min_cosine": min(cosines), "mean_cosine": float(np.mean(cosines))}
     if info.pooling is None:
-        metrics["token_min_cosine"] = min(_token_cosines(r["last_hidden_state"], c["last_hidden_state"]) for r, c in pairs)
+        metrics["token_min_cosine"] = min(_min_token_cosine(r["last_hidden_state"], c["last_hidden_state"]) for r, c in pairs)
     return metrics
 
 
-def _token_cosines(a: np.ndarray, b: np.ndarray) -> float:
+def _min_token_cosine(a: np.ndarray, b: np.ndarray) -> float:
     """The smallest cosine between two [tokens, hidden] arrays, token by token."""
     a, b = a.astype(np.float64), b.astype(np.float64)
     norms = np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
