@@ -29,13 +29,14 @@ T = TypeVar("T")
 Swap = Callable[[Any, ModelSource], Awaitable[dict[str, Any]]]  # (entry, artifact) -> its `optimization` record
 Reserve = Callable[[Any, int], Awaitable[bool]]  # (entry, bytes) -> whether the memory budget holds them now
 Release = Callable[[int], None]  # bytes a finished compile gives back to the budget
-# What a compile holds beside the served model: its process's libraries, and in multiples of the model's memory the
-# reference, the export, the candidates being built (ONNX Runtime's fusions, in Python, at some 5 times the weights)
-# and the finalists kept loaded to be timed together. Measured as the peak resident memory of `squeezer optimize`
-# with the default sweep and every candidate passing (BERT encoders of 87, 127 and 418 MiB of weights: 1.36, 1.74
-# and 4.58 GiB, BENCHMARKS.md); this holds each with 6 to 20% to spare (the most, in proportion, for the smallest).
+# What a compile holds beside the served model: its process's libraries, and in multiples of the model's memory
+# the larger of two phases, every candidate built first (ONNX Runtime's fusions, in Python, at some 7 times the
+# weights) and then each loaded, gated and the finalists timed beside the reference. Measured as the peak resident
+# memory of `squeezer optimize` with the default sweep and every candidate passing (BERT encoders of 87, 127 and
+# 418 MiB of weights: 1.22, 1.48 and 3.44 GiB, BENCHMARKS.md; it grows by 6.9 MiB per MiB of weights); this holds
+# each with 12 to 18% to spare.
 COMPILE_MEMORY_BASE = 800 << 20
-COMPILE_MEMORY_FACTOR = 10.0
+COMPILE_MEMORY_FACTOR = 7.5
 
 
 def compile_memory(model_bytes: int) -> int:

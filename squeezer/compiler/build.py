@@ -1,17 +1,22 @@
 """Build candidates from recipes: each step kind has one builder in `BUILDERS`, and shared prefixes
-(the fused graph most int8 recipes start from) are built once per run."""
+(the fused graph most int8 recipes start from) are built once per run.
+
+A step that fails is remembered like one that was built, so that a run which builds every candidate before
+gating any (`optimize`: the builds' transient copies then never sit beside the loaded candidates) reports the
+failure at the gate without building it twice."""
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from squeezer.compiler import fuse as fusion
-from squeezer.compiler import quantize
+from squeezer.compiler import quantize, sensitivity
 from squeezer.compiler.export import Exported
 from squeezer.compiler.recipes import (
     ApproximateGelu,
@@ -32,7 +37,7 @@ TORCH_WEIGHTS = "model.safetensors"
 @dataclass
 class BuildContext:
     """What builders share within one run: the export, a scratch folder, sample inputs, progress, and how to
-    save the source model's weights (the reference's `save`), which the PyTorch candidates run from."""
+    save the source model's weights as safetensors, which the PyTorch candidates run from."""
 
     exported: Exported
     scratch: Path
@@ -49,7 +54,7 @@ class BuildContext:
         key = (graph, step.weights, step.per_channel, step.reduce_range)
         if key not in self.rankings:
             nodes = quantize.quantizable_nodes(graph)
-            ranked = quantize.rank_sensitivity(graph, step, self.probe, nodes, self.progress)
+            ranked = sensitivity.rank_sensitivity(graph, step, self.probe, nodes, self.progress)
             self.rankings[key] = [name for name, _ in ranked]
         ranking = self.rankings[key]
         return ranking[: math.ceil(step.keep_sensitive * len(ranking) - 1e-9)]
@@ -145,7 +150,7 @@ def _torch(step: TorchAutocast, prev: Built, dst: Path, ctx: BuildContext) -> Bu
     """The source's weights as one safetensors file (a GGUF or .bin source converted): the model PyTorch runs
     under autocast, gated and timed as loaded from this file, and copied into the artifact if chosen."""
     if ctx.save_weights is None:
-        raise RuntimeError("a PyTorch candidate needs the reference model's weights; this build has none")
+        raise RuntimeError("a PyTorch candidate needs the source model's weights; this build has no way to save them")
     folder = dst.with_suffix("")
     ctx.save_weights(folder)
     return Built(folder / TORCH_WEIGHTS, {}, ())
@@ -164,18 +169,34 @@ BUILDERS: dict[type, Callable[[Any, Built, Path, BuildContext], Built]] = {
 
 
 class Builder:
-    """Builds recipes into graphs under `ctx.scratch`, reusing every step prefix already built."""
+    """Builds recipes into graphs under `ctx.scratch`, reusing every step prefix already built (or failed)."""
 
     def __init__(self, ctx: BuildContext) -> None:
         self.ctx = ctx
         self._built: dict[tuple[Any, ...], Built] = {(): Built(ctx.exported.path, {})}
+        self._failed: dict[tuple[Any, ...], Exception] = {}
+        self.seconds: dict[str, float] = {}  # recipe name -> time spent building the steps it was first to need
 
     def build(self, recipe: Recipe) -> Built:
-        for i in range(len(recipe.steps)):
-            prefix = recipe.steps[: i + 1]
-            if prefix not in self._built:
-                step = prefix[-1]
-                dst = self.ctx.scratch / f"graph-{len(self._built)}.onnx"
-                self.ctx.progress(f"{type(step).__name__.lower()}")
-                self._built[prefix] = BUILDERS[type(step)](step, self._built[recipe.steps[:i]], dst, self.ctx)
+        """The recipe's graph; raises the error of the first step that failed, now or in an earlier call."""
+        start = time.perf_counter()
+        try:
+            for i in range(len(recipe.steps)):
+                self._step(recipe.steps[: i + 1])
+        finally:
+            self.seconds[recipe.name] = self.seconds.get(recipe.name, 0.0) + time.perf_counter() - start
         return self._built[recipe.steps]
+
+    def _step(self, prefix: tuple[Any, ...]) -> None:
+        if prefix in self._failed:
+            raise self._failed[prefix]
+        if prefix in self._built:
+            return
+        step = prefix[-1]
+        dst = self.ctx.scratch / f"graph-{len(self._built) + len(self._failed)}.onnx"
+        self.ctx.progress(f"{type(step).__name__.lower()}")
+        try:
+            self._built[prefix] = BUILDERS[type(step)](step, self._built[prefix[:-1]], dst, self.ctx)
+        except Exception as exc:
+            self._failed[prefix] = exc
+            raise

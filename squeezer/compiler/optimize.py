@@ -1,7 +1,7 @@
 """`optimize(source, out_dir, config) -> Report`: the compiler, a pure transform from a model to an artifact.
 
 Source in, artifact folder out, report inside. The steps: export the model to ONNX, run the PyTorch
-reference on the validation set, then for each recipe build the candidate, gate it, and time the
+reference on the validation set, build every recipe's candidate, then gate each, and time the
 survivors together with the reference; the fastest survivor becomes the artifact's graph. Results are
 cached under (model content hash, hardware fingerprint, versions, settings), so a second run is a copy.
 
@@ -15,13 +15,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from squeezer import heap
 from squeezer.artifact import (
     GRAPH_FILE,
     content_hash,
@@ -164,26 +164,20 @@ def compile_model(src: ModelSource, info: ModelInfo, task: str, target: str, exa
         say(f"exporting {src.model_id} ({head} head) to ONNX")
         exported = export(src.path, head, info, scratch / "exported.onnx", gguf_file=src.gguf_file,
                           trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle)
+        heap.trim()  # the export's traced copy of the model: 0.7 of BERT-base's 1.2 GiB after it, not needed again
+        feeds = sample_feeds(info, exported)
+        builder = Builder(BuildContext(exported, scratch, feeds, feeds[:8], save_weights=weights_saver(src, info, task, config)))
+        recipes = recipes_for(target, config.sweep, config.recipe_names())
+        candidates, runnable = plan(recipes, hardware_fingerprint()["cpu"]["flags"], say)
+        build_all(builder, runnable)
         say(f"running the PyTorch reference on {len(examples)} validation inputs")
         reference = reference_model(src, info, task, config)
         gate = Gate(reference, examples, task, config.max_accuracy_loss)
-        feeds = sample_feeds(info, exported)
-        builder = Builder(BuildContext(exported, scratch, feeds, feeds[:8], save_weights=reference.backend.save))
-        recipes = recipes_for(target, config.sweep, config.recipe_names())
-        flags = hardware_fingerprint()["cpu"]["flags"]
         loads = timing.workloads(config.profile, info.tokenizer, info.max_length, "token_type_ids" in exported.inputs)
         finalists = Finalists(config.finalists, reference.backend, loads, config.profile, say)
-        candidates = []
-        for i, recipe in enumerate(recipes):
-            missing = recipe.missing_features(flags)
-            if missing:  # reported with the reason, never built
-                say(f"[{i + 1}/{len(recipes)}] {recipe.name}: skipped, {missing}")
-                candidates.append(skipped(recipe, missing))
-                continue
-            step_say = lambda msg, name=recipe.name, n=i: say(f"[{n + 1}/{len(recipes)}] {name}: {msg}")  # noqa: E731
-            builder.ctx.progress = step_say
+        for i, recipe, step_say in runnable:
             record, backend = evaluate(recipe, builder, gate, head, target, config.threads, spinning, info.max_length, step_say)
-            candidates.append(record)
+            candidates[i] = record
             if backend is not None:
                 finalists.add(record, backend)
         ref_timing = time_all(finalists.backends, reference.backend, candidates, loads, config, say)
@@ -199,20 +193,66 @@ def compile_model(src: ModelSource, info: ModelInfo, task: str, target: str, exa
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def weights_saver(src: ModelSource, info: ModelInfo, task: str, config: OptimizeConfig) -> Callable[[Path], None]:
+    """How a PyTorch candidate gets its weights: the source loaded as the reference is, saved as one safetensors
+    file, and freed (the builds run before the reference is loaded, so it cannot be the one saved)."""
+    def save(folder: Path) -> None:
+        backend = reference_model(src, info, task, config).backend
+        try:
+            backend.save(folder)
+        finally:
+            backend.close()
+    return save
+
+
+Planned = list[tuple[int, Recipe, Progress]]  # (position in the sweep, recipe, its progress line) of each to build
+
+
+def plan(recipes: list[Recipe], flags: list[str], say: Progress) -> tuple[list[dict[str, Any]], Planned]:
+    """The report's records in sweep order (a skipped recipe's filled now, with the reason; the others' empty
+    until gated) and the recipes to build; a recipe needing CPU features this machine lacks is never built."""
+    candidates: list[dict[str, Any]] = []
+    runnable: Planned = []
+    for i, recipe in enumerate(recipes):
+        missing = recipe.missing_features(flags)
+        if missing:
+            say(f"[{i + 1}/{len(recipes)}] {recipe.name}: skipped, {missing}")
+            candidates.append(skipped(recipe, missing))
+        else:
+            candidates.append({})
+            runnable.append((i, recipe, lambda msg, name=recipe.name, n=i: say(f"[{n + 1}/{len(recipes)}] {name}: {msg}")))
+    return candidates, runnable
+
+
+def build_all(builder: Builder, runnable: Planned) -> None:
+    """Build every candidate's graph before any model is loaded. A build's transient copies (ONNX Runtime's fusions
+    and quantizer run in Python, several times the weights) then sit beside no loaded candidate nor the reference,
+    which took BERT-base's compile peak from 4.6 to ... GiB (BENCHMARKS.md). The graphs stay in the scratch folder
+    either way; a failed build is remembered and reported at its gate."""
+    for _, recipe, step_say in runnable:
+        builder.ctx.progress = step_say
+        try:
+            builder.build(recipe)
+        except Exception:  # the builder keeps it; `evaluate` reports it as the candidate's failure
+            pass
+        finally:
+            heap.trim()
+
+
 def evaluate(recipe: Recipe, builder: Builder, gate: Gate, head: str, target: str, threads: int, spinning: bool,
              max_length: int, say: Progress) -> tuple[dict[str, Any], Backend | None]:
-    """Build one candidate and gate it; returns its report record, and its backend when it passed."""
+    """Load one candidate (its graph built by `build_all`) and gate it; returns its report record, and its backend
+    when it passed."""
     record: dict[str, Any] = {"name": recipe.name, "runtime": recipe.runtime, "dtype": recipe.dtype,
                               "recipe": recipe.describe(), "verdict": "failed", "reasons": [], "metrics": {}, "timings": {},
                               "requires": list(recipe.requires)}
     if recipe.precision is not None:
         record["precision"] = recipe.precision  # applied by the runtime at load: the artifact must carry it
-    start = time.perf_counter()
 
     def build() -> Backend:
         built = builder.build(recipe)
         record.update(graph=str(built.path.relative_to(builder.ctx.scratch)), size_bytes=graph_size(built.path),
-                      build_s=round(time.perf_counter() - start, 2), fusions=built.fusions, kept_float=len(built.kept_float))
+                      build_s=round(builder.seconds[recipe.name], 2), fusions=built.fusions, kept_float=len(built.kept_float))
         candidate = Candidate(built.path, head, target, threads, spinning, max_length, recipe.dtype, recipe.precision or "f32")
         backend = CANDIDATE_BACKENDS[recipe.runtime](candidate)
         say(f"gate on {len(gate.plans)} inputs")

@@ -1,17 +1,12 @@
 """int8 quantization with onnxruntime.quantization: dynamic (weights int8, activations per run) and static
-QDQ (activation ranges calibrated on sample inputs), plus a sensitivity ranking of the quantizable nodes.
-
-Sensitive nodes are found by measurement, not by name: each quantizable node is quantized alone and the
-head outputs on probe inputs compared with the float graph's; the nodes whose quantization alone moves
-the outputs most are the ones a recipe keeps in float. The probe inputs are the calibration texts, never
-the validation set, so the gate still judges on data the candidate was not tuned on.
+QDQ (activation ranges calibrated on sample inputs). Which nodes a recipe keeps in float is measured in
+`sensitivity`.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -77,14 +72,14 @@ def _weight_type(step: DynamicInt8) -> Any:
     return q.QuantType.QInt8 if step.weights == "s8" else q.QuantType.QUInt8
 
 
-def dynamic(src: Path, dst: Path, step: DynamicInt8, exclude: list[str]) -> None:
-    """Dynamic int8 per the step; `exclude` nodes stay float."""
+def dynamic(src: Path, dst: Path, step: DynamicInt8, exclude: list[str], only: list[str] | None = None) -> None:
+    """Dynamic int8 per the step; `exclude` nodes stay float, and when `only` is given, every node not in it."""
     q = import_quantization()
     ops = list(QUANTIZABLE_OPS) + ([] if step.keep_embeddings else list(EMBEDDING_OPS))
     with quiet():
         q.quantize_dynamic(
             str(src), str(dst), weight_type=_weight_type(step), per_channel=step.per_channel,
-            reduce_range=step.reduce_range, op_types_to_quantize=ops, nodes_to_exclude=exclude,
+            reduce_range=step.reduce_range, op_types_to_quantize=ops, nodes_to_exclude=exclude, nodes_to_quantize=only,
             extra_options=_extra_options(),
         )
 
@@ -124,35 +119,12 @@ def static(src: Path, dst: Path, step: StaticInt8, calibration: Feeds, exclude: 
     typed.unlink()
 
 
-def rank_sensitivity(src: Path, step: DynamicInt8, probe: Feeds, nodes: list[str],
-                     progress: Callable[[str], None]) -> list[tuple[str, float]]:
-    """Nodes sorted by the relative output error of quantizing each one alone, worst first."""
-    import onnx
-    import onnxruntime as ort
-
-    q = import_quantization()
-    reference = _run(ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]), probe)
-    data = Path(src).read_bytes()
-    errors: list[tuple[str, float]] = []
-    with tempfile.TemporaryDirectory(dir=Path(src).parent) as scratch:
-        out = Path(scratch) / "one.onnx"
-        for i, node in enumerate(nodes):
-            progress(f"sensitivity {i + 1}/{len(nodes)}: {node}")
-            with quiet():
-                q.quantize_dynamic(
-                    onnx.load_from_string(data), str(out), weight_type=_weight_type(step), per_channel=step.per_channel,
-                    reduce_range=step.reduce_range, nodes_to_quantize=[node], op_types_to_quantize=list(QUANTIZABLE_OPS),
-                    extra_options=_extra_options(),
-                )
-            got = _run(ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]), probe)
-            errors.append((node, max(_relative_error(a, b) for a, b in zip(got, reference))))
-    return sorted(errors, key=lambda item: item[1], reverse=True)
-
-
-def _run(session: Any, feeds: Feeds) -> list[np.ndarray]:
+def run_feeds(session: Any, feeds: Feeds, extra: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    """Each feed's outputs, flattened into one vector; inputs the graph lacks are dropped, `extra` is fed with each."""
     names = {i.name for i in session.get_inputs()}
-    return [np.concatenate([o.ravel() for o in session.run(None, {k: v for k, v in f.items() if k in names})]) for f in feeds]
+    return [np.concatenate([o.ravel() for o in session.run(None, {**{k: v for k, v in f.items() if k in names}, **(extra or {})})])
+            for f in feeds]
 
 
-def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.linalg.norm(actual - expected) / max(float(np.linalg.norm(expected)), 1e-12))

@@ -23,7 +23,7 @@ from squeezer.sources import ModelSource
 
 log = logging.getLogger(__name__)
 
-# A compile uses every core and about 10 times the model's weights (background.COMPILE_MEMORY_FACTOR): --optimize's
+# A compile uses every core and about 7 times the model's weights (background.COMPILE_MEMORY_FACTOR): --optimize's
 # compiles take turns (a loading model waits for its own compile, not for another model's load).
 ONE_COMPILE = threading.Lock()
 

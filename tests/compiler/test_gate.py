@@ -192,14 +192,23 @@ class Explode:
     """A test-only step whose builder fails, as a quantizer crash would."""
 
 
+EXPLOSIONS: list[Path] = []
+
+
 def explode(step: Explode, prev: build.Built, dst: Path, ctx: build.BuildContext) -> build.Built:
+    EXPLOSIONS.append(dst)
     raise RuntimeError("quantizer crashed on node X")
 
 
 def test_a_candidate_that_cannot_be_built_is_reported_not_fatal(tiny_model, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(recipes, "RECIPES", (*recipes.RECIPES, Recipe("crashing", (Explode(),))))
+    """Both recipes on the crashing step fail with its error, and the step ran once (a failure is remembered)."""
+    crashing = (Recipe("crashing", (Explode(),)), Recipe("crashing-too", (Explode(), recipes.Fuse())))
+    monkeypatch.setattr(recipes, "RECIPES", (*recipes.RECIPES, *crashing))
     monkeypatch.setitem(build.BUILDERS, Explode, explode)
-    report = build_artifact(tiny_model("bert", "base"), tmp_path / "out", "base", recipes="crashing,fp32")
-    crashed = report.candidate("crashing")
-    assert crashed["verdict"] == "failed" and crashed["reasons"] == ["RuntimeError: quantizer crashed on node X"]
+    EXPLOSIONS.clear()
+    report = build_artifact(tiny_model("bert", "base"), tmp_path / "out", "base", recipes="crashing,fp32,crashing-too")
+    for name in ("crashing", "crashing-too"):
+        crashed = report.candidate(name)
+        assert crashed["verdict"] == "failed" and crashed["reasons"] == ["RuntimeError: quantizer crashed on node X"]
+    assert len(EXPLOSIONS) == 1
     assert report.data["chosen"] == "fp32" and "crashing: failed: RuntimeError" in report.table()

@@ -272,3 +272,27 @@ def test_only_the_finalists_stay_loaded_for_the_final_timing(tiny_model, tmp_pat
     assert all(c["timings"]["score"] > 0 for c in final)
     assert most_open[0] <= 3 and not open_now  # never all four at once; every one freed at the end
     assert "screened" in report.table()
+
+
+def test_every_candidate_is_built_before_any_is_loaded(tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build's transient copies must never sit beside loaded candidates: all graphs first, then the gates."""
+    from squeezer.compiler import build
+    from squeezer.compiler import optimize as optimize_module
+
+    events: list[str] = []
+
+    def logged(kind: str, fn: Callable) -> Callable:
+        def run(*args: object) -> object:
+            events.append(kind)
+            return fn(*args)
+        return run
+
+    for step, fn in list(build.BUILDERS.items()):
+        monkeypatch.setitem(build.BUILDERS, step, logged("build", fn))
+    for runtime, load in list(optimize_module.CANDIDATE_BACKENDS.items()):
+        monkeypatch.setitem(optimize_module.CANDIDATE_BACKENDS, runtime, logged("load", load))
+    report = build_artifact(tiny_model("bert", "base"), tmp_path / "out", "base", max_accuracy_loss=0.5,
+                            recipes="fp32-fused,int8-dyn-u8-pc,ov-fp32,fp32-fused-fast-gelu")
+    assert events.count("build") == 4 and events.count("load") == 4  # fuse, int8, IR, GELU; one load each
+    assert events.index("load") > max(i for i, e in enumerate(events) if e == "build")
+    assert all(c["build_s"] >= 0 for c in report.candidates) and report.candidate("int8-dyn-u8-pc")["build_s"] > 0
