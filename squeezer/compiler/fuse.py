@@ -7,10 +7,10 @@ Runtime's own graph optimizations still run when a session loads the result.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from squeezer.compiler.export import Exported
+from squeezer.compiler.quantize import quiet
 from squeezer.compiler.recipes import Float16, Fuse
 
 
@@ -26,14 +26,14 @@ def import_optimizer() -> tuple[object, object]:
 def fuse(src: Path, dst: Path, step: Fuse, exported: Exported) -> dict[str, int]:
     """Apply the BERT-family fusions; returns how many of each fused op the graph now has."""
     optimize_model, fusion_options = import_optimizer()
-    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)  # it warns about every unmatched pattern
     options = fusion_options("bert")  # type: ignore[operator]
-    model = optimize_model(  # type: ignore[operator]
-        str(src), model_type="bert", num_heads=exported.num_heads, hidden_size=exported.hidden_size,
-        optimization_options=options, opt_level=0, use_gpu=step.for_gpu,
-    )
-    model.save_model_to_file(str(dst))
-    return {name: count for name, count in model.get_fused_operator_statistics().items() if count}
+    with quiet():
+        model = optimize_model(  # type: ignore[operator]
+            str(src), model_type="bert", num_heads=exported.num_heads, hidden_size=exported.hidden_size,
+            optimization_options=options, opt_level=0, use_gpu=step.for_gpu,
+        )
+        model.save_model_to_file(str(dst))
+        return {name: count for name, count in model.get_fused_operator_statistics().items() if count}
 
 
 def approximate_gelu(src: Path, dst: Path) -> int:
@@ -43,8 +43,9 @@ def approximate_gelu(src: Path, dst: Path) -> int:
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = OnnxModel(onnx.load(str(src)))
-    FusionGeluApproximation(model).apply()
-    model.save_model_to_file(str(dst))
+    with quiet():
+        FusionGeluApproximation(model).apply()
+        model.save_model_to_file(str(dst))
     return sum(node.op_type == "FastGelu" for node in model.nodes())
 
 
@@ -54,5 +55,6 @@ def to_float16(src: Path, dst: Path, step: Float16) -> None:
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = OnnxModel(onnx.load(str(src)))
-    model.convert_float_to_float16(keep_io_types=step.keep_io_types)
-    model.save_model_to_file(str(dst))
+    with quiet():
+        model.convert_float_to_float16(keep_io_types=step.keep_io_types)
+        model.save_model_to_file(str(dst))

@@ -50,7 +50,9 @@ def embedding_nodes(graph: Path) -> list[str]:
 
 @contextmanager
 def quiet() -> Iterator[None]:
-    """onnxruntime.quantization warns on the root logger for every fused node it cannot type; silence it."""
+    """Below errors, silence the root logger's children: onnxruntime.quantization warns there for every fused node it
+    cannot type, and its transformer fusions (whose modules log under bare names, `fusion_base`, `onnx_model`) report
+    every pattern they fused, at INFO, into a server's log when a background compile runs."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)

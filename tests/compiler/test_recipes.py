@@ -178,3 +178,16 @@ def test_the_full_range_recipes_need_int8_dot_units_and_their_7_bit_twins_stand_
     assert by_name["int8-static-qdq-pc"].missing_features(avx2) and by_name["int8-dyn-s8"].missing_features(avx2)
     for runs_anywhere in ("int8-dyn-u8-pc", "int8-dyn-s8-pc-rr", "ov-int8", "decoder-int8-head8", "decoder-int4-head8"):
         assert by_name[runs_anywhere].missing_features(avx2) is None, runs_anywhere
+
+
+def test_fusing_logs_nothing_below_errors(exported_bert: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """ONNX Runtime's fusions report each pattern at INFO under bare module names; a server's log must not get them."""
+    import logging
+
+    from squeezer.compiler.fuse import approximate_gelu, fuse
+
+    exported, _ = exported_bert
+    caplog.set_level(logging.INFO)
+    fuse(exported.path, tmp_path / "fused.onnx", r.Fuse(), exported)
+    approximate_gelu(tmp_path / "fused.onnx", tmp_path / "fast.onnx")
+    assert [(rec.name, rec.getMessage()) for rec in caplog.records if rec.levelno < logging.ERROR] == []
