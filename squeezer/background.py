@@ -34,7 +34,8 @@ Release = Callable[[int], None]  # bytes a finished compile gives back to the bu
 # weights) and then each loaded, gated and the finalists timed beside the reference. Measured as the peak resident
 # memory of `squeezer optimize` with the default sweep and every candidate passing (BERT encoders of 87, 127 and
 # 418 MiB of weights: 1.22, 1.48 and 3.44 GiB, BENCHMARKS.md; it grows by 6.9 MiB per MiB of weights); this holds
-# each with 12 to 18% to spare.
+# each with 12 to 18% to spare. A causal LM's is less in proportion: SmolLM2-135M (0.5 GiB of float weights, more
+# with its KV cache) peaked at 3.31 GiB.
 COMPILE_MEMORY_BASE = 800 << 20
 COMPILE_MEMORY_FACTOR = 7.5
 

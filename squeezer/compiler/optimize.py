@@ -44,7 +44,7 @@ from squeezer.compiler.pipeline import Pipeline, Progress
 from squeezer.compiler.recipes import Recipe, recipes_for
 from squeezer.compiler.report import Report
 from squeezer.compiler.screen import Finalists
-from squeezer.compiler.select import choose, record_timings, skipped
+from squeezer.compiler.select import Planned, choose, plan, record_timings
 from squeezer.config import BackendConfig, ModelConfig
 from squeezer.hardware import gpus, hardware_fingerprint
 from squeezer.loading import LoadedModel, check_weights, load_info
@@ -205,30 +205,11 @@ def weights_saver(src: ModelSource, info: ModelInfo, task: str, config: Optimize
     return save
 
 
-Planned = list[tuple[int, Recipe, Progress]]  # (position in the sweep, recipe, its progress line) of each to build
-
-
-def plan(recipes: list[Recipe], flags: list[str], say: Progress) -> tuple[list[dict[str, Any]], Planned]:
-    """The report's records in sweep order (a skipped recipe's filled now, with the reason; the others' empty
-    until gated) and the recipes to build; a recipe needing CPU features this machine lacks is never built."""
-    candidates: list[dict[str, Any]] = []
-    runnable: Planned = []
-    for i, recipe in enumerate(recipes):
-        missing = recipe.missing_features(flags)
-        if missing:
-            say(f"[{i + 1}/{len(recipes)}] {recipe.name}: skipped, {missing}")
-            candidates.append(skipped(recipe, missing))
-        else:
-            candidates.append({})
-            runnable.append((i, recipe, lambda msg, name=recipe.name, n=i: say(f"[{n + 1}/{len(recipes)}] {name}: {msg}")))
-    return candidates, runnable
-
-
 def build_all(builder: Builder, runnable: Planned) -> None:
     """Build every candidate's graph before any model is loaded. A build's transient copies (ONNX Runtime's fusions
-    and quantizer run in Python, several times the weights) then sit beside no loaded candidate nor the reference,
-    which took BERT-base's compile peak from 4.6 to ... GiB (BENCHMARKS.md). The graphs stay in the scratch folder
-    either way; a failed build is remembered and reported at its gate."""
+    and quantizer run in Python, several times the weights) then sit beside no loaded candidate nor the reference:
+    with the one-graph sensitivity ranking, BERT-base's compile peak went from 4.58 to 3.44 GiB (BENCHMARKS.md).
+    The graphs stay in the scratch folder either way; a failed build is remembered and reported at its gate."""
     for _, recipe, step_say in runnable:
         builder.ctx.progress = step_say
         try:

@@ -3,8 +3,8 @@
 The float32 torch model is loaded once (a GGUF file is dequantized by transformers) and is both the gate's
 reference (`TorchDecoder`, exactly what `squeezer serve` runs without an artifact) and the source every
 candidate is built from: each recipe of `DECODER_RECIPES` is one `DecoderWeights` that `build_decoder`
-writes into its own folder (decoder.onnx, its external data, decoder.json). Each candidate then loads as
-the server would load it (`OnnxDecoder`), is gated against the reference on the prompt set
+writes into its own folder (decoder.onnx, its external data, decoder.json), every one before any is loaded.
+Each candidate then loads as the server would load it (`OnnxDecoder`), is gated against the reference on the prompt set
 (`generation_gate`), and the survivors are timed with the reference (`decoder_timing`); the fastest survivor's
 folder becomes the artifact, next to the tokenizer and config (chat template included) and squeezer.json.
 
@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from squeezer import heap
 from squeezer.artifact import versions
 from squeezer.backends.decoder import Decoder
 from squeezer.backends.onnx_decoder import SPINNING, OnnxDecoder
@@ -35,7 +36,7 @@ from squeezer.compiler.generation_gate import NEW_TOKENS, GenerationGate
 from squeezer.compiler.package import package_files
 from squeezer.compiler.pipeline import Pipeline, Progress
 from squeezer.compiler.recipes import Recipe, recipes_for
-from squeezer.compiler.select import choose, record_timings, skipped
+from squeezer.compiler.select import Planned, choose, plan, record_timings
 from squeezer.config import ModelConfig
 from squeezer.hardware import hardware_fingerprint
 from squeezer.sources import ModelSource
@@ -93,18 +94,11 @@ def compile_decoder(src: ModelSource, info: ModelInfo, task: str, target: str, e
         calibration = gd.encode(info.tokenizer, [vd.Example(t) for t in vd.calibration_texts()],
                                 reference.max_length)
         recipes = recipes_for(target, config.sweep, config.recipe_names(), "decoder")
-        flags = hardware_fingerprint()["cpu"]["flags"]
-        candidates = []
-        for i, recipe in enumerate(recipes):
-            missing = recipe.missing_features(flags)
-            if missing:  # reported with the reason, never built
-                say(f"[{i + 1}/{len(recipes)}] {recipe.name}: skipped, {missing}")
-                candidates.append(skipped(recipe, missing))
-                continue
-            step_say = lambda msg, name=recipe.name, n=i: say(f"[{n + 1}/{len(recipes)}] {name}: {msg}")
-            record, decoder = evaluate(recipe, reference.model, gate, calibration, scratch / recipe.name, config.threads,
-                                       step_say)
-            candidates.append(record)
+        candidates, runnable = plan(recipes, hardware_fingerprint()["cpu"]["flags"], say)
+        built = build_all(runnable, reference.model, calibration, scratch)
+        for i, recipe, step_say in runnable:
+            record, decoder = evaluate(recipe, built[recipe.name], gate, scratch / recipe.name, config.threads, step_say)
+            candidates[i] = record
             if decoder is not None:
                 decoders[recipe.name] = decoder
         ref_timing = time_all(decoders, reference, candidates, info, config, say)
@@ -125,28 +119,45 @@ def compile_decoder(src: ModelSource, info: ModelInfo, task: str, target: str, e
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def evaluate(recipe: Recipe, model: Any, gate: GenerationGate, calibration: list[list[int]], folder: Path,
-             threads: int, say: Progress) -> tuple[dict[str, Any], Decoder | None]:
-    """Build one candidate and gate it; returns its report record, and its decoder when it passed.
+Built = tuple[float, Exception | None]  # a candidate's build: its seconds, and the error it failed with
 
-    `calibration` (prompts disjoint from the gate's) is what a smoothing recipe measures activations on.
-    """
 
+def build_all(runnable: Planned, model: Any, calibration: list[list[int]], scratch: Path) -> dict[str, Built]:
+    """Build every candidate's graph (each in its own folder) before any is loaded: a build's transients (a
+    SmoothQuant copy of the model, the graph being written) then sit beside the reference alone, not beside the
+    candidates loaded so far, which took SmolLM2-135M's compile peak from 4.95 to 3.31 GiB (BENCHMARKS.md).
+    `calibration` (prompts disjoint from the gate's) is what a smoothing recipe measures activations on."""
+    built: dict[str, Built] = {}
+    for _, recipe, say in runnable:
+        [weights] = [step for step in recipe.steps if isinstance(step, DecoderWeights)]
+        say("building the decoder graph")
+        start, error = time.perf_counter(), None
+        try:
+            build_decoder(model, scratch / recipe.name, weights, calibration)
+        except Exception as exc:  # reported at its gate, as the candidate's failure
+            error = exc
+        finally:
+            heap.trim()
+        built[recipe.name] = (round(time.perf_counter() - start, 2), error)
+    return built
+
+
+def evaluate(recipe: Recipe, built: Built, gate: GenerationGate, folder: Path, threads: int,
+             say: Progress) -> tuple[dict[str, Any], Decoder | None]:
+    """Load one built candidate and gate it; returns its report record, and its decoder when it passed."""
     record: dict[str, Any] = {"name": recipe.name, "dtype": recipe.dtype, "recipe": recipe.describe(), "verdict": "failed",
                               "reasons": [], "metrics": {}, "timings": {}, "requires": list(recipe.requires)}
-    [weights] = [step for step in recipe.steps if isinstance(step, DecoderWeights)]
-    start = time.perf_counter()
 
-    def build() -> OnnxDecoder:
-        say("building the decoder graph")
-        build_decoder(model, folder, weights, calibration)
-        record.update(folder=folder.name, size_bytes=sum(f.stat().st_size for f in folder.iterdir()),
-                      build_s=round(time.perf_counter() - start, 2))
+    def load() -> OnnxDecoder:
+        seconds, error = built
+        if error is not None:
+            raise error
+        record.update(folder=folder.name, size_bytes=sum(f.stat().st_size for f in folder.iterdir()), build_s=seconds)
         decoder = OnnxDecoder.load(folder, threads, MAX_SEQUENCES, SPINNING)
         say(f"gate on {len(gate.prompts)} prompts, {gate.positions} positions")
         return decoder
 
-    decoder = gate_candidate(record, build, gate.judge, say)
+    decoder = gate_candidate(record, load, gate.judge, say)
     if decoder is None:  # a float candidate of a 1B model is GBs: do not hold the disk until the sweep ends
         shutil.rmtree(folder, ignore_errors=True)
     return record, decoder

@@ -1,14 +1,37 @@
-"""Selection: among the candidates that passed the gate, the fastest for the profile wins."""
+"""Selection: which recipes this machine tries, and among the candidates that passed the gate, the fastest for
+the profile wins."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from squeezer.compiler.pipeline import Progress
+from squeezer.compiler.recipes import Recipe
 
-def skipped(recipe: Any, reason: str) -> dict[str, Any]:
-    """The report record of a recipe (`recipes.Recipe`) this machine does not try (never built, gated or timed)."""
+
+def skipped(recipe: Recipe, reason: str) -> dict[str, Any]:
+    """The report record of a recipe this machine does not try (never built, gated or timed)."""
     return {"name": recipe.name, "runtime": recipe.runtime, "dtype": recipe.dtype, "recipe": recipe.describe(),
             "verdict": "skipped", "reasons": [reason], "metrics": {}, "timings": {}}
+
+
+Planned = list[tuple[int, Recipe, Progress]]  # (position in the sweep, recipe, its progress line) of each to build
+
+
+def plan(recipes: list[Recipe], flags: list[str], say: Progress) -> tuple[list[dict[str, Any]], Planned]:
+    """The report's records in sweep order (a skipped recipe's filled now, with the reason; the others' empty
+    until gated) and the recipes to build; a recipe needing CPU features this machine lacks is never built."""
+    candidates: list[dict[str, Any]] = []
+    runnable: Planned = []
+    for i, recipe in enumerate(recipes):
+        missing = recipe.missing_features(flags)
+        if missing:
+            say(f"[{i + 1}/{len(recipes)}] {recipe.name}: skipped, {missing}")
+            candidates.append(skipped(recipe, missing))
+        else:
+            candidates.append({})
+            runnable.append((i, recipe, lambda msg, name=recipe.name, n=i: say(f"[{n + 1}/{len(recipes)}] {name}: {msg}")))
+    return candidates, runnable
 
 
 class NoCandidateError(RuntimeError):

@@ -180,3 +180,32 @@ def test_encoder_recipes_are_refused_for_a_decoder(tiny_decoder_path, tmp_path: 
         "decoder-w7a8-smooth"]  # the last two: each tried only where the other is not
     assert len(recipes_for("cpu", "full", family="decoder")) == len(DECODER_RECIPES)
     assert OptimizeConfig(task="text-generation", recipes="decoder-int4").recipe_names() == ["decoder-int4"]
+
+
+def test_every_candidate_is_built_before_any_is_loaded(tiny_decoder_path, tmp_path: Path, monkeypatch) -> None:
+    """A build's transients (a SmoothQuant copy of the model) must never sit beside loaded candidates; a build that
+    fails is reported as that candidate's failure, at its gate, and the sweep goes on."""
+    from squeezer.compiler import optimize_decoder
+
+    events: list[str] = []
+    build_decoder, load = optimize_decoder.build_decoder, optimize_decoder.OnnxDecoder.load
+
+    def building(model, folder: Path, weights, calibration):
+        events.append(f"build {folder.name}")
+        if folder.name == "decoder-int8-head8":
+            raise RuntimeError("the int8 writer crashed")
+        return build_decoder(model, folder, weights, calibration)
+
+    def loading(folder: Path, *args):
+        events.append(f"load {folder.name}")
+        return load(folder, *args)
+
+    monkeypatch.setattr(optimize_decoder, "build_decoder", building)
+    monkeypatch.setattr(optimize_decoder.OnnxDecoder, "load", staticmethod(loading))
+    report = build(tiny_decoder_path("llama"), tmp_path / "out", recipes="decoder-fp32,decoder-int8-head8,decoder-int4-head8")
+    assert events == ["build decoder-fp32", "build decoder-int8-head8", "build decoder-int4-head8",
+                      "load decoder-fp32", "load decoder-int4-head8"]
+    crashed = report.candidate("decoder-int8-head8")
+    assert crashed["verdict"] == "failed" and crashed["reasons"] == ["RuntimeError: the int8 writer crashed"]
+    assert report.candidate("decoder-int4-head8")["build_s"] > 0
+    assert not (tmp_path / "out" / ".work").exists()
