@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from squeezer import gguf_metadata
 from squeezer.backends import Backend
 from squeezer.config import ModelConfig
 from squeezer.detect import detect_pooling, detect_task, max_length
@@ -82,11 +83,12 @@ def load_info(source: ModelSource, model_config: ModelConfig) -> tuple[ModelInfo
     """Tokenizer, config and limits, plus the detected task (or the one the user chose)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    kwargs: dict[str, Any] = {"trust_remote_code": model_config.trust_remote_code}
-    if source.gguf_file:
-        kwargs["gguf_file"] = source.gguf_file
-    config = AutoConfig.from_pretrained(str(source.path), **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(str(source.path), use_fast=True, **kwargs)
+    trust = model_config.trust_remote_code
+    if source.gguf_file:  # converted from the file's metadata once, then cached: see gguf_metadata
+        config, tokenizer = gguf_metadata.config_and_tokenizer(source, trust)
+    else:
+        config = AutoConfig.from_pretrained(str(source.path), trust_remote_code=trust)
+        tokenizer = AutoTokenizer.from_pretrained(str(source.path), use_fast=True, trust_remote_code=trust)
     task = model_config.task or detect_task(source.path, config, gguf=bool(source.gguf_file))
     if not getattr(tokenizer, "is_fast", False) and task not in SLOW_TOKENIZER_TASKS:
         raise SourceError(f"{source.path}: no fast (Rust) tokenizer could be built for this model")
