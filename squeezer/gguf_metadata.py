@@ -2,7 +2,8 @@
 
 transformers builds a GGUF's config and its tokenizer each by reading every metadata field of the file, the whole
 vocabulary and merge list included, in Python: for SmolLM2-135M's GGUF (49k tokens) `load_info` took 22 s (three
-reads of the file at 4 s each, and the conversions) on every server start, and again in every compile of it. So
+reads of the file at 4 s each, and the conversions) on every server start, and again in every compile of it;
+loading the weights read it once more for the config (`TorchDecoder.load` now passes this one). So
 the converted config and tokenizer are saved once (`save_pretrained`) under `~/.cache/squeezer/gguf` and loaded
 from there in well under a second. The entry is keyed by the file's path, size and modification time and by the
 transformers version that converted it: a file changed in place, or a transformers that converts differently,

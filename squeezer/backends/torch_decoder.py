@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from squeezer import gguf_metadata
 from squeezer.backends.decoder import SlotDecoder, cache_size, context_length, eos_ids
 from squeezer.backends.torch_backend import import_torch, module_bytes, pretrained
 from squeezer.config import ModelConfig
@@ -168,8 +169,9 @@ class TorchDecoder(SlotDecoder):
             source = resolve(str(source))
         torch.set_num_threads(threads or available_cpus())
         kwargs: dict[str, Any] = {"trust_remote_code": model_config.trust_remote_code, "dtype": torch.float32}
-        if source.gguf_file:
+        if source.gguf_file:  # its config as converted once (transformers would read the whole file again for it)
             kwargs["gguf_file"] = source.gguf_file
+            kwargs["config"] = gguf_metadata.config_and_tokenizer(source, model_config.trust_remote_code)[0]
         else:
             kwargs["use_safetensors"] = not model_config.allow_pickle or None
         model = pretrained(transformers.AutoModelForCausalLM, source.path, **kwargs)
