@@ -14,6 +14,7 @@ from squeezer.compiler import recipes as r
 from squeezer.compiler.export import encode
 from squeezer.compiler.fuse import fuse
 from squeezer.compiler.validation_data import calibration_texts
+from squeezer.hardware import hardware_fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,9 @@ def quantized_alone(src: Path, step: r.DynamicInt8, probe: quantize.Feeds, node:
 def test_replayed_errors_match_quantizing_each_node_alone(fused: tuple[Path, quantize.Feeds], step: r.DynamicInt8) -> None:
     import onnxruntime as ort
 
+    units, why = step.needs
+    if units and not set(units) & set(hardware_fingerprint()["cpu"]["flags"]):
+        pytest.skip(f"this step {why}; a sweep on this CPU never tries it, so never ranks for it")
     src, probe = fused
     nodes = quantize.quantizable_nodes(src)
     assert sum(n.startswith("Attention") for n in nodes) == 2 and len(nodes) == 8
@@ -88,7 +92,7 @@ def test_a_tied_weight_stays_float_where_the_quantizer_leaves_it(tmp_path: Path)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
     assert quantize.quantizable_nodes(src) == ["head"]
     probe = [{"ids": rng.integers(0, 32, size=5)} for _ in range(3)]
-    step = r.DynamicInt8("s8", per_channel=True)
+    step = r.DynamicInt8("s8", per_channel=True, reduce_range=True)  # 7-bit: exact on every CPU's int8 kernels
     reference = quantize.run_feeds(ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]), probe)
     replayed = dict(sensitivity.rank_sensitivity(src, step, probe, ["head"], lambda _: None))
     assert replayed["head"] > 1e-4
