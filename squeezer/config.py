@@ -25,6 +25,12 @@ class ConfigError(ValueError):
 PROFILES = ("latency", "throughput")  # what `squeezer optimize` makes fast (also `serve --optimize-profile`)
 
 
+def cache_dir(kind: str) -> Path:
+    """Where squeezer keeps one kind of cache (`optimize`: artifacts, `gguf`: converted GGUF metadata):
+    $XDG_CACHE_HOME/squeezer/KIND, else ~/.cache/squeezer/KIND, read when asked (tests point it elsewhere)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "squeezer" / kind
+
+
 def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
     """Declare a config field with the help text shared by its CLI flag and environment variable."""
     return field(default=default, metadata={"help": help, "choices": choices})

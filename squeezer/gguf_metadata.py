@@ -20,21 +20,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from squeezer.config import cache_dir
 from squeezer.sources import ModelSource
 
 log = logging.getLogger(__name__)
 FORMAT = "1"  # bumped when what an entry holds changes
 
 
-def default_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "squeezer" / "gguf"
-
-
 def config_and_tokenizer(source: ModelSource, trust_remote_code: bool = False, cache: Path | None = None) -> tuple[Any, Any]:
     """The (config, fast tokenizer) of a GGUF source: from its cache entry, or converted now and stored there."""
     from transformers import AutoConfig, AutoTokenizer
 
-    entry = (cache or default_dir()) / entry_key(source)
+    entry = (cache or cache_dir("gguf")) / entry_key(source)
     folder, kwargs = (entry, {}) if entry.is_dir() else (source.path, {"gguf_file": source.gguf_file})
     config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True, trust_remote_code=trust_remote_code, **kwargs)

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from squeezer.artifact import ArtifactError, canonical, load_artifact
+from squeezer.config import cache_dir
 
 
 def default_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "squeezer" / "optimize"
+    return cache_dir("optimize")
 
 
 def code_hash(root: Path = Path(__file__).parent.parent) -> str:
