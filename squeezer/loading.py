@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from squeezer import gguf_metadata
+from squeezer import gguf_cache
 from squeezer.backends import Backend
 from squeezer.config import ModelConfig
 from squeezer.detect import detect_pooling, detect_task, max_length
@@ -84,8 +84,8 @@ def load_info(source: ModelSource, model_config: ModelConfig) -> tuple[ModelInfo
     from transformers import AutoConfig, AutoTokenizer
 
     trust = model_config.trust_remote_code
-    if source.gguf_file:  # converted from the file's metadata once, then cached: see gguf_metadata
-        config, tokenizer = gguf_metadata.config_and_tokenizer(source, trust)
+    if source.gguf_file:  # converted from the file's metadata once, then cached: see gguf_cache
+        config, tokenizer = gguf_cache.config_and_tokenizer(source, trust)
     else:
         config = AutoConfig.from_pretrained(str(source.path), trust_remote_code=trust)
         tokenizer = AutoTokenizer.from_pretrained(str(source.path), use_fast=True, trust_remote_code=trust)

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from squeezer import gguf_metadata
+from squeezer import gguf_cache
 from squeezer.backends.decoder import SlotDecoder, cache_size, context_length, eos_ids
 from squeezer.backends.torch_backend import import_torch, module_bytes, pretrained
 from squeezer.config import ModelConfig
@@ -159,7 +159,8 @@ class TorchDecoder(SlotDecoder):
     ) -> TorchDecoder:
         """Load a model folder or .gguf file (a path or a resolved `ModelSource`) in float32.
 
-        GGUF weights, quantized or not, are dequantized by transformers into the float32 model it defines.
+        GGUF weights, quantized or not, are dequantized by transformers into the float32 model it defines, once:
+        later loads read them from the GGUF cache (see `squeezer.gguf_cache`).
         """
         torch = import_torch()
         import transformers
@@ -169,12 +170,16 @@ class TorchDecoder(SlotDecoder):
             source = resolve(str(source))
         torch.set_num_threads(threads or available_cpus())
         kwargs: dict[str, Any] = {"trust_remote_code": model_config.trust_remote_code, "dtype": torch.float32}
-        if source.gguf_file:  # its config as converted once (transformers would read the whole file again for it)
-            kwargs["gguf_file"] = source.gguf_file
-            kwargs["config"] = gguf_metadata.config_and_tokenizer(source, model_config.trust_remote_code)[0]
-        else:
+        if not source.gguf_file:
             kwargs["use_safetensors"] = not model_config.allow_pickle or None
-        model = pretrained(transformers.AutoModelForCausalLM, source.path, **kwargs)
+            return cls(pretrained(transformers.AutoModelForCausalLM, source.path, **kwargs), max_sequences)
+        # its config as converted once (transformers would read the whole file again for it)
+        kwargs["config"] = gguf_cache.config_and_tokenizer(source, model_config.trust_remote_code)[0]
+        cached = gguf_cache.weights_folder(source)
+        if cached is not None:
+            return cls(pretrained(transformers.AutoModelForCausalLM, cached, use_safetensors=True, **kwargs), max_sequences)
+        model = pretrained(transformers.AutoModelForCausalLM, source.path, gguf_file=source.gguf_file, **kwargs)
+        gguf_cache.store_weights(source, model)
         return cls(model, max_sequences)
 
     def prefill_many(self, prompts: Sequence[Sequence[int]], scopes: Sequence[str] | None = None) -> list[tuple[int, np.ndarray]]:
