@@ -2,7 +2,8 @@
 
 Loading never blocks the event loop (it runs in a thread); a request for a model that is loading gets the
 Inference API's 503 with an estimated time, or waits for it when asked to; a request for an unloaded model
-starts loading it again. A memory budget unloads the least recently used models when a load passes it.
+starts loading it again. A memory budget unloads the least recently used models when a load passes it; a
+model that would pass it alone fails to load instead (the budget is the operator's promise to the machine).
 Each entry knows its task (so what it can do) from its configuration, loaded or not. With
 `optimize_in_background`, a model serves at once and its compiled artifact is swapped in when ready (`swap`).
 """
@@ -25,6 +26,15 @@ from squeezer.runtime import Hooks, Prepare, Runtime, capabilities_for, load_run
 from squeezer.sources import ModelSource
 
 DEFAULT_LOAD_ESTIMATE = 20.0  # seconds, until a model has loaded once and we know better
+
+
+class OverBudgetError(Exception):
+    """A model that holds more memory loaded than --max-memory-mb allows with nothing else loaded."""
+
+
+def held_bytes(runtime: Runtime, source: ModelSource) -> int:
+    """What a loaded model holds, as its runtime reports it; else its weight files' size (a lower bound)."""
+    return runtime.memory_bytes or sum(p.stat().st_size for p in source.weights_files())
 
 
 def verdict(artifact: ModelSource) -> dict[str, Any]:
@@ -60,10 +70,8 @@ class ModelEntry:
 
     @property
     def memory_bytes(self) -> int:
-        """What the loaded model holds, as it reports it; else its weight files' size (a lower bound)."""
-        if not self.runtime:
-            return 0
-        return self.runtime.memory_bytes or sum(p.stat().st_size for p in self.source.weights_files())
+        """What the loaded model holds (`held_bytes`); 0 when it is not loaded."""
+        return held_bytes(self.runtime, self.source) if self.runtime else 0
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.source.model_id, "state": self.state, "source": str(self.source.path)}
@@ -115,6 +123,7 @@ class ModelRegistry:
             source = entry.served or entry.source
             runtime = await asyncio.to_thread(load_runtime, source, self._config, self._hooks, self._prepare)
             try:
+                self._check_fits(held_bytes(runtime, entry.source))
                 runtime.start()
             except BaseException:
                 runtime.close()
@@ -132,6 +141,14 @@ class ModelRegistry:
         await self._enforce_budget(keep=entry)
         if self._optimizer is not None and entry.optimization is None and not entry.source.artifact:
             self._optimizer.begin(entry)
+
+    def _check_fits(self, held: int) -> None:
+        """Refuse a model that passes the memory budget alone: evicting every other model would not bring it
+        back under, and serving it anyway would break the budget the operator set for the machine."""
+        budget_mb = self._config.model.max_memory_mb
+        if budget_mb and held > budget_mb << 20:
+            raise OverBudgetError(f"the model holds {held / 2**20:.1f} MiB loaded, more than --max-memory-mb "
+                                  f"{budget_mb} allows with no other model loaded; raise --max-memory-mb to serve it")
 
     def _hidden(self, entry: ModelEntry) -> str | None:
         """The folder to cut from errors shown to clients: the server's file layout stays private (see /info)."""
@@ -181,7 +198,8 @@ class ModelRegistry:
                 entry.state = "unloading"  # requests now get 503 and start no new load until it is freed
                 await self._retire(runtime)
                 freed = True
-            entry.state = "unloaded"
+            if entry.state != "failed":  # a failed model keeps its reason: nothing was loaded to unload
+                entry.state = "unloaded"
         return freed
 
     @staticmethod

@@ -84,6 +84,36 @@ async def test_a_runtime_that_fails_to_start_is_reported_failed_not_loading(monk
         await registry.ready("m", wait=False)
 
 
+async def test_unloading_a_failed_model_keeps_its_failure(monkeypatch, tmp_path) -> None:
+    """Nothing was loaded, so there is nothing to unload: the model stays `failed` with its reason (it read
+    `unloaded`, and the next request then retried the broken load instead of answering why)."""
+    registry, made = registry_with(monkeypatch, tmp_path, fail_start=True)
+    await asyncio.wait_for(registry.load("m").settled.wait(), 5)
+    entry = await registry.unload("m")
+    assert entry.state == "failed" and "queue could not be built" in (entry.error or "")
+    with pytest.raises(ModelNotReadyError, match="failed to load"):
+        await registry.ready("m", wait=False)
+    assert len(made) == 1 and made[0].closes == 1
+
+
+async def test_a_model_over_the_memory_budget_alone_fails_to_load(monkeypatch, tmp_path) -> None:
+    """A model that holds more than --max-memory-mb with nothing else loaded is refused and freed, not kept
+    loaded past the budget; one that fits beside nothing still loads."""
+    from squeezer.config import ModelConfig
+
+    registry, made = registry_with(monkeypatch, tmp_path)
+    registry._config = ServeConfig(model=ModelConfig(max_memory_mb=2))
+    monkeypatch.setattr(StandIn, "memory_bytes", 3 << 20)
+    entry = registry.load("m")
+    await asyncio.wait_for(entry.settled.wait(), 5)
+    assert entry.state == "failed" and entry.runtime is None
+    assert "OverBudgetError: the model holds 3.0 MiB loaded, more than --max-memory-mb 2" in (entry.error or "")
+    assert (made[0].started, made[0].closes) == (0, 1)
+    monkeypatch.setattr(StandIn, "memory_bytes", 2 << 20)  # exactly the budget
+    await asyncio.wait_for(registry.load("m").settled.wait(), 5)
+    assert entry.state == "ready" and entry.runtime is made[1]
+
+
 async def test_overlapping_unloads_drain_and_close_once(monkeypatch, tmp_path) -> None:
     registry, made = registry_with(monkeypatch, tmp_path)
     await asyncio.wait_for(registry.load("m").settled.wait(), 5)

@@ -147,6 +147,18 @@ def test_memory_budget_unloads_the_least_recently_used(start, tiny_model) -> Non
     assert states[cold] == "ready" and list(states.values()).count("ready") == 1
 
 
+def test_a_model_over_the_memory_budget_alone_is_refused_with_its_size(start, tiny_model) -> None:
+    # A tiny BERT holds ~4 MiB: a 1 MiB budget cannot hold it even alone, so it is not kept loaded past it.
+    srv = start(f"a={tiny_model('bert', 'base')}", "--max-memory-mb", "1")
+    model = httpx.get(srv.url + "/models").json()[0]
+    assert model["state"] == "failed" and "more than --max-memory-mb 1 allows" in model["error"]
+    answer = httpx.post(srv.url + "/models/a", json={"inputs": "hi"})
+    assert answer.status_code == 503 and "--max-memory-mb" in answer.json()["error"]
+    unloaded = httpx.post(srv.url + "/models/a/unload")
+    assert unloaded.status_code == 200 and unloaded.json()["state"] == "failed"
+    assert httpx.get(srv.url + "/health").status_code == 200  # the server is up: its one model has settled
+
+
 def test_failed_model_is_reported_and_the_server_stays_up(start, tiny_model, tiny_decoder_path, tmp_path) -> None:
     """Model files broken every way a disk or a copy can break them (RELIABILITY.md, faults): each such model is
     `failed` with a reason and answers 503 saying so, and the good model beside them serves."""
