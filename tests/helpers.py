@@ -1,5 +1,6 @@
 """Test helpers: a request run through a loaded model without the server (the engine's halves around a direct
-forward), a deep comparison of JSON-like answers, and waiting on observable state."""
+forward), a deep comparison of JSON-like answers, an error answer's message in its route's dialect, and waiting on
+observable state."""
 
 from __future__ import annotations
 
@@ -27,6 +28,22 @@ def run_direct(model: LoadedModel, inputs: Any, parameters: dict[str, Any] | Non
         batch = Batch.pad([feature.input_ids], types, pad_id)
         outputs += split_outputs(model.task.head, model.backend.forward(batch), batch.lengths)
     return answer(model, request, outputs)
+
+
+def error_message(response: Any) -> str:
+    """An error answer's message (an httpx response), held to its route's dialect: OpenAI's error object on the
+    OpenAI routes (the openai client reads only `error.message`), `{"error": "...", "error_type": ...}` on the others."""
+    from squeezer.api.errors import speaks_openai
+
+    error = response.json()["error"]
+    if speaks_openai(response.request.url.path):
+        assert isinstance(error, dict) and isinstance(error.get("message"), str) and isinstance(error.get("type"), str), error
+        assert error.get("code") == response.status_code and "param" in error, error
+        return error["message"]
+    assert isinstance(error, str), error
+    if response.status_code in (422, 429):  # what TGI and TEI clients tell apart by the body's `error_type`
+        assert response.json()["error_type"] in {"validation", "Validation", "overloaded", "Overloaded"}, response.text
+    return error
 
 
 def assert_close(actual: Any, expected: Any, tol: float = 1e-5, path: str = "$") -> None:

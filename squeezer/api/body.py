@@ -119,6 +119,13 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
     return payload
 
 
+def waits_for_model(request: Request) -> bool:
+    """Whether the request asks to wait while its model loads (or reloads after an eviction) instead of the 503
+    that says it is loading: the Inference API's `x-wait-for-model` header, honoured on every route, since
+    OpenAI, TGI and TEI clients have no body option for it."""
+    return request.headers.get("x-wait-for-model", "").lower() in {"1", "true", "yes"}
+
+
 def model_name(body: dict[str, Any]) -> str | None:
     """The model a body names (`model`), or None to let the engine choose (`Engine.resolve`)."""
     model = body.get("model")

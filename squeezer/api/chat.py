@@ -20,7 +20,7 @@ from squeezer.api.auth import require_api_key, scope_of
 from squeezer.api.reasoning import ReasoningStream, opens_reasoning, split_reasoning
 from squeezer.api.tool_stream import CallReader
 from squeezer.api.tools import CALL_STARTS, ToolPlan, tool_plan
-from squeezer.api.body import model_name, read_json_object
+from squeezer.api.body import model_name, read_json_object, waits_for_model
 from squeezer.api.generation import OPENAI_FINISH, sse, strip_stop
 from squeezer.api.openai_logprobs import chat_logprobs, logprob_parameters, text_logprobs
 from squeezer.api.responses import FastJSONResponse, unless_disconnected
@@ -339,7 +339,7 @@ async def _answer(request: Request, body: dict[str, Any], path_model: str | None
         params["grammar"] = plan.grammar()
     request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     scope = scope_of(request, body.get("cache_salt"))
-    stream = body.get("stream")
+    stream, wait = body.get("stream"), waits_for_model(request)
     if stream is not None and not isinstance(stream, bool):
         raise ClientError(f"stream: expected true or false, got {stream!r}", status=422)
     if stream:
@@ -347,7 +347,7 @@ async def _answer(request: Request, body: dict[str, Any], path_model: str | None
         if not isinstance(options, dict):
             raise ClientError(f"stream_options: expected an object, got {type(options).__name__}", status=422)
         include_usage = bool(options.get("include_usage"))
-        streaming = await engine.stream(model_id, prompt, messages, params, scope=scope, tools=tools)
+        streaming = await engine.stream(model_id, prompt, messages, params, wait_for_model=wait, scope=scope, tools=tools)
         opened = reasoning_opened(request, streaming.prompt.text, plan) if chat else None
         if plan is not None:
             chunks = tool_chunks(streaming, request_id, include_usage, plan, opened)
@@ -355,8 +355,8 @@ async def _answer(request: Request, body: dict[str, Any], path_model: str | None
             chunks = chat_chunks(streaming, request_id, include_usage, opened)
         else:
             chunks = text_chunks(streaming, request_id, include_usage)
-        return sse(chunks, request.app.state.stopping, done_marker=True)
-    generating = engine.generate(model_id, prompt, messages, params, scope=scope, tools=tools)
+        return sse(chunks, request.app.state.stopping, openai=True)
+    generating = engine.generate(model_id, prompt, messages, params, wait_for_model=wait, scope=scope, tools=tools)
     completion = await unless_disconnected(request, generating)
     if chat:
         return FastJSONResponse(chat_object(completion, request_id, plan, reasoning_opened(request, completion.prompt.text, plan)))

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 
+from squeezer.api.errors import openai_error, tgi_error
 from squeezer.api.stopping import MESSAGE, Stopping
 from squeezer.errors import ClientError
 from squeezer.generation.outputs import Generation, output_text
@@ -64,9 +65,11 @@ def strip_stop(text: str, stops: list[str] | None) -> str:
     return text
 
 
-def sse(events: AsyncIterator[Any], stopping: Stopping, done_marker: bool = False) -> StreamingResponse:
+def sse(events: AsyncIterator[Any], stopping: Stopping, openai: bool = False) -> StreamingResponse:
     """Server-sent events, one JSON object per `data:` line; a failure mid-stream becomes an error event, and so
-    does a shutdown whose grace runs out before the stream ends (`squeezer.api.stopping`).
+    does a shutdown whose grace runs out before the stream ends (`squeezer.api.stopping`). `openai`: OpenAI's
+    stream, whose error events carry its error object and which ends with `data: [DONE]`; else TGI's, whose
+    error events carry `error_type`.
 
     When the client disconnects, Starlette cancels the generator: the token stream it reads then frees
     the sequence's slot and cache at the next decode step.
@@ -81,13 +84,19 @@ def sse(events: AsyncIterator[Any], stopping: Stopping, done_marker: bool = Fals
                 except asyncio.CancelledError:
                     if not interrupt.claim():
                         raise
-                    yield f"data: {json.dumps({'error': MESSAGE, 'error_type': 'unavailable'})}\n\n".encode()
+                    yield error_event(503, MESSAGE, openai)
         except ClientError as exc:
-            yield f"data: {json.dumps({'error': str(exc), 'error_type': 'validation'})}\n\n".encode()
+            yield error_event(exc.status, str(exc), openai)
         except Exception as exc:  # headers are gone: the error travels in the stream
             log.exception("generation stream failed")
-            yield f"data: {json.dumps({'error': f'internal error: {exc.__class__.__name__}'})}\n\n".encode()
-        if done_marker:
+            yield error_event(500, f"internal error: {exc.__class__.__name__}", openai)
+        if openai:
             yield b"data: [DONE]\n\n"
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+def error_event(status: int, message: str, openai: bool) -> bytes:
+    """One stream's error event: OpenAI's error object, or TGI's `{"error", "error_type"}`."""
+    event = (openai_error if openai else tgi_error)(status, message)
+    return f"data: {json.dumps(event)}\n\n".encode()

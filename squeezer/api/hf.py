@@ -15,9 +15,10 @@ from fastapi import APIRouter, Depends, Request
 
 from squeezer.api.admin import shown_model
 from squeezer.api.auth import require_admin_key, require_api_key, tenant_of
-from squeezer.api.body import parse_json_or_text, read_body
+from squeezer.api.body import parse_json_or_text, read_body, waits_for_model
 from squeezer.api.chat import chat_for_model
 from squeezer.api.compat import shape_for_client
+from squeezer.api.errors import CHAT_SUFFIX
 from squeezer.api.responses import FastJSONResponse, result_headers, unless_disconnected
 from squeezer.api.schemas import inference_api, request_body
 from squeezer.api.tgi import generate_response
@@ -28,7 +29,6 @@ from squeezer.runtime.base import GENERATE, INFER, STREAM
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 ACTIONS = ("load", "unload")
-CHAT_SUFFIX = "/v1/chat/completions"
 
 
 def split_model_path(path: str, known: set[str]) -> tuple[str, str | None, str | None]:
@@ -122,8 +122,7 @@ async def answer(request: Request, model_id: str, task: str | None) -> FastJSONR
     engine: Engine = request.app.state.engine
     payload = parse_json_or_text(request, await read_body(request, request.app.state.server_config.max_payload_bytes))
     inputs, parameters, options = unpack(payload)
-    wait_header = request.headers.get("x-wait-for-model", "").lower() in {"1", "true", "yes"}
-    wait = option(options, "wait_for_model", False) or wait_header
+    wait = option(options, "wait_for_model", False) or waits_for_model(request)
     await engine.ready(model_id, wait)
     capabilities = engine.capabilities(model_id)
     streamed = isinstance(payload, dict) and payload.get("stream") is True

@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 
 from squeezer.api.auth import require_api_key, tenant_of
-from squeezer.api.body import model_name, read_json_object
+from squeezer.api.body import model_name, read_json_object, waits_for_model
 from squeezer.api.responses import FastJSONResponse, result_headers, unless_disconnected
 from squeezer.api.schemas import openai_embeddings, request_body
 from squeezer.engine import Engine
@@ -59,7 +59,8 @@ async def embeddings(request: Request) -> FastJSONResponse:
     model = engine.resolve(model_name(body), EMBED)  # omitted: the first model that embeds, as on every route
     texts = embedding_inputs(body.get("input"))
     encoding, dimensions = check_options(body)
-    run = engine.run(model, texts, {"normalize": True}, task="feature-extraction", scope=tenant_of(request))
+    run = engine.run(model, texts, {"normalize": True}, task="feature-extraction", wait_for_model=waits_for_model(request),
+                     scope=tenant_of(request))
     result = await unless_disconnected(request, run)
     request.app.state.metrics.observe_timings(result.timings)
     data = [

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from squeezer.api.auth import require_api_key, tenant_of
-from squeezer.api.body import model_name, read_json_object
+from squeezer.api.body import model_name, read_json_object, waits_for_model
 from squeezer.api.responses import FastJSONResponse, result_headers, unless_disconnected
 from squeezer.api.schemas import request_body, tei_embed, tei_tokenize
 from squeezer.engine import Engine
@@ -38,7 +38,7 @@ async def embed(request: Request) -> FastJSONResponse:
     texts, _ = text_items(body.get("inputs"))
     parameters = {"normalize": flag(body, "normalize", True), "truncate": flag(body, "truncate", False)}
     run = engine.run(engine.resolve(model_name(body), EMBED), texts, parameters, task="feature-extraction",
-                     scope=tenant_of(request))
+                     wait_for_model=waits_for_model(request), scope=tenant_of(request))
     result = await unless_disconnected(request, run)
     request.app.state.metrics.observe_timings(result.timings)
     return FastJSONResponse(result.output, headers=result_headers(result))

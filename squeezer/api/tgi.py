@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from squeezer.api.auth import require_api_key, tenant_of
-from squeezer.api.body import model_name, read_json_object
+from squeezer.api.body import model_name, read_json_object, waits_for_model
 from squeezer.api.generation import sse, tgi_outputs, tgi_top_tokens
 from squeezer.api.responses import FastJSONResponse, unless_disconnected
 from squeezer.api.schemas import request_body, tgi_generate
@@ -61,7 +61,8 @@ async def generate(request: Request) -> FastJSONResponse:
     engine: Engine = request.app.state.engine
     body = await read_json_object(request, request.app.state.server_config.max_payload_bytes)
     model_id = engine.resolve(model_name(body), GENERATE)
-    outputs = await generate_response(engine, request, model_id, body.get("inputs"), body.get("parameters"), False, False)
+    outputs = await generate_response(engine, request, model_id, body.get("inputs"), body.get("parameters"), False,
+                                      waits_for_model(request))
     return FastJSONResponse(outputs[0])
 
 
@@ -70,4 +71,5 @@ async def generate_stream(request: Request) -> StreamingResponse:
     engine: Engine = request.app.state.engine
     body = await read_json_object(request, request.app.state.server_config.max_payload_bytes)
     model_id = engine.resolve(model_name(body), STREAM)
-    return await generate_response(engine, request, model_id, body.get("inputs"), body.get("parameters"), True, False)
+    return await generate_response(engine, request, model_id, body.get("inputs"), body.get("parameters"), True,
+                                 waits_for_model(request))

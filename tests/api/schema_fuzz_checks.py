@@ -6,8 +6,11 @@ Prometheus text of /metrics)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import schemathesis
+
+from squeezer.api.errors import speaks_openai
 
 # Non-JSON answers a route may give on success (the Inference API routes stream TGI's tokens for "stream": true).
 NON_JSON = {"/generate_stream": "text/event-stream", "/v1/chat/completions": "text/event-stream",
@@ -28,5 +31,13 @@ def json_or_event_stream(ctx, response, case) -> None:
         body = json.loads(response.content)
     except ValueError as exc:
         raise AssertionError(f"answered {response.status_code} with invalid JSON ({exc}): {response.text[:300]!r}") from None
-    if response.status_code >= 400 and not (isinstance(body, dict) and isinstance(body.get("error"), str)):
+    if response.status_code >= 400 and not isinstance(message(case.operation.path, body), str):
         raise AssertionError(f"an error ({response.status_code}) without an `error` message: {response.text[:300]!r}")
+
+
+def message(path: str, body: Any) -> Any:
+    """An error body's message: in OpenAI's error object on an OpenAI route, else the `error` string."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if speaks_openai(path):
+        return error.get("message") if isinstance(error, dict) and isinstance(error.get("type"), str) else None
+    return error

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from squeezer.testing.server import ServerProcess
-from tests.helpers import assert_close, run_direct
+from tests.helpers import assert_close, error_message, run_direct
 
 # Runs the CLI with torch made unimportable: serving an artifact must not need it.
 NO_TORCH = ("-c", "import sys; sys.modules['torch'] = None; from squeezer.cli import main; sys.exit(main())")
@@ -90,7 +90,7 @@ def test_faulty_artifacts_are_refused_with_a_reason_while_a_good_one_serves(arti
         assert models[name]["state"] == "failed" and reason in models[name]["error"], models[name]
         assert "rebuild it with `squeezer optimize`" in models[name]["error"]
         assert str(tmp_path) not in models[name]["error"]  # no absolute path without --show-paths
-    assert refused.status_code == 503 and "format version" in refused.json()["error"]
+    assert refused.status_code == 503 and "format version" in error_message(refused)
 
 
 def test_serve_optimize_compiles_then_serves_the_artifact(tiny_model, load, tmp_path) -> None:

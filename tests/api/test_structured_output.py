@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from squeezer.testing.server import ServerProcess
 from tests.api.test_decoder_artifact_serving import artifact  # noqa: F401 (a fixture: the compiled tiny llama)
+from tests.helpers import error_message
 
 CHAT = [{"role": "user", "content": "Is the sky blue? Answer in JSON."}]
 
@@ -73,7 +74,7 @@ def test_tgi_grammar_through_huggingface_hub(server) -> None:
 ])
 def test_a_bad_response_format_is_a_422(server, body, message) -> None:
     response = httpx.post(server.url + "/v1/chat/completions", json={"model": "llm", "messages": CHAT, **body})
-    assert response.status_code == 422 and message in response.json()["error"], response.text
+    assert response.status_code == 422 and message in error_message(response), response.text
 
 
 def test_a_compiled_decoder_with_its_prefix_cache_follows_the_grammar(artifact, tmp_path) -> None:  # noqa: F811

@@ -16,6 +16,7 @@ from squeezer.config import ConfigError, ServeConfig, ServerConfig
 from squeezer.engine import Engine
 from squeezer.sources import ModelSource
 from tests.api.test_decoder_artifact_serving import CHAT, artifact  # noqa: F401 (a fixture: the compiled tiny llama)
+from tests.helpers import error_message
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 ALICE, BOB = "alice-key-0001", "bob-key-000002"
@@ -93,7 +94,7 @@ async def test_cached_tokens_count_only_a_tenants_own_prompts(two_tenants: httpx
 async def test_a_bad_salt_or_key_file_is_a_clear_error(two_tenants: httpx.AsyncClient, tmp_path: Path) -> None:
     body = {"model": "llm", "messages": CHAT, "max_tokens": 1, "cache_salt": 7}
     response = await two_tenants.post("/v1/chat/completions", json=body, headers=bearer(ALICE))
-    assert response.status_code == 422 and "cache_salt" in response.json()["error"]
+    assert response.status_code == 422 and "cache_salt" in error_message(response)
     (tmp_path / "short").write_text("long-enough-key\nshort\n")
     (tmp_path / "empty").write_text("# no keys here\n\n")
     for name, message in (("short", "at least 8 characters"), ("empty", "holds no key")):

@@ -16,6 +16,7 @@ from openai import OpenAI
 from squeezer.api.tool_stream import CallReader
 from squeezer.api.tools import ToolPlan, tool_plan
 from squeezer.testing.server import ServerProcess
+from tests.helpers import error_message
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city",
@@ -162,7 +163,7 @@ def test_huggingface_hub_chat_completion_with_tools(server) -> None:
 ])
 def test_bad_tool_requests_are_422(server, extra, message) -> None:
     response = httpx.post(server.url + "/v1/chat/completions", json={"model": "llm", "messages": ASK, **extra})
-    assert response.status_code == 422 and message in response.json()["error"], response.text
+    assert response.status_code == 422 and message in error_message(response), response.text
 
 
 def test_an_auto_answer_is_a_call_only_when_it_is_one() -> None:
