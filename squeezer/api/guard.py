@@ -15,6 +15,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from squeezer.api.errors import error_body
 from squeezer.config import ServerConfig
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -53,7 +54,7 @@ class Guard:
         if scope["type"] == "http":
             problem = self.problem(Headers(scope=scope))
             if problem:
-                await JSONResponse({"error": problem}, status_code=403)(scope, receive, send)
+                await JSONResponse(error_body(scope["path"], 403, problem), status_code=403)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

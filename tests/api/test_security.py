@@ -112,6 +112,8 @@ async def test_web_pages_and_rebound_names_are_refused(tiny_model) -> None:
         assert page.status_code == 403 and "cors-origins" in error_message(page)
         rebound = await client.post("/models/m", json={"inputs": "x"}, headers={"host": "evil.example:8000"})
         assert rebound.status_code == 403 and "allowed-hosts" in error_message(rebound)
+        openai_page = await client.post("/v1/embeddings", json={"input": "x"}, headers={"origin": "https://evil.example"})
+        assert openai_page.status_code == 403 and "cors-origins" in error_message(openai_page)  # OpenAI's error object
         assert (await client.post("/models/m", json={"inputs": "x"}, headers={"host": "localhost:8000"})).status_code == 200
         assert (await client.post("/models/m", json={"inputs": "x"})).status_code == 200
     await engine.close()
