@@ -69,7 +69,7 @@ def sse(events: AsyncIterator[Any], stopping: Stopping, openai: bool = False) ->
     """Server-sent events, one JSON object per `data:` line; a failure mid-stream becomes an error event, and so
     does a shutdown whose grace runs out before the stream ends (`squeezer.api.stopping`). `openai`: OpenAI's
     stream, whose error events carry its error object and which ends with `data: [DONE]`; else TGI's, whose
-    error events carry `error_type`.
+    error events carry TGI's `error_type` where it has one for the status (see `squeezer.api.errors`).
 
     When the client disconnects, Starlette cancels the generator: the token stream it reads then frees
     the sequence's slot and cache at the next decode step.
