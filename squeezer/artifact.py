@@ -18,9 +18,9 @@ squeezer.json, format version 1 (keys in REQUIRED_KEYS must be present; the rest
   graph                        {file, inputs, outputs, dtype, recipe, opset, runtime, precision}: the chosen
                                graph; runtime onnxruntime (model.onnx), openvino (model.xml + .bin) or torch
                                (model.safetensors), precision the compute precision the runtime is asked for
-                               (f32 | bf16); a causal LM's is decoder.onnx (kind "decoder"), beside
+                               (f32 | bf16 | f16); a causal LM's is decoder.onnx (kind "decoder"), beside
                                decoder.json (cache layout, EOS), served by backends.onnx_decoder;
-                               dtype float32 | bfloat16 | int8 | int4 (weights)
+                               dtype float32 | bfloat16 | float16 | int8 | int4 (weights)
   files                        {relative path: sha256} for every file of the folder but this one
   source                       {path, gguf_file, content_hash}
   hardware, versions           hardware.hardware_fingerprint() and versions() where it was measured

@@ -21,13 +21,15 @@ from typing import Any
 # CPU features that change which kernels ONNX Runtime (and int8 quantization) can use.
 CPU_FLAGS = (
     "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-    "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve", "i8mm",
+    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "amx_fp16", "asimd", "asimddp", "sve", "i8mm",
 )
 
 
 # Units a compiled graph may need to run as it was measured: (CPU flags, any one of them; why). A recipe that needs
 # them is skipped where they are missing, and an artifact chosen with them is refused there (`artifact.check_cpu`).
 BF16_UNITS = (("amx_bf16", "avx512_bf16"), "needs a CPU with bf16 units (AMX or AVX-512 BF16)")
+# fp16 arithmetic (Sapphire Rapids and later): elsewhere OpenVINO's CPU plugin has no fp16 kernels and falls back.
+FP16_UNITS = (("amx_fp16", "avx512_fp16"), "needs a CPU with fp16 arithmetic units (AVX-512 FP16 or AMX FP16)")
 INT8_DOT_UNITS = (("avx512_vnni", "avx_vnni", "amx_int8", "asimddp"),
                   "needs int8 dot-product units (VNNI, AMX or Arm's dot product): without them ONNX Runtime adds "
                   "u8 x s8 products in pairs in 16 bits, which full-range s8 weights saturate (7-bit weights, or u8 "

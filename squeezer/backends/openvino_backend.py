@@ -27,8 +27,8 @@ from squeezer.config import BackendConfig, ModelConfig
 from squeezer.hardware import available_cpus
 from squeezer.sources import ModelSource
 
-PRECISIONS = {"f32": "f32", "bf16": "bf16"}  # a candidate's precision -> the plugin's INFERENCE_PRECISION_HINT
-DTYPES = {"f32": "float32", "bf16": "bfloat16"}
+PRECISIONS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}  # a candidate's precision -> INFERENCE_PRECISION_HINT
+DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
 
 
 def import_openvino() -> Any:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from squeezer.compiler.decoder_graph import DecoderWeights
-from squeezer.hardware import BF16_UNITS, INT8_DOT_UNITS, NO_UNITS
+from squeezer.hardware import BF16_UNITS, FP16_UNITS, INT8_DOT_UNITS, NO_UNITS
 
 
 @dataclass(frozen=True)
@@ -76,19 +76,25 @@ class Float16:
     keep_io_types: bool = True
 
 
+# A reduced compute precision -> the CPU units it needs to run as measured (float32 needs none).
+PRECISION_UNITS = {"bf16": BF16_UNITS, "f16": FP16_UNITS}
+
+
 @dataclass(frozen=True)
 class OpenVino:
-    """The exported graph converted to OpenVINO's IR, run by its CPU plugin at `precision` ("f32" or "bf16").
+    """The exported graph converted to OpenVINO's IR, run by its CPU plugin at `precision` ("f32", "bf16", "f16").
 
-    bf16 is the plugin's inference precision (its own fusions, bf16 matrix units on AMX or AVX-512 BF16), not a
-    rewrite of the graph: the artifact records it and the OpenVINO backend compiles with it.
+    bf16 and f16 are the plugin's inference precision (its own fusions, bf16 matrix units on AMX or AVX-512 BF16,
+    fp16 ones on AVX-512 FP16 or AMX FP16), not a rewrite of the graph: the artifact records the precision and the
+    OpenVINO backend compiles with it. f16 keeps 3 more mantissa bits than bf16 but overflows past 65504, which
+    the gate would see in the outputs.
     """
 
     precision: str = "f32"
 
     @property
     def needs(self) -> tuple[tuple[str, ...], str]:
-        return BF16_UNITS if self.precision == "bf16" else NO_UNITS
+        return PRECISION_UNITS.get(self.precision, NO_UNITS)
 
 
 @dataclass(frozen=True)
@@ -106,7 +112,7 @@ class TorchAutocast:
 
     @property
     def needs(self) -> tuple[tuple[str, ...], str]:
-        return BF16_UNITS if self.precision == "bf16" else NO_UNITS
+        return PRECISION_UNITS.get(self.precision, NO_UNITS)
 
 
 # The feed-forward down-projections' MatMuls, as the ONNX exporter names them in the usual encoder families
@@ -140,7 +146,7 @@ class NncfInt8:
 Step = Fuse | ApproximateGelu | DynamicInt8 | StaticInt8 | Float16 | DecoderWeights | OpenVino | NncfInt8 | TorchAutocast
 # The step kinds that hand a candidate to another runtime than ONNX Runtime (the default).
 RUNTIMES: dict[type, str] = {OpenVino: "openvino", TorchAutocast: "torch"}
-BF16_STEPS = (OpenVino("bf16"), TorchAutocast("bf16"))
+PRECISION_DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}  # a runtime's precision -> the dtype named
 WEIGHT_DTYPES = {32: "float32", 8: "int8", 4: "int4"}  # DecoderWeights.bits -> the dtype a report names
 
 
@@ -193,12 +199,10 @@ class Recipe:
         weights = [step for step in self.steps if isinstance(step, DecoderWeights)]
         if weights:
             return WEIGHT_DTYPES[weights[-1].bits]
-        if set(BF16_STEPS) & set(self.steps) and not any(isinstance(step, NncfInt8) for step in self.steps):
-            return "bfloat16"
         kinds = {type(step) for step in self.steps}
         if kinds & {DynamicInt8, StaticInt8, NncfInt8}:
             return "int8"
-        return "float16" if Float16 in kinds else "float32"
+        return "float16" if Float16 in kinds else PRECISION_DTYPES[self.precision or "f32"]
 
     def describe(self) -> dict[str, Any]:
         """The recipe as JSON for the report: each step's kind and fields."""
@@ -240,6 +244,10 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("int8-static-qdq", (FUSED, StaticInt8(per_channel=False)), sweep="full", note="static QDQ, per tensor"),
     Recipe("ov-int8-bf16", (OpenVino("bf16"), NncfInt8()), sweep="full",
            note="OpenVINO IR, NNCF int8 in attention, the rest bf16"),
+    # Measured on an Intel Xeon (family 6 model 207) whose hypervisor hides AMX, MiniLM, throughput profile: passed
+    # at min cosine 1.0000 but 0.77x PyTorch fp32, as slow as bf16 there (0.74x; OpenVINO fp32 1.24x): without AMX
+    # neither half precision beats fp32 on that CPU. For CPUs with AMX FP16, where fp16 may win.
+    Recipe("ov-f16", (OpenVino("f16"),), sweep="full", note="OpenVINO IR in fp16 (AVX-512 FP16 or AMX FP16 units)"),
     Recipe("ov-int8-perf", (OpenVino("f32"), NncfInt8("performance")), sweep="full",
            note="OpenVINO IR, NNCF int8 with symmetric activations"),
     Recipe("ov-int8-keep-down", (OpenVino("f32"), NncfInt8(keep=FFN_DOWN_PROJECTIONS)), sweep="full",

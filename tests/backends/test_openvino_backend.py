@@ -1,6 +1,6 @@
 """OpenVINO as a compilation target and a backend (issue 14): candidates built, gated and timed like ONNX
-Runtime's, an IR artifact served with the same answers through the same task code, without torch, and a bf16
-candidate skipped with its reason on a CPU without bf16 units."""
+Runtime's, an IR artifact served with the same answers through the same task code, without torch, and the bf16
+and fp16 candidates skipped with their reason on a CPU without their units."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from squeezer.compiler.recipes import RECIPES
+from squeezer.compiler.recipes import all_recipes
 from squeezer.config import ServeConfig
-from squeezer.hardware import hardware_fingerprint
+from squeezer.hardware import BF16_UNITS, FP16_UNITS, hardware_fingerprint
 from squeezer.runtime import load_runtime
 from squeezer.sources import ModelSource
 from tests.compiler.artifacts import build_artifact
@@ -22,7 +22,6 @@ from tests.backends.lone import check_lone_batches_run_wide
 from tests.helpers import assert_close, run_direct
 
 TEXTS = ["I loved every minute of it!", "Terrible service, never again.", "It was fine, I guess, for the price."]
-BF16 = {"amx_bf16", "avx512_bf16"}
 
 
 @pytest.fixture(scope="module")
@@ -52,17 +51,46 @@ def test_an_ir_artifact_answers_like_the_pytorch_reference(ov_artifacts, tiny_mo
         runtime.close()
 
 
-def test_the_bf16_candidate_is_tried_only_where_the_cpu_has_bf16(tiny_model, tmp_path) -> None:
+@pytest.mark.parametrize("name, units, named", [("ov-bf16", BF16_UNITS, "AMX or AVX-512 BF16"),
+                                                 ("ov-f16", FP16_UNITS, "AVX-512 FP16 or AMX FP16")])
+def test_a_half_precision_candidate_is_tried_only_where_the_cpu_has_its_units(tiny_model, tmp_path, name: str,
+                                                                               units, named: str) -> None:
     report = build_artifact(tiny_model("bert", "sequence-classification"), tmp_path / "art", "sequence-classification",
-                            recipes="ov-fp32,ov-bf16")
-    bf16 = next(c for c in report.candidates if c["name"] == "ov-bf16")
-    if BF16 & set(hardware_fingerprint()["cpu"]["flags"]):  # built, gated and timed like every candidate
-        assert bf16["verdict"] in ("chosen", "passed", "rejected") and bf16["precision"] == "bf16" and bf16["metrics"]
+                            recipes=f"ov-fp32,{name}")
+    candidate = next(c for c in report.candidates if c["name"] == name)
+    recipe = next(r for r in all_recipes() if r.name == name)
+    if set(units[0]) & set(hardware_fingerprint()["cpu"]["flags"]):  # built, gated and timed like every candidate
+        assert candidate["verdict"] in ("chosen", "passed", "rejected") and candidate["metrics"]
+        assert candidate["precision"] == recipe.precision and candidate["dtype"] == recipe.dtype != "float32"
     else:
-        assert bf16["verdict"] == "skipped" and "bf16" in bf16["reasons"][0] and not bf16["timings"]
-    recipe = next(r for r in RECIPES if r.name == "ov-bf16")
-    assert "AMX or AVX-512 BF16" in (recipe.missing_features(["avx2", "fma"]) or "")
-    assert recipe.missing_features(["avx2", "avx512_bf16"]) is None and recipe.runtime == "openvino"
+        assert candidate["verdict"] == "skipped" and named in candidate["reasons"][0] and not candidate["timings"]
+    assert named in (recipe.missing_features(["avx2", "fma"]) or "")
+    assert all(recipe.missing_features(["avx2", flag]) is None for flag in units[0]) and recipe.runtime == "openvino"
+
+
+@pytest.mark.parametrize("name, units", [("ov-bf16", BF16_UNITS), ("ov-f16", FP16_UNITS)])
+def test_a_half_precision_artifact_is_served_in_its_precision(tiny_model, tmp_path, load, name: str, units) -> None:
+    """The precision is the plugin's compile hint, not the graph's: the artifact carries it, the backend compiles
+    with it (the compiled model reports it back) and answers as PyTorch does, within half precision's error."""
+    if not set(units[0]) & set(hardware_fingerprint()["cpu"]["flags"]):
+        pytest.skip(f"this CPU reports none of {', '.join(units[0])}")
+    folder = tiny_model("bert", "base")
+    report = build_artifact(folder, tmp_path / "art", "base", recipes=name)
+    runtime = load_runtime(ModelSource("m", report.path, artifact=True), ServeConfig())
+    try:
+        recipe = next(r for r in all_recipes() if r.name == name)
+        assert runtime.describe()["dtype"] == recipe.dtype and report.chosen["name"] == name
+        compiled = runtime.model.backend._compiled  # type: ignore[attr-defined]
+        assert compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == recipe.precision
+        reference = load(folder)
+        for text in TEXTS:  # each token's vector, as the gate judges: half precision moves values, not directions
+            got, want = (np.asarray(run_direct(model, text).output, dtype=np.float64)
+                         for model in (runtime.model, reference))  # type: ignore[attr-defined]
+            got, want = got.reshape(-1, got.shape[-1]), want.reshape(-1, want.shape[-1])
+            cosines = (got * want).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
+            assert got.shape == want.shape and cosines.min() > 0.99, cosines.min()
+    finally:
+        runtime.close()
 
 
 def test_the_gate_rejects_an_openvino_candidate_that_breaks_accuracy(tiny_model, tmp_path, monkeypatch) -> None:
