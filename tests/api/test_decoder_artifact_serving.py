@@ -10,6 +10,7 @@ import sys
 import httpx
 import pytest
 
+from squeezer.hardware import INT8_DOT_UNITS, hardware_fingerprint
 from squeezer.testing.server import ServerProcess, metric
 from squeezer.testing.tiny_decoders import reference_generate
 
@@ -86,19 +87,25 @@ def test_served_artifact_generates_what_torch_generates(artifact, reference, tmp
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # a full decoder compile: about 150 s on 2 idle cores, 270 s on busy ones
 def test_smollm2_gguf_optimize_then_serve_optimize(tmp_path, smollm2_file) -> None:
-    """The real model: optimize picks a passing quantized candidate; `serve x.gguf --optimize` then serves it
-    (from the cache the optimize run filled, as the same default settings make the same key)."""
+    """The real model, compiled for batches: optimize picks a passing quantized candidate, and where the CPU has
+    int8 dot-product units the int8-activation candidate passes the default gate (it failed it on Intel Xeons
+    before the lm head's rows were scaled one by one); `serve x.gguf --optimize --optimize-profile throughput`
+    then serves the choice (from the cache the optimize run filled, as the same settings make the same key)."""
     folder, name = smollm2_file
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
     out = tmp_path / "smollm"
-    done = cli_optimize(f"smollm={folder / name}", out, env=env, timeout=3000)
+    done = cli_optimize(f"smollm={folder / name}", out, "--profile", "throughput", env=env, timeout=3000)
     report = json.loads((out / "squeezer.json").read_text())
+    verdicts = {c["name"]: c["verdict"] for c in report["candidates"]}
     chosen = next(c for c in report["candidates"] if c["name"] == report["chosen"])
     assert chosen["dtype"] in ("int8", "int4"), done.stdout
     assert chosen["metrics"]["top1_agreement"] >= 0.9, done.stdout
+    assert verdicts["decoder-w8a8-smooth"] in ("chosen", "passed", "screened", "skipped"), done.stdout
+    if set(INT8_DOT_UNITS[0]) & set(hardware_fingerprint()["cpu"]["flags"]):
+        assert verdicts["decoder-w8a8-smooth"] != "skipped", done.stdout
     assert {"tokenizer.json", "config.json", "decoder.json"} <= {p.name for p in out.iterdir()}
 
-    srv = ServerProcess([f"smollm={folder / name}", "--optimize"], tmp_path, env=env)
+    srv = ServerProcess([f"smollm={folder / name}", "--optimize", "--optimize-profile", "throughput"], tmp_path, env=env)
     try:
         srv.wait_ready(900)
         info = httpx.get(srv.url + "/info").json()["models"][0]
