@@ -88,7 +88,7 @@ def test_served_artifact_generates_what_torch_generates(artifact, reference, tmp
 @pytest.mark.timeout(1200)  # a full decoder compile: about 150 s on 2 idle cores, 270 s on busy ones
 def test_smollm2_gguf_optimize_then_serve_optimize(tmp_path, smollm2_file) -> None:
     """The real model, compiled for batches: optimize picks a passing quantized candidate, and where the CPU has
-    int8 dot-product units the int8-activation candidate passes the default gate (it failed it on Intel Xeons
+    int8 dot-product units the int8-activation candidate passes the default gate (it failed it on an Intel Xeon
     before the lm head's rows were scaled one by one); `serve x.gguf --optimize --optimize-profile throughput`
     then serves the choice (from the cache the optimize run filled, as the same settings make the same key)."""
     folder, name = smollm2_file
