@@ -28,7 +28,7 @@ CPU_FLAGS = (
 # Units a compiled graph may need to run as it was measured: (CPU flags, any one of them; why). A recipe that needs
 # them is skipped where they are missing, and an artifact chosen with them is refused there (`artifact.check_cpu`).
 BF16_UNITS = (("amx_bf16", "avx512_bf16"), "needs a CPU with bf16 units (AMX or AVX-512 BF16)")
-# fp16 arithmetic (Sapphire Rapids and later): elsewhere OpenVINO's CPU plugin has no fp16 kernels and falls back.
+# fp16 arithmetic: AVX-512 FP16 (Intel Xeons from Sapphire Rapids on), AMX FP16 (from Granite Rapids on).
 FP16_UNITS = (("amx_fp16", "avx512_fp16"), "needs a CPU with fp16 arithmetic units (AVX-512 FP16 or AMX FP16)")
 INT8_DOT_UNITS = (("avx512_vnni", "avx_vnni", "amx_int8", "asimddp"),
                   "needs int8 dot-product units (VNNI, AMX or Arm's dot product): without them ONNX Runtime adds "
